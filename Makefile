@@ -1,0 +1,48 @@
+# QNet entry points. `make test` is what CI runs on a fresh Debian 12 machine as root.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEVNET_DIR ?= .devnet
+
+.PHONY: help venv test unit integration lint bench devnet devnet-down clean
+
+help:
+	@echo "make test     install what is needed and run the whole test suite"
+	@echo "make devnet   a local single-validator node with a funded faucet wallet"
+	@echo "make bench    throughput benchmark (prints figures, writes bench-results/)"
+	@echo "make lint     ruff"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip==25.3
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -p no:cacheprovider tests
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -p no:cacheprovider tests/unit
+
+integration: $(STAMP)
+	$(BIN)/python -m pytest -p no:cacheprovider tests/integration
+
+lint: $(STAMP)
+	$(BIN)/ruff check node tests loadtest
+	$(BIN)/ruff format --check node tests loadtest
+
+bench: $(STAMP)
+	$(BIN)/python loadtest/bench.py
+
+devnet: $(STAMP)
+	$(BIN)/python -m qnet.devnet up --data-dir $(DEVNET_DIR)
+
+devnet-down: $(STAMP)
+	$(BIN)/python -m qnet.devnet down --data-dir $(DEVNET_DIR)
+
+clean:
+	rm -rf $(VENV) $(DEVNET_DIR) bench-results

@@ -1,0 +1,160 @@
+"""Blocks, their headers and commit certificates, each with one encoding.
+
+Every signed message starts with a tag byte and the chain id, so a signature made for one
+purpose (a header, a precommit) can never be replayed as another.
+"""
+
+import struct
+from dataclasses import dataclass
+
+from . import crypto
+from .tx import Transaction, decode, encode_batch, split_batch
+
+TAG_HEADER = 0x20
+TAG_PRECOMMIT = 0x22
+_HEADER = struct.Struct(">QQ32s32sI32s32s")
+_VOTE = struct.Struct(">QI32s")
+_SIG = struct.Struct(">32s64s")
+
+
+class BlockError(ValueError):
+    """A block or certificate that does not verify."""
+
+
+def _tagged(tag: int, chain_id: str, payload: bytes) -> bytes:
+    cid = chain_id.encode()
+    return bytes((tag, len(cid))) + cid + payload
+
+
+def tx_root(tx_ids: list[bytes]) -> bytes:
+    """Merkle root with RFC 6962 leaf/node prefixes (no duplicated last leaf)."""
+    if not tx_ids:
+        return crypto.digest(b"")
+    level = [crypto.digest(b"\0" + i) for i in tx_ids]
+    while len(level) > 1:
+        nxt = [crypto.digest(b"\1" + level[i] + level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    chain_id: str
+    height: int
+    time_ms: int
+    parent: bytes
+    tx_root: bytes
+    tx_count: int
+    state_digest: bytes
+    proposer: bytes  # public key
+
+    def encode(self) -> bytes:
+        return _tagged(TAG_HEADER, self.chain_id, _HEADER.pack(
+            self.height, self.time_ms, self.parent, self.tx_root, self.tx_count,
+            self.state_digest, self.proposer))
+
+    @property
+    def hash(self) -> bytes:
+        return crypto.digest(self.encode())
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Header":
+        if len(data) < 2 or data[0] != TAG_HEADER:
+            raise BlockError("not a block header")
+        n = data[1]
+        chain_id = data[2 : 2 + n].decode()
+        if len(data) != 2 + n + _HEADER.size:
+            raise BlockError("block header has the wrong length")
+        return cls(chain_id, *_HEADER.unpack_from(data, 2 + n))
+
+    def to_json(self) -> dict:
+        return {
+            "height": self.height,
+            "hash": self.hash.hex(),
+            "time_ms": self.time_ms,
+            "parent": self.parent.hex(),
+            "tx_root": self.tx_root.hex(),
+            "tx_count": self.tx_count,
+            "state_digest": self.state_digest.hex(),
+            "proposer": crypto.encode_node_id(self.proposer),
+        }
+
+
+def precommit_message(chain_id: str, height: int, round_: int, block_hash: bytes) -> bytes:
+    return _tagged(TAG_PRECOMMIT, chain_id, _VOTE.pack(height, round_, block_hash))
+
+
+@dataclass(frozen=True, slots=True)
+class CommitCertificate:
+    """Precommits from more than 2/3 of voting power for one block at one height and round."""
+
+    height: int
+    round: int
+    block_hash: bytes
+    signatures: tuple[tuple[bytes, bytes], ...]  # (validator public key, signature)
+
+    def encode(self) -> bytes:
+        return _VOTE.pack(self.height, self.round, self.block_hash) + b"".join(
+            _SIG.pack(pk, sig) for pk, sig in self.signatures)
+
+    @classmethod
+    def decode(cls, data: bytes) -> "CommitCertificate":
+        if len(data) < _VOTE.size or (len(data) - _VOTE.size) % _SIG.size:
+            raise BlockError("commit certificate has the wrong length")
+        height, round_, block_hash = _VOTE.unpack_from(data)
+        sigs = tuple(_SIG.unpack_from(data, off) for off in range(_VOTE.size, len(data), _SIG.size))
+        return cls(height, round_, block_hash, sigs)
+
+    def verify(self, chain_id: str, powers: dict[bytes, int]) -> None:
+        """Raise BlockError unless distinct known validators with > 2/3 power signed."""
+        message = precommit_message(chain_id, self.height, self.round, self.block_hash)
+        seen: set[bytes] = set()
+        signed = 0
+        for pk, sig in self.signatures:
+            if pk in seen or pk not in powers:
+                raise BlockError("certificate has a duplicate or unknown signer")
+            if not crypto.verify(pk, sig, message):
+                raise BlockError("certificate has a bad precommit signature")
+            seen.add(pk)
+            signed += powers[pk]
+        if 3 * signed <= 2 * sum(powers.values()):
+            raise BlockError(f"certificate carries {signed} of {sum(powers.values())} power")
+
+    def to_json(self) -> dict:
+        return {
+            "height": self.height,
+            "round": self.round,
+            "block_hash": self.block_hash.hex(),
+            "precommits": [
+                {"validator": crypto.encode_node_id(pk), "signature": sig.hex()}
+                for pk, sig in self.signatures
+            ],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    header: Header
+    signature: bytes  # proposer's signature over the header
+    txs: tuple[Transaction, ...]
+
+    @property
+    def hash(self) -> bytes:
+        return self.header.hash
+
+    def body(self) -> bytes:
+        return encode_batch(list(self.txs))
+
+    def verify_shape(self) -> None:
+        """Checks that need no state: proposer signature, tx count and root."""
+        h = self.header
+        if not crypto.verify(h.proposer, self.signature, h.encode()):
+            raise BlockError(f"block {h.height} has a bad proposer signature")
+        if h.tx_count != len(self.txs) or h.tx_root != tx_root([t.id for t in self.txs]):
+            raise BlockError(f"block {h.height} transactions do not match its header")
+
+    @classmethod
+    def from_parts(cls, header: bytes, signature: bytes, body: bytes) -> "Block":
+        return cls(Header.decode(header), signature, tuple(decode(r) for r in split_batch(body)))

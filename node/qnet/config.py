@@ -1,0 +1,93 @@
+"""Node configuration: one dataclass, read from ``<data_dir>/config.toml`` plus flags.
+
+Every default is here. Flags given on the command line win over the file.
+"""
+
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from .genesis import REGIONS
+
+NODE_TYPES = ("super",)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class NodeConfig:
+    data_dir: Path
+    node_type: str = "super"
+    region: str = "eu"  # a region code, or "auto" to pick by round-trip time to the seeds
+    api_host: str = "127.0.0.1"
+    api_port: int = 7370
+    mempool_shards: int = 16
+    mempool_capacity: int = 200_000
+    mempool_per_sender: int = 1_000
+    mempool_ttl_s: float = 600.0
+    verify_threads: int = 2
+    max_batch_bytes: int = 8 * 1024 * 1024
+    max_json_bytes: int = 64 * 1024
+    log_level: str = "INFO"
+
+    @property
+    def genesis_path(self) -> Path:
+        return self.data_dir / "genesis.json"
+
+    @property
+    def key_path(self) -> Path:
+        return self.data_dir / "node_key"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "chain.db"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.data_dir / "node.pid"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "node.log"
+
+    @property
+    def api_url(self) -> str:
+        host = "127.0.0.1" if self.api_host in ("0.0.0.0", "") else self.api_host
+        return f"http://{host}:{self.api_port}"
+
+    def validate(self) -> None:
+        if self.node_type not in NODE_TYPES:
+            raise ConfigError(f"node type must be one of {', '.join(NODE_TYPES)}")
+        if self.region != "auto" and self.region not in REGIONS:
+            raise ConfigError(f"region must be auto or one of {', '.join(REGIONS)}")
+        if not 0 < self.api_port < 65536:
+            raise ConfigError("api_port must be 1..65535")
+        for name in ("mempool_shards", "mempool_capacity", "mempool_per_sender",
+                     "verify_threads", "max_batch_bytes", "max_json_bytes"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+
+
+def load_config(data_dir: Path, **overrides) -> NodeConfig:
+    """Defaults, then ``config.toml`` in the data dir, then non-None overrides."""
+    data_dir = Path(data_dir).resolve()
+    values: dict = {}
+    path = data_dir / "config.toml"
+    known = {f.name for f in fields(NodeConfig)} - {"data_dir"}
+    if path.exists():
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        config = NodeConfig(data_dir=data_dir, **values)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+    config.validate()
+    return config

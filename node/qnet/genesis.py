@@ -1,0 +1,134 @@
+"""The genesis file: chain id, validator set, initial balances and chain parameters."""
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import crypto
+from .amounts import MAX_AMOUNT
+
+REGIONS = ("na", "sa", "eu", "af", "ap", "me", "oc")
+
+
+class GenesisError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Params:
+    block_interval_ms: int = 200  # minimum time between blocks
+    max_block_txs: int = 20_000
+    min_fee: int = 1_000  # base units
+
+
+@dataclass(frozen=True)
+class Validator:
+    node_id: str
+    power: int
+    region: str
+
+    @property
+    def public_key(self) -> bytes:
+        return crypto.decode_node_id(self.node_id)
+
+
+@dataclass(frozen=True)
+class Seed:
+    node_id: str
+    region: str
+    api_url: str
+
+
+@dataclass(frozen=True)
+class Genesis:
+    chain_id: str
+    genesis_time_ms: int
+    validators: tuple[Validator, ...]
+    balances: dict[str, int]
+    params: Params = field(default_factory=Params)
+    seeds: tuple[Seed, ...] = ()
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["validators"] = [asdict(v) for v in self.validators]
+        data["seeds"] = [asdict(s) for s in self.seeds]
+        data["balances"] = {addr: str(units) for addr, units in sorted(self.balances.items())}
+        return data
+
+    @property
+    def hash(self) -> bytes:
+        canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        return crypto.digest(canonical.encode())
+
+    @property
+    def total_supply(self) -> int:
+        return sum(self.balances.values())
+
+    def account_balances(self) -> dict[bytes, int]:
+        return {crypto.decode_address(a): units for a, units in self.balances.items()}
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Genesis":
+        try:
+            genesis = cls(
+                chain_id=data["chain_id"],
+                genesis_time_ms=int(data["genesis_time_ms"]),
+                validators=tuple(Validator(**v) for v in data["validators"]),
+                balances={a: int(u) for a, u in data["balances"].items()},
+                params=Params(**data.get("params", {})),
+                seeds=tuple(Seed(**s) for s in data.get("seeds", [])),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GenesisError(f"genesis is malformed: {exc}") from None
+        genesis.validate()
+        return genesis
+
+    @classmethod
+    def load(cls, path: Path) -> "Genesis":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise GenesisError(f"cannot read genesis {path}: {exc}") from None
+        return cls.from_json(data)
+
+    def validate(self) -> None:
+        if not self.chain_id or len(self.chain_id.encode()) > 64:
+            raise GenesisError("chain_id must be 1..64 bytes")
+        if not self.validators:
+            raise GenesisError("genesis lists no validators")
+        for v in self.validators:
+            try:
+                v.public_key  # noqa: B018 - decoding is the check
+            except crypto.EncodingError as exc:
+                raise GenesisError(str(exc)) from None
+            if v.power <= 0:
+                raise GenesisError(f"validator {v.node_id} has non-positive power")
+            if v.region not in REGIONS:
+                raise GenesisError(f"validator {v.node_id} has unknown region {v.region!r}")
+        if len({v.node_id for v in self.validators}) != len(self.validators):
+            raise GenesisError("a validator is listed twice")
+        for addr, units in self.balances.items():
+            try:
+                crypto.decode_address(addr)
+            except crypto.EncodingError as exc:
+                raise GenesisError(str(exc)) from None
+            if units <= 0:
+                raise GenesisError(f"balance of {addr} must be positive")
+        if self.total_supply > MAX_AMOUNT:
+            raise GenesisError("total supply overflows an unsigned 64-bit integer")
+        p = self.params
+        if p.block_interval_ms < 0 or p.max_block_txs <= 0 or p.min_fee < 0:
+            raise GenesisError("params out of range")
+
+
+def single_validator_genesis(chain_id: str, node_id: str, region: str,
+                             balances: dict[str, int], params: Params | None = None,
+                             genesis_time_ms: int = 0) -> Genesis:
+    """A development genesis: this node is the only validator; ``balances`` are funded."""
+    genesis = Genesis(chain_id, genesis_time_ms, (Validator(node_id, 1, region),),
+                      dict(balances), params or Params())
+    genesis.validate()
+    return genesis

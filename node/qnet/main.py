@@ -1,0 +1,108 @@
+"""``qnet-node``: run one node in the foreground until SIGTERM or SIGINT."""
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+from aiohttp import web
+
+from . import region as region_mod
+from .api import create_app
+from .config import NODE_TYPES, ConfigError, NodeConfig, load_config
+from .consensus import SoloConsensus
+from .genesis import REGIONS, Genesis, GenesisError
+from .node import Node, StateDivergence, load_node_key
+from .storage import StorageError
+
+log = logging.getLogger("qnet.main")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def claim_pidfile(path: Path) -> None:
+    pid = read_pid(path)
+    if pid is not None and pid != os.getpid() and pid_alive(pid):
+        raise ConfigError(f"a node is already running from this data dir (pid {pid})")
+    path.write_text(f"{os.getpid()}\n")
+
+
+def build(config: NodeConfig) -> web.Application:
+    genesis = Genesis.load(config.genesis_path)
+    node = Node(config, genesis, load_node_key(config.key_path))
+    consensus = SoloConsensus(node)
+    app = create_app(node)
+
+    async def lifecycle(app: web.Application):
+        task = asyncio.create_task(consensus.run(), name="consensus")
+        task.add_done_callback(_stop_on_failure)
+        log.info("node %s (%s, %s) serving %s, chain %s at height %d",
+                 node.key.node_id, config.node_type, node.region, config.api_url,
+                 node.chain_id, node.state.height)
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        node.close()
+        log.info("stopped cleanly at height %d", node.state.height)
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def _stop_on_failure(task: asyncio.Task) -> None:
+    if task.cancelled() or task.exception() is None:
+        return
+    log.critical("consensus stopped: %s", task.exception(), exc_info=task.exception())
+    os._exit(3)  # state divergence or storage failure: stop loudly, lose nothing committed
+
+
+@click.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--type", "node_type", type=click.Choice(NODE_TYPES))
+@click.option("--region", type=click.Choice([*REGIONS, "auto"]))
+@click.option("--api-host")
+@click.option("--api-port", type=int)
+def main(data_dir: Path, node_type, region, api_host, api_port) -> None:
+    """Run a QNet node from DATA_DIR (genesis.json, node_key, optional config.toml)."""
+    try:
+        config = load_config(data_dir, node_type=node_type, region=region, api_host=api_host,
+                             api_port=api_port)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if config.region == "auto":
+            seeds = Genesis.load(config.genesis_path).seeds
+            config.region, _ = asyncio.run(region_mod.choose(seeds))
+        claim_pidfile(config.pid_path)
+        app = build(config)
+    except (ConfigError, GenesisError, StorageError, StateDivergence, LookupError,
+            ValueError) as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None
+    try:
+        web.run_app(app, host=config.api_host, port=config.api_port, print=None,
+                    access_log=None, shutdown_timeout=10)
+    finally:
+        if read_pid(config.pid_path) == os.getpid():
+            config.pid_path.unlink(missing_ok=True)

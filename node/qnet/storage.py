@@ -1,0 +1,149 @@
+"""Durable chain storage in SQLite (WAL, synchronous=FULL).
+
+A committed block, its transaction index, its commit certificate and the state change it
+makes are written in one SQLite transaction: after a crash the database holds either all
+of a block or none of it, and restart resumes at the last committed block.
+"""
+
+import json
+import sqlite3
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+from .block import Block, CommitCertificate, Header
+from .ledger import EMPTY, Diff, State, Supply
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks (
+    height INTEGER PRIMARY KEY, hash BLOB NOT NULL, header BLOB NOT NULL,
+    signature BLOB NOT NULL, body BLOB NOT NULL, certificate BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS tx_index (
+    id BLOB PRIMARY KEY, height INTEGER NOT NULL, idx INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS accounts (
+    address BLOB PRIMARY KEY, balance INTEGER NOT NULL, nonce INTEGER NOT NULL) WITHOUT ROWID;
+"""
+
+
+class StorageError(RuntimeError):
+    pass
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+class Storage:
+    """One writer connection (used from one thread at a time) and one reader connection."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._writer = _connect(self.path)
+        self._writer.executescript(SCHEMA)
+        self._reader = _connect(self.path)
+        self._read_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._writer.close()
+        self._reader.close()
+
+    # ---- meta --------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self._writer.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def initialise(self, chain_id: str, genesis_hash: bytes, state: State) -> None:
+        """Record genesis once; refuses a data dir that belongs to another chain."""
+        existing = self.get_meta("genesis_hash")
+        if existing is not None:
+            if existing != genesis_hash.hex():
+                raise StorageError(f"data dir {self.path.parent} belongs to another genesis "
+                                   f"({existing[:16]}…), not {genesis_hash.hex()[:16]}…")
+            return
+        with self._transaction(self._writer) as cur:
+            cur.executemany("INSERT INTO accounts VALUES (?,?,?)",
+                            [(a, b, n) for a, (b, n) in state.accounts.items()])
+            self._put_meta(cur, {"chain_id": chain_id, "genesis_hash": genesis_hash.hex()})
+            self._put_head(cur, state.height, state.block_hash, state.block_time_ms,
+                           state.supply, state.accumulator)
+
+    def load_state(self) -> State:
+        accounts = {a: (b, n) for a, b, n in
+                    self._writer.execute("SELECT address, balance, nonce FROM accounts")}
+        supply = Supply(**json.loads(self.get_meta("supply")))
+        state = State(accounts, supply, int(self.get_meta("height")),
+                      bytes.fromhex(self.get_meta("block_hash")),
+                      int(self.get_meta("block_time_ms")))
+        if state.accumulator != int(self.get_meta("accumulator")):
+            raise StorageError("stored accounts do not match the stored state accumulator")
+        return state
+
+    # ---- commit ------------------------------------------------------------------------
+    def commit_block(self, block: Block, cert: CommitCertificate, diff: Diff) -> None:
+        h = block.header
+        with self._transaction(self._writer) as cur:
+            cur.execute("INSERT INTO blocks VALUES (?,?,?,?,?,?)",
+                        (h.height, block.hash, h.encode(), block.signature, block.body(),
+                         cert.encode()))
+            cur.executemany("INSERT INTO tx_index VALUES (?,?,?)",
+                            [(t.id, h.height, i) for i, t in enumerate(block.txs)])
+            gone = [(a,) for a, acc in diff.accounts.items() if acc == EMPTY]
+            cur.executemany("DELETE FROM accounts WHERE address=?", gone)
+            cur.executemany("INSERT OR REPLACE INTO accounts VALUES (?,?,?)",
+                            [(a, b, n) for a, (b, n) in diff.accounts.items() if (b, n) != EMPTY])
+            self._put_head(cur, h.height, block.hash, h.time_ms, diff.supply, diff.accumulator)
+
+    def _put_head(self, cur, height, block_hash, time_ms, supply, accumulator) -> None:
+        self._put_meta(cur, {
+            "height": str(height), "block_hash": block_hash.hex(),
+            "block_time_ms": str(time_ms), "supply": json.dumps(asdict(supply)),
+            "accumulator": str(accumulator)})
+
+    @staticmethod
+    def _put_meta(cur, values: dict[str, str]) -> None:
+        cur.executemany("INSERT OR REPLACE INTO meta VALUES (?,?)", list(values.items()))
+
+    class _transaction:
+        def __init__(self, conn):
+            self.conn = conn
+
+        def __enter__(self):
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn.cursor()
+
+        def __exit__(self, exc_type, exc, tb):
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    # ---- reads (API thread) ------------------------------------------------------------
+    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._read_lock:
+            return self._reader.execute(sql, args).fetchall()
+
+    def block(self, height: int) -> tuple[Block, CommitCertificate] | None:
+        rows = self._read("SELECT header, signature, body, certificate FROM blocks "
+                          "WHERE height=?", (height,))
+        if not rows:
+            return None
+        header, signature, body, cert = rows[0]
+        return Block.from_parts(header, signature, body), CommitCertificate.decode(cert)
+
+    def headers(self, first: int, last: int) -> list[Header]:
+        rows = self._read("SELECT header FROM blocks WHERE height BETWEEN ? AND ? "
+                          "ORDER BY height", (first, last))
+        return [Header.decode(r[0]) for r in rows]
+
+    def tx_location(self, tx_id: bytes) -> tuple[int, int] | None:
+        rows = self._read("SELECT height, idx FROM tx_index WHERE id=?", (tx_id,))
+        return rows[0] if rows else None
+
+    def iter_blocks(self):
+        """Every stored block with its certificate, in height order (for replay)."""
+        height = 1
+        while (got := self.block(height)) is not None:
+            yield got
+            height += 1
