@@ -277,7 +277,7 @@ def replay(storage: Storage, genesis: Genesis) -> ledger.State:
         bad = [t for t in block.txs if not t.verify_signature()]
         if bad:
             raise StateDivergence(f"block {h.height} holds a badly signed transaction")
-        diff, included, refused = ledger.apply_transactions(
+        diff, _included, refused = ledger.apply_transactions(
             state, list(block.txs), genesis.chain_id, genesis.params.min_fee)
         if refused:
             raise StateDivergence(f"block {h.height}: {refused[0][1].message}")

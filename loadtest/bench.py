@@ -1,0 +1,219 @@
+"""Single-node throughput benchmark (``make bench``).
+
+Per run: a fresh node process with a genesis funding N senders; transfers are signed before
+the timed window; they are sent through the batch endpoint at a requested rate; committed
+TPS is read from the chain (block contents over block times) over the measured window.
+The same run measures one core's PyNaCl verifications per second, the node's ceiling per
+core. Prints a table and writes JSON with the machine, commit and settings.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from qnet import __version__, crypto, loadgen
+from qnet.genesis import Params
+from qnet.localnode import LocalNode, http
+
+FEE = 1_000
+FUNDS = 10**15
+
+
+def verify_rate(seconds: float = 2.0) -> float:
+    key = crypto.KeyPair.generate()
+    msg = b"q" * 120
+    sig = key.sign(msg)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(1000):
+            crypto.verify(key.public_key, sig, msg)
+        n += 1000
+    return n / (time.perf_counter() - start)
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        commit += "-dirty" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "commit": commit, "qnet": __version__}
+
+
+# Where a sample's time goes: the first of these, in this order, found in its stack.
+STAGES = (
+    ("crypto_sign_open", "signature verification (threads)"),
+    ("commit_block", "durable block write (SQLite)"),
+    ("apply_transactions", "ledger apply"),
+    ("select", "block building: mempool selection"),
+    ("on_committed", "mempool cleanup after commit"),
+    ("admit", "mempool admission"),
+    ("decode", "transaction decoding"),
+    ("split_batch", "transaction decoding"),
+    ("submit", "admission bookkeeping"),
+    ("commit", "state merge after commit"),
+    ("build_block", "block building: header, signature"),
+)
+
+
+def profile_summary(raw: Path) -> list[tuple[str, float]]:
+    """Share of the node's busy samples per stage from a py-spy ``--format raw`` profile."""
+    shares: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        names = [f.split(" (")[0].rsplit(".", 1)[-1] for f in stack.split(";")]
+        stage = next((label for key, label in STAGES if key in names), None)
+        stage = stage or "HTTP server, event loop and the rest"
+        shares[stage] = shares.get(stage, 0) + int(count)
+        total += int(count)
+    ranked = sorted(shares.items(), key=lambda kv: -kv[1])
+    return [(name, round(100 * n / total, 1)) for name, n in ranked] if total else []
+
+
+def metric_sums(text: str) -> dict[str, float]:
+    """``*_sum`` and ``*_count`` of the node's stage histograms."""
+    out = {}
+    for m in re.finditer(r"^(qnet_\w+_(?:sum|count)) (\S+)$", text, re.M):
+        out[m.group(1)] = float(m.group(2))
+    return out
+
+
+async def one_run(args, senders, txs, workdir: Path) -> dict:
+    node = LocalNode(workdir, {k.address: FUNDS for k in senders},
+                     Params(block_interval_ms=args.block_interval_ms,
+                            max_block_txs=args.max_block_txs, min_fee=FEE),
+                     config_toml=f"mempool_capacity = {args.mempool}\n")
+    node.start()
+    profiler = None
+    try:
+        before = metric_sums(http("GET", node.url + "/metrics")[1])
+        if args.profile:
+            profiler = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
+                 "--pid", str(node.proc.pid), "--rate", "50", "--output",
+                 str(workdir / "profile.txt"), "--duration", str(int(args.duration))],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        report = await loadgen.send_at_rate(node.url, txs, args.rate, args.batch)
+        # Let the mempool drain so late commits count toward latency, not toward the window.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and node.status()["mempool_size"]:
+            await asyncio.sleep(0.2)
+        after = metric_sums(http("GET", node.url + "/metrics")[1])
+        head = node.status()["height"]
+        blocks = await loadgen.fetch_blocks(node.url, 1, head)
+    finally:
+        if profiler is not None:
+            profiler.wait(30)
+        node.stop()
+    profile = profile_summary(workdir / "profile.txt") if args.profile else []
+    t0 = report.started + args.warmup
+    figures = loadgen.chain_figures(blocks, t0, t0 + args.duration, report.send_times)
+    window = figures.per_second[:-1] or figures.per_second
+    stages = {
+        name: round(after.get(f"qnet_{name}_seconds_sum", 0)
+                    - before.get(f"qnet_{name}_seconds_sum", 0), 2)
+        for name in ("tx_verify", "block_build", "block_commit")
+    }
+    return {
+        "requested_rate": args.rate,
+        "achieved_send_rate": round(report.achieved_rate, 1),
+        "reached_send_rate": report.reached_rate,
+        "accepted": report.accepted,
+        "rejected": report.rejected,
+        "http_errors": report.http_errors,
+        "committed_in_window": figures.committed,
+        "window_s": figures.window_s,
+        "committed_tps": figures.committed_tps,
+        "min_committed_per_second": min(window),
+        "blocks_in_window": figures.blocks,
+        "latency_ms": {"p50": figures.latency_p50_ms, "p95": figures.latency_p95_ms,
+                       "p99": figures.latency_p99_ms},
+        "node_stage_seconds": stages,
+        "send_wall_s": round(report.finished - report.started, 2),
+        "profile_inclusive_percent": profile,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--senders", type=int, default=2000)
+    p.add_argument("--rate", type=float, default=12_000, help="requested sends per second")
+    p.add_argument("--duration", type=float, default=30, help="measured window, seconds")
+    p.add_argument("--warmup", type=float, default=3)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--block-interval-ms", type=int, default=200)
+    p.add_argument("--max-block-txs", type=int, default=20_000)
+    p.add_argument("--mempool", type=int, default=400_000)
+    p.add_argument("--profile", action="store_true",
+                   help="sample the node with py-spy and print where its time goes")
+    p.add_argument("--out", type=Path, default=Path("bench-results/single-node.json"))
+    args = p.parse_args()
+
+    print(f"QNet single-node benchmark: {args.senders} senders, {args.rate:.0f} tx/s requested, "
+          f"{args.duration:.0f} s window after {args.warmup:.0f} s warm-up, {args.runs} runs")
+    ceiling = verify_rate()
+    print(f"PyNaCl Ed25519 verifications per second, one core: {ceiling:,.0f}")
+    senders = [crypto.KeyPair.generate() for _ in range(args.senders)]
+    count = int(args.rate * (args.duration + args.warmup + 1))
+    started = time.perf_counter()
+    txs = loadgen.presign(senders, "qnet-local", count, FEE, crypto.KeyPair.generate().address)
+    print(f"signed {count:,} transfers before the timed window in "
+          f"{time.perf_counter() - started:.1f} s")
+    runs = []
+    for i in range(args.runs):
+        with tempfile.TemporaryDirectory(prefix="qnet-bench-") as tmp:
+            run = asyncio.run(one_run(args, senders, txs, Path(tmp)))
+        runs.append(run)
+        lat = run["latency_ms"]
+        print(f"run {i + 1}: committed {run['committed_tps']:>9,.1f} tx/s "
+              f"(min {run['min_committed_per_second']:,}/s), sent "
+              f"{run['achieved_send_rate']:,.0f}/s"
+              f"{'' if run['reached_send_rate'] else ' (requested rate NOT reached)'}, "
+              f"latency p50/p95/p99 {lat['p50']}/{lat['p95']}/{lat['p99']} ms, "
+              f"rejected {run['rejected'] or 0}, node stages {run['node_stage_seconds']}")
+        for name, pct in run["profile_inclusive_percent"]:
+            print(f"    {pct:5.1f}%  {name}")
+    tps = [r["committed_tps"] for r in runs]
+    summary = {
+        "benchmark": "single-node committed throughput",
+        "machine": machine(),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "verify_per_second_one_core": round(ceiling),
+        "median_committed_tps": loadgen.median(tps),
+        "median_latency_p99_ms": loadgen.median([r["latency_ms"]["p99"] or 0 for r in runs]),
+        "runs": runs,
+    }
+    print(f"median committed TPS over {len(runs)} runs: {summary['median_committed_tps']:,.1f} "
+          f"(target 10,000); verify ceiling one core {ceiling:,.0f}/s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

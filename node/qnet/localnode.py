@@ -1,0 +1,115 @@
+"""A node process on loopback with a fresh single-validator genesis.
+
+Used by the tests and the benchmarks; whoever starts one stops it by PID (``stop``/``kill``).
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from qnet import crypto
+from qnet.genesis import Params, single_validator_genesis
+from qnet.node import write_secret
+
+BIN = Path(sys.executable).parent
+CHAIN_ID = "qnet-local"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body: bytes | None = None,
+         content_type: str = "application/json", timeout: float = 10.0) -> tuple[int, object]:
+    """One request; returns (status, decoded JSON or text), never raises on 4xx/5xx."""
+    req = urllib.request.Request(url, data=body, method=method,
+                                 headers={"Content-Type": content_type} if body is not None
+                                 else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, raw, ctype = resp.status, resp.read(), resp.headers.get_content_type()
+    except urllib.error.HTTPError as exc:
+        status, raw, ctype = exc.code, exc.read(), exc.headers.get_content_type()
+    return status, json.loads(raw) if ctype == "application/json" else raw.decode()
+
+
+class LocalNode:
+    """A single-validator node in its own data dir, run as a real ``qnet-node`` process."""
+
+    def __init__(self, data_dir: Path, funded: dict[bytes, int], params: Params | None = None,
+                 config_toml: str = ""):
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.key = crypto.KeyPair.generate()
+        write_secret(self.data_dir / "node_key", self.key.seed.hex())
+        balances = {crypto.encode_address(a): units for a, units in funded.items()}
+        self.genesis = single_validator_genesis(CHAIN_ID, self.key.node_id, "eu", balances,
+                                                params)
+        self.genesis.save(self.data_dir / "genesis.json")
+        if config_toml:
+            (self.data_dir / "config.toml").write_text(config_toml)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        log = open(self.data_dir / "node.log", "ab")  # noqa: SIM115 - lives with the process
+        self.proc = subprocess.Popen(
+            [str(BIN / "qnet-node"), "--data-dir", str(self.data_dir),
+             "--api-port", str(self.port)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if http("GET", self.url + "/health", timeout=1)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"node did not answer /health:\n{self.log()}")
+
+    def log(self) -> str:
+        return (self.data_dir / "node.log").read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        os.kill(self.proc.pid, sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def get(self, path: str) -> tuple[int, object]:
+        return http("GET", self.url + path)
+
+    def post(self, path: str, body: bytes, content_type: str = "application/json"):
+        return http("POST", self.url + path, body, content_type)
+
+    def status(self) -> dict:
+        return self.get("/api/v1/status")[1]
+
+    def wait_committed(self, tx_id: bytes, timeout: float = 20.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code, body = self.get(f"/api/v1/transactions/{tx_id.hex()}")
+            if code == 200 and body["status"] != "pending":
+                return body
+            time.sleep(0.05)
+        raise TimeoutError(f"transaction {tx_id.hex()} still pending")
