@@ -1,10 +1,15 @@
 """Amounts are integers in base units; 1 QNC = 10**9 units. No floats anywhere."""
 
-from decimal import Decimal, InvalidOperation
+from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, DecimalException, InvalidOperation
 
 UNITS_PER_QNC = 10**9
 DECIMALS = 9
 MAX_AMOUNT = 2**64 - 1  # amounts and fees travel as unsigned 64-bit integers
+MAX_TEXT_LEN = 64
+# Enough digits to hold any amount text exactly, and an exponent range that cannot trap
+# on the way: the default context rounds to 28 digits and would accept
+# '1.0000000000000000000000000001' as 1 QNC.
+_EXACT = Context(prec=MAX_TEXT_LEN + DECIMALS, Emax=MAX_EMAX, Emin=MIN_EMIN)
 
 
 class AmountError(ValueError):
@@ -13,21 +18,26 @@ class AmountError(ValueError):
 
 def parse_qnc(text: str) -> int:
     """'12.5' QNC -> 12_500_000_000 units, exactly; refuses more than 9 decimals."""
+    text = text.strip()
+    if len(text) > MAX_TEXT_LEN:
+        raise AmountError(f"amount longer than {MAX_TEXT_LEN} characters: {text[:20]!r}...")
     try:
-        value = Decimal(text.strip())
+        value = Decimal(text)
     except InvalidOperation:
         raise AmountError(f"not a number: {text!r}") from None
     if not value.is_finite():
         raise AmountError(f"not a finite amount: {text!r}")
-    units = value * UNITS_PER_QNC
+    try:
+        units = value.scaleb(DECIMALS, _EXACT)
+    except DecimalException:
+        raise AmountError(f"amount out of range: {text!r}") from None
     if units != units.to_integral_value():
         raise AmountError(f"more than {DECIMALS} decimals: {text!r}")
-    units_int = int(units)
-    if units_int <= 0:
+    if units <= 0:
         raise AmountError(f"amount must be positive: {text!r}")
-    if units_int > MAX_AMOUNT:
+    if units > MAX_AMOUNT:
         raise AmountError(f"amount too large: {text!r}")
-    return units_int
+    return int(units)
 
 
 def format_qnc(units: int) -> str:

@@ -20,7 +20,9 @@ class ConfigError(ValueError):
 class NodeConfig:
     data_dir: Path
     node_type: str = "super"
-    region: str = "eu"  # a region code, or "auto" to pick by round-trip time to the seeds
+    # A region code, "auto" to pick by round-trip time to the seeds, or None for the region
+    # genesis.json gives this node as a validator.
+    region: str | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 7370
     mempool_shards: int = 16
@@ -60,7 +62,7 @@ class NodeConfig:
     def validate(self) -> None:
         if self.node_type not in NODE_TYPES:
             raise ConfigError(f"node type must be one of {', '.join(NODE_TYPES)}")
-        if self.region != "auto" and self.region not in REGIONS:
+        if self.region not in (None, "auto", *REGIONS):
             raise ConfigError(f"region must be auto or one of {', '.join(REGIONS)}")
         if not 0 < self.api_port < 65536:
             raise ConfigError("api_port must be 1..65535")

@@ -45,6 +45,14 @@ def claim_pidfile(path: Path) -> None:
     path.write_text(f"{os.getpid()}\n")
 
 
+def genesis_region(genesis: Genesis, config: NodeConfig) -> str:
+    node_id = load_node_key(config.key_path).node_id
+    for v in genesis.validators:
+        if v.node_id == node_id:
+            return v.region
+    raise ConfigError("this node is not a genesis validator; give --region")
+
+
 def build(config: NodeConfig) -> web.Application:
     genesis = Genesis.load(config.genesis_path)
     node = Node(config, genesis, load_node_key(config.key_path))
@@ -91,9 +99,11 @@ def main(data_dir: Path, node_type, region, api_host, api_port) -> None:
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        genesis = Genesis.load(config.genesis_path)
         if config.region == "auto":
-            seeds = Genesis.load(config.genesis_path).seeds
-            config.region, _ = asyncio.run(region_mod.choose(seeds))
+            config.region, _ = asyncio.run(region_mod.choose(genesis.seeds))
+        elif config.region is None:
+            config.region = genesis_region(genesis, config)
         claim_pidfile(config.pid_path)
         app = build(config)
     except (ConfigError, GenesisError, StorageError, StateDivergence, LookupError,

@@ -1,0 +1,679 @@
+"""``qnet-cli``: create a chain, run a node, manage wallets and send QNC.
+
+Commands are thin click wrappers over plain functions (``init_genesis``, ``start_node``,
+``stop_node``, ``verify_chain``) so ``qnet.devnet`` reuses exactly the same steps. Every
+expected failure ends as one ``Error: ...`` line on stderr and exit status 1; amounts are
+shown in exact QNC decimals, and ``--json`` prints machine-readable output instead.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from . import crypto
+from .amounts import AmountError, format_qnc, parse_qnc
+from .client import DEFAULT_URL, ApiError, Client
+from .config import NODE_TYPES, ConfigError, NodeConfig, load_config
+from .genesis import REGIONS, Genesis, GenesisError, Params, single_validator_genesis
+from .keystore import NAME_RE, Keystore, KeystoreError
+from .main import pid_alive, read_pid
+from .node import StateDivergence, load_node_key, replay, write_secret
+from .storage import Storage, StorageError
+from .tx import DecodeError, make_transfer
+
+PASSWORD_ENV = "QNET_WALLET_PASSWORD"
+DEFAULT_CHAIN_ID = "qnet-dev"
+DEFAULT_FAUCET_QNC = "1000000"
+DEFAULT_FEE_QNC = format_qnc(Params().min_fee)
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0
+LOG_TAIL_LINES = 20
+
+
+class CliError(Exception):
+    """A failure the user can act on; its message is the whole explanation."""
+
+
+FAILURES = (
+    CliError,
+    ApiError,
+    KeystoreError,
+    AmountError,
+    GenesisError,
+    ConfigError,
+    StorageError,
+    StateDivergence,
+    crypto.EncodingError,
+    DecodeError,
+    OSError,
+)
+
+
+class QNetGroup(click.Group):
+    """Turns every expected failure into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FAILURES as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def venv_bin(name: str) -> str:
+    """A console script installed next to this interpreter (the same venv)."""
+    return str(Path(sys.executable).parent / name)
+
+
+# ---- output ----------------------------------------------------------------------------
+
+
+def table(rows: list[tuple], header: tuple | None = None) -> str:
+    """Plain aligned columns; good enough for a terminal, trivial to grep."""
+    lines = [header, *rows] if header else list(rows)
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join(
+        "  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+@dataclass
+class Settings:
+    node_url: str
+    keystore: Keystore
+    as_json: bool
+
+    def client(self) -> Client:
+        return Client(self.node_url)
+
+    def emit(self, data: object, rows: list[tuple], header: tuple | None = None) -> None:
+        """``--json`` prints ``data``; otherwise the human-readable ``rows``."""
+        if self.as_json:
+            click.echo(json.dumps(data, indent=2))
+        elif rows:
+            click.echo(table(rows, header))
+
+
+def format_uptime(seconds: float) -> str:
+    """3725.4 -> '1h 2m 5s'."""
+    rest, parts = int(seconds), []
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        count, rest = divmod(rest, size)
+        if count or parts:
+            parts.append(f"{count}{unit}")
+    return " ".join([*parts, f"{rest}s"])
+
+
+def status_rows(status: dict) -> list[tuple]:
+    return [
+        ("node id", status["node_id"]),
+        ("type", status["node_type"]),
+        ("region", status["region"]),
+        ("chain", status["chain_id"]),
+        ("height", status["height"]),
+        ("block hash", status["block_hash"]),
+        ("mempool", status["mempool_size"]),
+        ("version", status["version"]),
+        ("uptime", format_uptime(status["uptime_s"])),
+    ]
+
+
+def wallet_password(confirm: bool = False) -> str:
+    """$QNET_WALLET_PASSWORD for scripts, else a hidden prompt (on stderr, so --json stays
+    clean on stdout)."""
+    password = os.environ.get(PASSWORD_ENV)
+    if password is not None:
+        return password
+    return click.prompt("Wallet password", hide_input=True, confirmation_prompt=confirm, err=True)
+
+
+# ---- genesis ---------------------------------------------------------------------------
+
+
+def parse_funds(entries: tuple[str, ...]) -> dict[str, int]:
+    """``ADDRESS=QNC`` pairs -> {address: units}."""
+    funds: dict[str, int] = {}
+    for entry in entries:
+        address, sep, amount = entry.partition("=")
+        if not sep:
+            raise CliError(f"--fund {entry!r} must be ADDRESS=QNC")
+        crypto.decode_address(address)
+        if address in funds:
+            raise CliError(f"{address} is funded twice")
+        funds[address] = parse_qnc(amount)
+    return funds
+
+
+def init_genesis(
+    data_dir: Path,
+    chain_id: str,
+    region: str,
+    funds: dict[str, int],
+    keystore: Keystore,
+    faucet: str | None = None,
+    faucet_units: int = 0,
+    password: Callable[[], str] = wallet_password,
+) -> Genesis:
+    """Create a single-validator chain in ``data_dir`` (node key, genesis.json).
+
+    With ``faucet``, that wallet (created unless the keystore has it) is funded too; the
+    password is asked for only if the wallet is created. Everything is validated before
+    anything is written.
+    """
+    genesis_path = NodeConfig(data_dir=data_dir).genesis_path
+    if genesis_path.exists():
+        raise CliError(f"{genesis_path} already exists; refusing to replace a chain's genesis")
+    balances = dict(funds)
+    faucet_key = None
+    if faucet:
+        if keystore.exists(faucet):
+            faucet_address = keystore.info(faucet).address
+        else:
+            faucet_key = crypto.KeyPair.generate()
+            faucet_address = crypto.encode_address(faucet_key.address)
+        if faucet_address in balances:
+            raise CliError(f"the faucet {faucet_address} is also given with --fund")
+        balances[faucet_address] = faucet_units
+    key_path = NodeConfig(data_dir=data_dir).key_path
+    node_key = load_node_key(key_path) if key_path.exists() else None
+    new_key = node_key is None
+    node_key = node_key or crypto.KeyPair.generate()
+    genesis = single_validator_genesis(
+        chain_id, node_key.node_id, region, balances, genesis_time_ms=int(time.time() * 1000)
+    )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if faucet and faucet_key is not None:
+        keystore.add(faucet, password(), faucet_key)
+    if new_key:
+        write_secret(key_path, node_key.seed.hex() + "\n")
+    genesis.save(genesis_path)
+    return genesis
+
+
+# ---- node processes --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunningNode:
+    node_id: str
+    pid: int
+    api_url: str
+
+
+def node_running(pid: int) -> bool:
+    """Alive and not a zombie: a node that exited but is not yet reaped is gone."""
+    if not pid_alive(pid):
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux): the signal check is all we have
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def running_pid(data_dir: Path) -> int | None:
+    """The pid of the node serving ``data_dir``, from the pidfile the node writes."""
+    pid = read_pid(NodeConfig(data_dir=data_dir).pid_path)
+    return pid if pid is not None and node_running(pid) else None
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _node_argv(
+    data_dir: Path, node_type: str | None, region: str | None, api_port: int | None
+) -> list[str]:
+    """Only the flags the user gave, so config.toml keeps the rest."""
+    argv = [venv_bin("qnet-node"), "--data-dir", str(data_dir)]
+    for flag, value in (("--type", node_type), ("--region", region), ("--api-port", api_port)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _prepare_start(
+    data_dir: Path, node_type: str | None, region: str | None, api_port: int | None
+) -> tuple[NodeConfig, list[str]]:
+    config = load_config(data_dir, node_type=node_type, region=region, api_port=api_port)
+    if not config.genesis_path.exists():
+        raise CliError(
+            f"no genesis.json in {config.data_dir}: run "
+            f"`qnet-cli genesis init --data-dir {data_dir}` first"
+        )
+    pid = running_pid(config.data_dir)
+    if pid is not None:
+        raise CliError(f"a node is already running from {config.data_dir} (pid {pid})")
+    return config, _node_argv(config.data_dir, node_type, region, api_port)
+
+
+def start_node(
+    data_dir: Path,
+    node_type: str | None = None,
+    region: str | None = None,
+    api_port: int | None = None,
+    timeout: float = START_TIMEOUT_S,
+) -> RunningNode:
+    """Start ``qnet-node`` detached (own session, output appended to node.log) and return
+    once it answers /health as this data dir's node."""
+    config, argv = _prepare_start(data_dir, node_type, region, api_port)
+    node_id = load_node_key(config.key_path).node_id
+    with open(config.log_path, "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    client = Client(config.api_url, timeout=1.0)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        try:
+            client.health()
+        except ApiError:
+            if time.monotonic() > deadline:
+                proc.terminate()
+                raise CliError(
+                    f"the node did not answer {config.api_url}/health within "
+                    f"{timeout:g} s and was stopped; last lines of "
+                    f"{config.log_path}:\n{log_tail(config.log_path)}"
+                ) from None
+            time.sleep(0.1)
+            continue
+        answering = client.status()["node_id"]
+        if answering != node_id:  # someone else holds the port; our node will fail to bind
+            proc.terminate()
+            raise CliError(f"another node ({answering}) already answers at {config.api_url}")
+        return RunningNode(node_id, proc.pid, config.api_url)
+    raise CliError(
+        f"the node exited with status {proc.returncode} before answering; last "
+        f"lines of {config.log_path}:\n{log_tail(config.log_path)}"
+    )
+
+
+def stop_node(data_dir: Path, timeout: float = STOP_TIMEOUT_S) -> int:
+    """SIGTERM the node serving ``data_dir`` and wait for it to exit; returns its pid."""
+    data_dir = Path(data_dir).resolve()
+    pid = running_pid(data_dir)
+    if pid is None:
+        raise CliError(f"no node is running from {data_dir}")
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        cmdline = b"qnet"  # no /proc (not Linux): trust the pidfile
+    if b"qnet" not in cmdline:  # a pidfile left by kill -9 may name a reused pid
+        raise CliError(f"pid {pid} in {data_dir}/node.pid is not a qnet node (stale file)")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while node_running(pid):
+        if time.monotonic() > deadline:
+            raise CliError(f"the node (pid {pid}) did not stop within {timeout:g} s")
+        time.sleep(0.1)
+    return pid
+
+
+def verify_chain(data_dir: Path) -> tuple[int, bytes]:
+    """Replay the stored chain from genesis; returns (height, state digest) if the replayed
+    state matches the stored one. Safe while the node runs: SQLite readers see whole
+    blocks, and a replay that raced a commit is repeated."""
+    config = NodeConfig(data_dir=Path(data_dir).resolve())
+    genesis = Genesis.load(config.genesis_path)
+    if not config.db_path.exists():
+        raise CliError(f"no chain database at {config.db_path}")
+    storage = Storage(config.db_path)
+    try:
+        if storage.get_meta("genesis_hash") != genesis.hash.hex():
+            raise CliError(f"{config.db_path} belongs to another genesis")
+        for _ in range(3):
+            replayed = replay(storage, genesis)
+            stored = storage.load_state()
+            if stored.height == replayed.height:
+                break
+        else:
+            raise CliError("the node kept committing during the replay; stop it and retry")
+    finally:
+        storage.close()
+    if replayed.digest != stored.digest:
+        raise CliError(
+            f"state mismatch at height {stored.height}: replayed "
+            f"{replayed.digest.hex()}, stored {stored.digest.hex()}"
+        )
+    return stored.height, stored.digest
+
+
+# ---- commands --------------------------------------------------------------------------
+
+DATA_DIR = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="The node's data directory.",
+)
+
+
+@click.group(cls=QNetGroup)
+@click.option(
+    "--node",
+    "node_url",
+    envvar="QNET_NODE",
+    default=DEFAULT_URL,
+    show_default=True,
+    help="Node API URL (env QNET_NODE).",
+)
+@click.option(
+    "--keystore",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="QNET_KEYSTORE",
+    help="Wallet directory (env QNET_KEYSTORE, default ~/.qnet/wallets).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+@click.pass_context
+def cli(ctx: click.Context, node_url: str, keystore: Path | None, as_json: bool) -> None:
+    """QNet command line: chains, nodes and wallets."""
+    ctx.obj = Settings(node_url, Keystore.locate(keystore), as_json)
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+@cli.group()
+def genesis() -> None:
+    """Create a chain."""
+
+
+@genesis.command("init")
+@DATA_DIR
+@click.option("--chain-id", default=DEFAULT_CHAIN_ID, show_default=True)
+@click.option(
+    "--region",
+    type=click.Choice(REGIONS),
+    default="eu",
+    show_default=True,
+    help="Region of this (the only) validator.",
+)
+@click.option("--fund", multiple=True, metavar="ADDRESS=QNC", help="Fund an address; repeatable.")
+@click.option("--faucet", metavar="NAME", help="Create (or reuse) wallet NAME and fund it.")
+@click.option("--faucet-amount", default=DEFAULT_FAUCET_QNC, show_default=True, metavar="QNC")
+@pass_settings
+def genesis_init(
+    settings: Settings,
+    data_dir: Path,
+    chain_id: str,
+    region: str,
+    fund: tuple[str, ...],
+    faucet: str | None,
+    faucet_amount: str,
+) -> None:
+    """Create DATA_DIR with a node key and a genesis where this node is the only validator."""
+    funds = parse_funds(fund)
+    faucet_units = parse_qnc(faucet_amount) if faucet else 0
+    created = init_genesis(
+        data_dir,
+        chain_id,
+        region,
+        funds,
+        settings.keystore,
+        faucet,
+        faucet_units,
+        lambda: wallet_password(confirm=True),
+    )
+    node_id = created.validators[0].node_id
+    faucet_address = settings.keystore.info(faucet).address if faucet else None
+    funded = [
+        {
+            "address": a,
+            "amount": str(u),
+            "amount_qnc": format_qnc(u),
+            "wallet": faucet if a == faucet_address else None,
+        }
+        for a, u in sorted(created.balances.items())
+    ]
+    rows: list[tuple] = [("node id", node_id), ("chain id", created.chain_id)]
+    for f in funded:
+        owner = f"  (wallet {f['wallet']})" if f["wallet"] else ""
+        rows.append(("funded", f"{f['address']}  {f['amount_qnc']} QNC{owner}"))
+    genesis_path = NodeConfig(data_dir=data_dir.resolve()).genesis_path
+    settings.emit(
+        {
+            "node_id": node_id,
+            "chain_id": created.chain_id,
+            "genesis": str(genesis_path),
+            "funded": funded,
+        },
+        rows,
+    )
+
+
+@cli.group()
+def node() -> None:
+    """Run and inspect a node."""
+
+
+@node.command("start")
+@DATA_DIR
+@click.option("--type", "node_type", type=click.Choice(NODE_TYPES))
+@click.option("--region", type=click.Choice([*REGIONS, "auto"]))
+@click.option("--api-port", type=click.IntRange(1, 65535))
+@click.option("--foreground", is_flag=True, help="Run in this terminal instead of detached.")
+@pass_settings
+def node_start(
+    settings: Settings,
+    data_dir: Path,
+    node_type: str | None,
+    region: str | None,
+    api_port: int | None,
+    foreground: bool,
+) -> None:
+    """Start the node of DATA_DIR (detached; output goes to DATA_DIR/node.log)."""
+    if foreground:
+        _, argv = _prepare_start(data_dir, node_type, region, api_port)
+        os.execv(argv[0], argv)
+    started = start_node(data_dir, node_type, region, api_port)
+    settings.emit(
+        {"node_id": started.node_id, "pid": started.pid, "api_url": started.api_url},
+        [("node id", started.node_id), ("pid", started.pid), ("api", started.api_url)],
+    )
+
+
+@node.command("status")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Ask the node of this data dir (its configured port) instead of --node.",
+)
+@pass_settings
+def node_status(settings: Settings, data_dir: Path | None) -> None:
+    """Show the node's identity, chain head and mempool."""
+    url = load_config(data_dir).api_url if data_dir else settings.node_url
+    status = Client(url).status()
+    settings.emit(status, status_rows(status))
+
+
+@node.command("stop")
+@DATA_DIR
+@pass_settings
+def node_stop(settings: Settings, data_dir: Path) -> None:
+    """Stop the node of DATA_DIR and wait until it has exited."""
+    pid = stop_node(data_dir)
+    settings.emit({"stopped": pid}, [("stopped", f"pid {pid}")])
+
+
+@node.command("verify")
+@DATA_DIR
+@pass_settings
+def node_verify(settings: Settings, data_dir: Path) -> None:
+    """Replay the stored chain from genesis and check it reaches the stored state."""
+    height, digest = verify_chain(data_dir)
+    settings.emit(
+        {"height": height, "state_digest": digest.hex(), "ok": True},
+        [("height", height), ("state digest", digest.hex()), ("replay", "ok")],
+    )
+
+
+@cli.group()
+def wallet() -> None:
+    """Create wallets, check balances, send QNC."""
+
+
+def resolve_address(keystore: Keystore, text: str) -> tuple[str, str | None]:
+    """An address as given, or the address of the wallet of that name."""
+    try:
+        crypto.decode_address(text)
+        return text, None
+    except crypto.EncodingError as exc:
+        if NAME_RE.fullmatch(text) and keystore.exists(text):
+            return keystore.info(text).address, text
+        if text.startswith(crypto.ADDRESS_HRP + "1"):
+            raise CliError(str(exc)) from None
+        raise CliError(
+            f"{text!r} is neither an address nor a wallet in {keystore.directory}"
+        ) from None
+
+
+def _wallet_rows(name: str, address: str, path: Path) -> list[tuple]:
+    return [("wallet", name), ("address", address), ("file", str(path))]
+
+
+@wallet.command("create")
+@click.argument("name")
+@pass_settings
+def wallet_create(settings: Settings, name: str) -> None:
+    """Create wallet NAME with a new key, encrypted under a password."""
+    if settings.keystore.exists(name):  # before asking for a password twice
+        raise CliError(f"wallet {name!r} already exists in {settings.keystore.directory}")
+    info = settings.keystore.add(name, wallet_password(confirm=True))
+    settings.emit(
+        {"name": name, "address": info.address, "path": str(info.path)},
+        _wallet_rows(name, info.address, info.path),
+    )
+
+
+@wallet.command("import")
+@click.argument("name")
+@pass_settings
+def wallet_import(settings: Settings, name: str) -> None:
+    """Import wallet NAME from its seed (64 hex characters on stdin)."""
+    stdin = click.get_text_stream("stdin")
+    text = (
+        click.prompt("Seed (hex)", hide_input=True, err=True)
+        if stdin.isatty()
+        else stdin.readline()
+    )
+    try:
+        key = crypto.KeyPair(bytes.fromhex(text.strip()))
+    except ValueError:
+        raise CliError("the seed must be 32 bytes as 64 hex characters") from None
+    info = settings.keystore.add(name, wallet_password(confirm=True), key)
+    settings.emit(
+        {"name": name, "address": info.address, "path": str(info.path)},
+        _wallet_rows(name, info.address, info.path),
+    )
+
+
+@wallet.command("export")
+@click.argument("name")
+@pass_settings
+def wallet_export(settings: Settings, name: str) -> None:
+    """Print the seed of wallet NAME (it controls the funds: keep it secret)."""
+    key = settings.keystore.load(name, wallet_password())
+    click.echo(
+        "warning: this seed controls the wallet's funds; anyone who sees it can spend them",
+        err=True,
+    )
+    address = crypto.encode_address(key.address)
+    settings.emit({"name": name, "address": address, "seed": key.seed.hex()}, [(key.seed.hex(),)])
+
+
+@wallet.command("list")
+@pass_settings
+def wallet_list(settings: Settings) -> None:
+    """List the wallets in the keystore."""
+    wallets = settings.keystore.wallets()
+    if not wallets and not settings.as_json:
+        click.echo(f"no wallets in {settings.keystore.directory}", err=True)
+    settings.emit(
+        [{"name": w.name, "address": w.address, "path": str(w.path)} for w in wallets],
+        [(w.name, w.address) for w in wallets],
+        ("NAME", "ADDRESS"),
+    )
+
+
+@wallet.command("balance")
+@click.argument("wallet_or_address")
+@pass_settings
+def wallet_balance(settings: Settings, wallet_or_address: str) -> None:
+    """Show the balance of a wallet (by name) or of any address."""
+    address, name = resolve_address(settings.keystore, wallet_or_address)
+    account = settings.client().account(address)
+    rows = [("wallet", name)] if name else []
+    rows += [
+        ("address", address),
+        ("balance", f"{format_qnc(int(account['balance']))} QNC"),
+        ("nonce", account["nonce"]),
+        ("pending", account["pending"]),
+    ]
+    settings.emit({**account, "name": name}, rows)
+
+
+@wallet.command("send")
+@click.option("--from", "sender", required=True, metavar="NAME", help="Paying wallet.")
+@click.argument("to")
+@click.argument("amount", metavar="AMOUNT_QNC")
+@click.option("--fee", default=DEFAULT_FEE_QNC, show_default=True, metavar="QNC")
+@click.option("--no-wait", is_flag=True, help="Return once the node accepted it.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for commit.")
+@pass_settings
+def wallet_send(
+    settings: Settings, sender: str, to: str, amount: str, fee: str, no_wait: bool, timeout: float
+) -> None:
+    """Send AMOUNT_QNC from wallet --from to TO (an address or a wallet name)."""
+    units, fee_units = parse_qnc(amount), parse_qnc(fee)
+    to_address, _ = resolve_address(settings.keystore, to)
+    key = settings.keystore.load(sender, wallet_password())
+    client = settings.client()
+    chain_id = client.status()["chain_id"]
+    from_address = crypto.encode_address(key.address)
+    account = client.account(from_address)
+    balance = int(account["balance"])
+    if units + fee_units > balance:
+        raise CliError(
+            f"insufficient funds: {sender} has {format_qnc(balance)} QNC, the "
+            f"transfer needs {format_qnc(units + fee_units)} QNC (amount + fee)"
+        )
+    tx = make_transfer(
+        key, chain_id, account["next_nonce"], fee_units, crypto.decode_address(to_address), units
+    )
+    result = {"id": tx.id.hex(), **client.submit(tx)}
+    if not no_wait:
+        result.update(client.wait_committed(tx.id.hex(), timeout))
+    if result["status"] == "rejected":
+        raise CliError(
+            f"transaction {tx.id.hex()} was rejected: {result['reason']}: {result['message']}"
+        )
+    result.update(
+        {"from": from_address, "to": to_address, "amount": str(units), "fee": str(fee_units)}
+    )
+    settings.emit(
+        result,
+        [
+            ("tx id", tx.id.hex()),
+            ("status", result["status"]),
+            *([("height", result["height"])] if "height" in result else []),
+            ("from", from_address),
+            ("to", to_address),
+            ("amount", f"{format_qnc(units)} QNC"),
+            ("fee", f"{format_qnc(fee_units)} QNC"),
+        ],
+    )

@@ -1,0 +1,100 @@
+"""A small synchronous client for the node's HTTP API, used by the CLI.
+
+Synchronous on purpose: a command makes a handful of requests in order, and urllib needs
+no event loop and no extra dependency. Every failure becomes one ``ApiError`` whose code is
+the API's error code (or ``unreachable``/``timeout``/``bad_response`` for transport
+problems), so the CLI can print one line and exit non-zero.
+"""
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+from .tx import Transaction
+
+DEFAULT_URL = "http://127.0.0.1:7370"
+
+
+class ApiError(Exception):
+    def __init__(self, code: str, message: str, status: int | None = None):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class Client:
+    def __init__(self, base_url: str = DEFAULT_URL, timeout: float = 10.0):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        req = urllib.request.Request(
+            self.base_url + path, data=data, method=method, headers=headers
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return self._decode(resp.read(), resp.status)
+        except urllib.error.HTTPError as exc:
+            error = self._decode(exc.read(), exc.code).get("error")
+            if not isinstance(error, dict):
+                raise ApiError(
+                    "bad_response", f"HTTP {exc.code} from {self.base_url}", exc.code
+                ) from None
+            raise ApiError(str(error.get("code")), str(error.get("message")), exc.code) from None
+        except (urllib.error.URLError, ConnectionError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ApiError(
+                "unreachable", f"no node answering at {self.base_url} ({reason})"
+            ) from None
+        except TimeoutError:
+            raise ApiError(
+                "timeout", f"{self.base_url} did not answer within {self.timeout:g} s"
+            ) from None
+
+    def _decode(self, raw: bytes, status: int) -> dict:
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            raise ApiError(
+                "bad_response",
+                f"HTTP {status} from {self.base_url} is not a JSON object; is this a QNet node?",
+                status,
+            )
+        return body
+
+    def health(self) -> dict:
+        return self.request("GET", "/health")
+
+    def status(self) -> dict:
+        return self.request("GET", "/api/v1/status")
+
+    def account(self, address: str) -> dict:
+        return self.request("GET", f"/api/v1/accounts/{address}")
+
+    def submit(self, tx: Transaction) -> dict:
+        return self.request("POST", "/api/v1/transactions", tx.to_json())
+
+    def tx_status(self, tx_id: str) -> dict:
+        return self.request("GET", f"/api/v1/transactions/{tx_id}")
+
+    def wait_committed(self, tx_id: str, timeout: float = 30.0, poll: float = 0.1) -> dict:
+        """Poll until the transaction leaves the mempool; returns its committed or rejected
+        status. A brief ``not_found`` is tolerated: the node may not have recorded it yet."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                found = self.tx_status(tx_id)
+                if found.get("status") != "pending":
+                    return found
+            except ApiError as exc:
+                if exc.code != "not_found":
+                    raise
+            if time.monotonic() >= deadline:
+                raise ApiError("timeout", f"transaction {tx_id} not committed within {timeout:g} s")
+            time.sleep(poll)
