@@ -5,6 +5,7 @@ from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, DecimalException, Inva
 UNITS_PER_QNC = 10**9
 DECIMALS = 9
 MAX_AMOUNT = 2**64 - 1  # amounts and fees travel as unsigned 64-bit integers
+MAX_SUPPLY = 2**63 - 1  # balances are stored as SQLite INTEGER (signed 64-bit)
 MAX_TEXT_LEN = 64
 # Enough digits to hold any amount text exactly, and an exponent range that cannot trap
 # on the way: the default context rounds to 28 digits and would accept

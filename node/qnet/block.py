@@ -64,9 +64,12 @@ class Header:
         if len(data) < 2 or data[0] != TAG_HEADER:
             raise BlockError("not a block header")
         n = data[1]
-        chain_id = data[2 : 2 + n].decode()
         if len(data) != 2 + n + _HEADER.size:
             raise BlockError("block header has the wrong length")
+        try:
+            chain_id = data[2 : 2 + n].decode()
+        except UnicodeDecodeError:
+            raise BlockError("block header chain id is not UTF-8") from None
         return cls(chain_id, *_HEADER.unpack_from(data, 2 + n))
 
     def to_json(self) -> dict:

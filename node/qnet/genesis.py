@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import crypto
-from .amounts import MAX_AMOUNT
+from .amounts import MAX_SUPPLY
 
 REGIONS = ("na", "sa", "eu", "af", "ap", "me", "oc")
 
@@ -117,8 +117,8 @@ class Genesis:
                 raise GenesisError(str(exc)) from None
             if units <= 0:
                 raise GenesisError(f"balance of {addr} must be positive")
-        if self.total_supply > MAX_AMOUNT:
-            raise GenesisError("total supply overflows an unsigned 64-bit integer")
+        if self.total_supply > MAX_SUPPLY:
+            raise GenesisError(f"total supply exceeds {MAX_SUPPLY} base units")
         p = self.params
         if p.block_interval_ms < 0 or p.max_block_txs <= 0 or p.min_fee < 0:
             raise GenesisError("params out of range")

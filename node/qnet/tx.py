@@ -102,7 +102,11 @@ def make_transfer(
 
 
 def check_fields(chain_id: str, nonce: int, fee: int, amount: int) -> None:
-    if not 0 < len(chain_id.encode()) <= MAX_CHAIN_ID_LEN:
+    try:
+        cid_len = len(chain_id.encode())
+    except UnicodeEncodeError:
+        raise DecodeError("chain id is not valid Unicode text") from None
+    if not 0 < cid_len <= MAX_CHAIN_ID_LEN:
         raise DecodeError(f"chain id must be 1..{MAX_CHAIN_ID_LEN} bytes")
     if not 0 <= nonce <= MAX_AMOUNT:
         raise DecodeError("nonce must be an unsigned 64-bit integer")
@@ -189,6 +193,8 @@ def from_json(obj: object) -> Transaction:
     tx = _finish((kind, chain_id, public_key, nonce, fee, to, amount), body, signature)
     if "id" in obj and obj["id"] != tx.id.hex():
         raise DecodeError("id does not match the transaction's contents")
+    if "from" in obj and obj["from"] != crypto.encode_address(tx.sender):
+        raise DecodeError("from is not the address of public_key")
     return tx
 
 

@@ -1,0 +1,249 @@
+"""Durable storage: committed blocks survive a reopen, replay reproduces them, a failed commit
+leaves nothing behind."""
+
+import sqlite3
+from dataclasses import replace
+
+import pytest
+from qnet import crypto, ledger, tx
+from qnet.amounts import MAX_AMOUNT
+from qnet.block import Block, BlockError, CommitCertificate, Header, precommit_message, tx_root
+from qnet.genesis import GenesisError, Params, single_validator_genesis
+from qnet.node import StateDivergence, replay
+from qnet.storage import Storage, StorageError
+
+CHAIN = "qnet-test"
+MIN_FEE = 1_000
+VALIDATOR = crypto.KeyPair(b"\x70" * 32)
+OUTSIDER = crypto.KeyPair(b"\x6f" * 32)
+WALLETS = [crypto.KeyPair(bytes([0x71 + i]) * 32) for i in range(3)]
+FRESH = b"\xee" * 20
+
+
+def make_genesis(chain_id: str = CHAIN, balances: dict[bytes, int] | None = None):
+    balances = balances or {w.address: 10**12 for w in WALLETS}
+    return single_validator_genesis(
+        chain_id, VALIDATOR.node_id, "eu",
+        {crypto.encode_address(a): units for a, units in balances.items()},
+        Params(min_fee=MIN_FEE))
+
+
+def build_block(state: ledger.State, txs: list[tx.Transaction], signer=VALIDATOR,
+                **header_changes) -> tuple[Block, CommitCertificate, ledger.Diff]:
+    """What ``Node.build_block`` and ``SoloConsensus`` do, without the node around them."""
+    diff, included, _ = ledger.apply_transactions(state, txs, CHAIN, MIN_FEE)
+    header = Header(chain_id=CHAIN, height=state.height + 1, time_ms=state.block_time_ms + 200,
+                    parent=state.block_hash, tx_root=tx_root([t.id for t in included]),
+                    tx_count=len(included), state_digest=diff.digest,
+                    proposer=VALIDATOR.public_key)
+    header = replace(header, **header_changes)
+    block = Block(header, VALIDATOR.sign(header.encode()), tuple(included))
+    precommit = precommit_message(CHAIN, header.height, 0, block.hash)
+    cert = CommitCertificate(header.height, 0, block.hash,
+                             ((signer.public_key, signer.sign(precommit)),))
+    return block, cert, diff
+
+
+class Chain:
+    """A storage with genesis recorded and the in-memory state a node would hold beside it."""
+
+    def __init__(self, path, genesis=None):
+        self.path = path
+        self.genesis = genesis or make_genesis()
+        self.storage = Storage(path)
+        self.storage.initialise(self.genesis.chain_id, self.genesis.hash,
+                                ledger.State.from_genesis(self.genesis.account_balances()))
+        self.state = self.storage.load_state()
+        self.blocks: list[Block] = []
+
+    def commit(self, txs: list[tx.Transaction], **build) -> Block:
+        block, cert, diff = build_block(self.state, txs, **build)
+        self.storage.commit_block(block, cert, diff)
+        self.state.merge(diff, block.header.height, block.hash, block.header.time_ms)
+        self.blocks.append(block)
+        return block
+
+    def reopen(self) -> Storage:
+        self.storage.close()
+        self.storage = Storage(self.path)
+        return self.storage
+
+
+def pay(key, nonce, to, amount=1_000_000, fee=MIN_FEE) -> tx.Transaction:
+    return tx.make_transfer(key, CHAIN, nonce, fee, to, amount)
+
+
+def four_blocks(chain: Chain) -> None:
+    a, b, c = WALLETS
+    chain.commit([pay(a, 0, b.address), pay(b, 0, c.address), pay(c, 0, FRESH)])
+    chain.commit([pay(a, 1, a.address), pay(a, 2, FRESH, fee=5_000),
+                  pay(b, 5, a.address)])  # the last one has a nonce gap and is left out
+    chain.commit([pay(c, 1, b.address, amount=10**12 - 10**7)])
+    chain.commit([pay(b, n, FRESH, amount=n + 1) for n in range(1, 6)])
+
+
+@pytest.fixture
+def chain(tmp_path):
+    chain = Chain(tmp_path / "chain.sqlite")
+    four_blocks(chain)
+    yield chain
+    chain.storage.close()
+
+
+def same_state(got: ledger.State, want: ledger.State) -> None:
+    assert got.accounts == want.accounts
+    assert got.supply == want.supply
+    assert (got.height, got.block_hash, got.block_time_ms) == (
+        want.height, want.block_hash, want.block_time_ms)
+    assert got.digest == want.digest
+
+
+# ---- what a reopened storage holds -------------------------------------------------------
+
+def test_the_chain_under_test_moves_funds(chain):
+    assert chain.state.height == 4
+    assert [len(b.txs) for b in chain.blocks] == [3, 2, 1, 5]
+    assert chain.state.account(FRESH)[0] > 0
+    assert chain.state.supply.fee_pool == 10 * MIN_FEE + 5_000
+    assert ledger.supply_holds(chain.state)
+
+
+def test_reopened_storage_loads_the_committed_state(chain):
+    storage = chain.reopen()
+    same_state(storage.load_state(), chain.state)
+
+
+def test_every_transaction_is_found_where_it_was_committed(chain):
+    storage = chain.reopen()
+    for block in chain.blocks:
+        for index, t in enumerate(block.txs):
+            assert storage.tx_location(t.id) == (block.header.height, index)
+    left_out = pay(WALLETS[1], 5, WALLETS[0].address)
+    assert storage.tx_location(left_out.id) is None
+
+
+def test_headers_returns_the_requested_range(chain):
+    storage = chain.reopen()
+    headers = [b.header for b in chain.blocks]
+    assert storage.headers(2, 3) == headers[1:3]
+    assert storage.headers(1, 100) == headers
+    assert storage.headers(4, 4) == headers[3:]
+    assert storage.headers(5, 9) == []
+    assert storage.headers(3, 2) == []
+
+
+def test_stored_blocks_and_certificates_read_back(chain):
+    storage = chain.reopen()
+    for block in chain.blocks:
+        got, cert = storage.block(block.header.height)
+        got.verify_shape()
+        assert got.header == block.header and got.signature == block.signature
+        assert [t.raw for t in got.txs] == [t.raw for t in block.txs]
+        assert cert.block_hash == block.hash and cert.height == block.header.height
+        cert.verify(CHAIN, {VALIDATOR.public_key: 1})
+    assert storage.block(0) is None and storage.block(5) is None
+    assert [b.hash for b, _ in storage.iter_blocks()] == [b.hash for b in chain.blocks]
+
+
+def test_replay_reproduces_the_state(chain):
+    same_state(replay(chain.reopen(), chain.genesis), chain.state)
+
+
+def test_load_state_detects_accounts_changed_behind_its_back(chain):
+    chain.storage.close()
+    with sqlite3.connect(chain.path) as conn:
+        conn.execute("UPDATE accounts SET balance = balance + 1 WHERE address = ?", (FRESH,))
+    chain.storage = Storage(chain.path)
+    with pytest.raises(StorageError):
+        chain.storage.load_state()
+
+
+# ---- replay refuses what does not verify -------------------------------------------------
+
+def test_replay_refuses_a_block_whose_state_digest_is_wrong(tmp_path):
+    chain = Chain(tmp_path / "chain.sqlite")
+    chain.commit([pay(WALLETS[0], 0, FRESH)])
+    chain.commit([pay(WALLETS[0], 1, FRESH)], state_digest=b"\0" * 32)
+    with pytest.raises(StateDivergence):
+        replay(chain.reopen(), chain.genesis)
+    chain.storage.close()
+
+
+def test_replay_refuses_a_certificate_not_signed_by_the_validators(tmp_path):
+    chain = Chain(tmp_path / "chain.sqlite")
+    chain.commit([pay(WALLETS[0], 0, FRESH)], signer=OUTSIDER)
+    with pytest.raises(BlockError):
+        replay(chain.reopen(), chain.genesis)
+    chain.storage.close()
+
+
+# ---- genesis -----------------------------------------------------------------------------
+
+def test_initialise_refuses_a_data_dir_of_another_genesis(chain):
+    storage = chain.reopen()
+    other = make_genesis(chain_id="qnet-other")
+    fresh = ledger.State.from_genesis(other.account_balances())
+    with pytest.raises(StorageError):
+        storage.initialise(other.chain_id, other.hash, fresh)
+    richer = make_genesis(balances={w.address: 10**12 + 1 for w in WALLETS})
+    with pytest.raises(StorageError):
+        storage.initialise(richer.chain_id, richer.hash, fresh)
+    same_state(storage.load_state(), chain.state)
+
+
+def test_initialise_with_the_same_genesis_keeps_the_chain(chain):
+    storage = chain.reopen()
+    storage.initialise(CHAIN, chain.genesis.hash,
+                       ledger.State.from_genesis(chain.genesis.account_balances()))
+    same_state(storage.load_state(), chain.state)
+
+
+@pytest.mark.parametrize("units", [2**63 - 1, 2**63, MAX_AMOUNT])
+def test_every_balance_genesis_accepts_survives_storage(tmp_path, units):
+    """Genesis allows a u64 supply; storage must hold whatever genesis accepts."""
+    try:
+        genesis = make_genesis(balances={WALLETS[0].address: units})
+    except GenesisError:
+        return  # refused up front, so storage never has to hold it
+    chain = Chain(tmp_path / "chain.sqlite", genesis)
+    chain.commit([pay(WALLETS[0], 0, FRESH, amount=units - MIN_FEE)])
+    same_state(chain.reopen().load_state(), chain.state)
+    chain.storage.close()
+
+
+# ---- a failed commit leaves nothing behind -----------------------------------------------
+
+def nothing_of(storage: Storage, block: Block, before: ledger.State) -> None:
+    same_state(storage.load_state(), before)
+    assert storage.block(block.header.height) is None
+    assert storage.headers(block.header.height, block.header.height) == []
+    assert all(storage.tx_location(t.id) is None for t in block.txs)
+
+
+def test_a_commit_failing_at_its_last_step_is_rolled_back(chain, monkeypatch):
+    before = chain.reopen().load_state()
+    block, cert, diff = build_block(before, [pay(WALLETS[0], 3, FRESH),
+                                             pay(WALLETS[2], 2, WALLETS[0].address)])
+    assert len(block.txs) == 2
+
+    def crash(*args):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(chain.storage, "_put_head", crash)
+    with pytest.raises(OSError):
+        chain.storage.commit_block(block, cert, diff)
+    nothing_of(chain.storage, block, before)
+    nothing_of(chain.reopen(), block, before)
+    chain.storage.commit_block(block, cert, diff)  # the same block commits afterwards
+    before.merge(diff, block.header.height, block.hash, block.header.time_ms)
+    same_state(chain.reopen().load_state(), before)
+
+
+def test_a_commit_failing_in_the_middle_is_rolled_back(chain):
+    before = chain.reopen().load_state()
+    t = pay(WALLETS[0], 3, FRESH)
+    block, cert, diff = build_block(before, [t])
+    twice = Block(block.header, block.signature, (t, t))  # the tx index refuses a repeat
+    with pytest.raises(sqlite3.IntegrityError):
+        chain.storage.commit_block(twice, cert, diff)
+    nothing_of(chain.reopen(), block, before)
