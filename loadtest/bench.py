@@ -49,15 +49,23 @@ def machine() -> dict:
     except OSError:
         pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ).stdout.strip()
         commit += "-dirty" if dirty else ""
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "commit": commit, "qnet": __version__}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "commit": commit,
+        "qnet": __version__,
+    }
 
 
 # Where a sample's time goes: the first of these, in this order, found in its stack.
@@ -102,20 +110,37 @@ def metric_sums(text: str) -> dict[str, float]:
 
 
 async def one_run(args, senders, txs, workdir: Path) -> dict:
-    node = LocalNode(workdir, {k.address: FUNDS for k in senders},
-                     Params(block_interval_ms=args.block_interval_ms,
-                            max_block_txs=args.max_block_txs, min_fee=FEE),
-                     config_toml=f"mempool_capacity = {args.mempool}\n")
+    node = LocalNode(
+        workdir,
+        {k.address: FUNDS for k in senders},
+        Params(
+            block_interval_ms=args.block_interval_ms, max_block_txs=args.max_block_txs, min_fee=FEE
+        ),
+        config_toml=f"mempool_capacity = {args.mempool}\n",
+    )
     node.start()
     profiler = None
     try:
         before = metric_sums(http("GET", node.url + "/metrics")[1])
         if args.profile:
             profiler = subprocess.Popen(
-                [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
-                 "--pid", str(node.proc.pid), "--rate", "50", "--output",
-                 str(workdir / "profile.txt"), "--duration", str(int(args.duration))],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                [
+                    str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "--format",
+                    "raw",
+                    "--pid",
+                    str(node.proc.pid),
+                    "--rate",
+                    "50",
+                    "--output",
+                    str(workdir / "profile.txt"),
+                    "--duration",
+                    str(int(args.duration)),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         report = await loadgen.send_at_rate(node.url, txs, args.rate, args.batch)
         # Let the mempool drain so late commits count toward latency, not toward the window.
         deadline = time.monotonic() + 60
@@ -133,8 +158,9 @@ async def one_run(args, senders, txs, workdir: Path) -> dict:
     figures = loadgen.chain_figures(blocks, t0, t0 + args.duration, report.send_times)
     window = figures.per_second[:-1] or figures.per_second
     stages = {
-        name: round(after.get(f"qnet_{name}_seconds_sum", 0)
-                    - before.get(f"qnet_{name}_seconds_sum", 0), 2)
+        name: round(
+            after.get(f"qnet_{name}_seconds_sum", 0) - before.get(f"qnet_{name}_seconds_sum", 0), 2
+        )
         for name in ("tx_verify", "block_build", "block_commit")
     }
     return {
@@ -149,8 +175,11 @@ async def one_run(args, senders, txs, workdir: Path) -> dict:
         "committed_tps": figures.committed_tps,
         "min_committed_per_second": min(window),
         "blocks_in_window": figures.blocks,
-        "latency_ms": {"p50": figures.latency_p50_ms, "p95": figures.latency_p95_ms,
-                       "p99": figures.latency_p99_ms},
+        "latency_ms": {
+            "p50": figures.latency_p50_ms,
+            "p95": figures.latency_p95_ms,
+            "p99": figures.latency_p99_ms,
+        },
         "node_stage_seconds": stages,
         "send_wall_s": round(report.finished - report.started, 2),
         "profile_inclusive_percent": profile,
@@ -168,33 +197,42 @@ def main() -> int:
     p.add_argument("--block-interval-ms", type=int, default=200)
     p.add_argument("--max-block-txs", type=int, default=20_000)
     p.add_argument("--mempool", type=int, default=400_000)
-    p.add_argument("--profile", action="store_true",
-                   help="sample the node with py-spy and print where its time goes")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the node with py-spy and print where its time goes",
+    )
     p.add_argument("--out", type=Path, default=Path("bench-results/single-node.json"))
     args = p.parse_args()
 
-    print(f"QNet single-node benchmark: {args.senders} senders, {args.rate:.0f} tx/s requested, "
-          f"{args.duration:.0f} s window after {args.warmup:.0f} s warm-up, {args.runs} runs")
+    print(
+        f"QNet single-node benchmark: {args.senders} senders, {args.rate:.0f} tx/s requested, "
+        f"{args.duration:.0f} s window after {args.warmup:.0f} s warm-up, {args.runs} runs"
+    )
     ceiling = verify_rate()
     print(f"PyNaCl Ed25519 verifications per second, one core: {ceiling:,.0f}")
     senders = [crypto.KeyPair.generate() for _ in range(args.senders)]
     count = int(args.rate * (args.duration + args.warmup + 1))
     started = time.perf_counter()
     txs = loadgen.presign(senders, "qnet-local", count, FEE, crypto.KeyPair.generate().address)
-    print(f"signed {count:,} transfers before the timed window in "
-          f"{time.perf_counter() - started:.1f} s")
+    print(
+        f"signed {count:,} transfers before the timed window in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
     runs = []
     for i in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="qnet-bench-") as tmp:
             run = asyncio.run(one_run(args, senders, txs, Path(tmp)))
         runs.append(run)
         lat = run["latency_ms"]
-        print(f"run {i + 1}: committed {run['committed_tps']:>9,.1f} tx/s "
-              f"(min {run['min_committed_per_second']:,}/s), sent "
-              f"{run['achieved_send_rate']:,.0f}/s"
-              f"{'' if run['reached_send_rate'] else ' (requested rate NOT reached)'}, "
-              f"latency p50/p95/p99 {lat['p50']}/{lat['p95']}/{lat['p99']} ms, "
-              f"rejected {run['rejected'] or 0}, node stages {run['node_stage_seconds']}")
+        print(
+            f"run {i + 1}: committed {run['committed_tps']:>9,.1f} tx/s "
+            f"(min {run['min_committed_per_second']:,}/s), sent "
+            f"{run['achieved_send_rate']:,.0f}/s"
+            f"{'' if run['reached_send_rate'] else ' (requested rate NOT reached)'}, "
+            f"latency p50/p95/p99 {lat['p50']}/{lat['p95']}/{lat['p99']} ms, "
+            f"rejected {run['rejected'] or 0}, node stages {run['node_stage_seconds']}"
+        )
         for name, pct in run["profile_inclusive_percent"]:
             print(f"    {pct:5.1f}%  {name}")
     tps = [r["committed_tps"] for r in runs]
@@ -207,8 +245,10 @@ def main() -> int:
         "median_latency_p99_ms": loadgen.median([r["latency_ms"]["p99"] or 0 for r in runs]),
         "runs": runs,
     }
-    print(f"median committed TPS over {len(runs)} runs: {summary['median_committed_tps']:,.1f} "
-          f"(target 10,000); verify ceiling one core {ceiling:,.0f}/s")
+    print(
+        f"median committed TPS over {len(runs)} runs: {summary['median_committed_tps']:,.1f} "
+        f"(target 10,000); verify ceiling one core {ceiling:,.0f}/s"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}")

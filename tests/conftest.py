@@ -5,9 +5,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import NodeProcess  # noqa: E402
-
-from qnet import crypto  # noqa: E402
+from helpers import NodeProcess
+from qnet import crypto
 
 FUNDS = 1_000_000 * 10**9  # 1M QNC per funded wallet
 

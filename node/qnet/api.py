@@ -1,7 +1,12 @@
-"""The node's HTTP API (documented in openapi.yaml): thin handlers over ``Node``."""
+"""The node's HTTP API (documented in openapi.yaml): thin handlers over ``Node``.
+
+Every error, including aiohttp's own 404/405/413 and unexpected failures, is answered with
+one JSON shape: ``{"error": {"code": ..., "message": ...}}``.
+"""
 
 import json
 import logging
+import re
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -16,45 +21,69 @@ log = logging.getLogger("qnet.api")
 
 NODE: web.AppKey[Node] = web.AppKey("node", Node)
 MAX_HEADERS_PER_PAGE = 1000
+TX_ID = re.compile(r"[0-9a-fA-F]{64}")
 
 STATUS_FOR = {"malformed": 400, "duplicate": 409, "mempool_full": 503}
+CODE_FOR = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
 
 
-def error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def error(status: int, code: str, message: str, headers: dict | None = None) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
+
+
+class _Refusal(Exception):
+    """Raised by request parsing helpers; the middleware answers it as an Error."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's own errors (no route, wrong method, body over client_max_size) as JSON."""
+    if exc.status == 404:
+        message = f"no route for {request.method} {request.path}"
+    elif exc.status == 405:
+        allowed = ", ".join(sorted(getattr(exc, "allowed_methods", ())))
+        message = f"{request.method} is not allowed on {request.path} (allowed: {allowed})"
+    else:  # e.g. 413: "Maximum request body size N exceeded, actual body size M"
+        message = exc.text or exc.reason
+    allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+    return error(exc.status, CODE_FOR.get(exc.status, "bad_request"), message, allow)
 
 
 @web.middleware
 async def json_errors(request: web.Request, handler):
     try:
         return await handler(request)
+    except _Refusal as exc:
+        return error(exc.status, exc.code, exc.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
-            exc.status, "bad_request")
-        return error(exc.status, code, exc.reason if code != "too_large" else
-                     f"request body larger than {request.app[NODE].config.max_batch_bytes} "
-                     "bytes")
+        return _http_error(request, exc)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return error(500, "internal", "the node failed to handle this request; see its log")
 
 
 def _require_type(request: web.Request, content_type: str) -> None:
-    if request.content_type != content_type:
-        raise _Refusal(415, "unsupported_media_type",
-                       f"Content-Type must be {content_type}, not {request.content_type!r}")
-
-
-class _Refusal(Exception):
-    def __init__(self, status: int, code: str, message: str):
-        self.response = error(status, code, message)
-
-
-@web.middleware
-async def refusals(request: web.Request, handler):
-    try:
-        return await handler(request)
-    except _Refusal as exc:
-        return exc.response
+    given = request.headers.get("Content-Type", "").strip()  # aiohttp defaults a missing one
+    if not given or request.content_type != content_type:
+        raise _Refusal(
+            415,
+            "unsupported_media_type",
+            f"Content-Type must be {content_type}, "
+            f"not {repr(request.content_type) if given else 'missing'}",
+        )
 
 
 def _rejection(exc: Rejected) -> web.Response:
@@ -62,15 +91,20 @@ def _rejection(exc: Rejected) -> web.Response:
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, refused as soon as it passes ``limit`` (declared or streamed)."""
+    message = f"request body larger than {limit} bytes"
     if request.content_length is not None and request.content_length > limit:
-        raise _Refusal(413, "too_large", f"request body larger than {limit} bytes")
-    body = await request.read()
-    if len(body) > limit:
-        raise _Refusal(413, "too_large", f"request body larger than {limit} bytes")
-    return body
+        raise _Refusal(413, "too_large", message)
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise _Refusal(413, "too_large", message)
+    return bytes(body)
 
 
 # ---- handlers ------------------------------------------------------------------------
+
 
 async def health(request: web.Request) -> web.Response:
     node = request.app[NODE]
@@ -92,7 +126,7 @@ async def submit_transaction(request: web.Request) -> web.Response:
     body = await _read_body(request, node.config.max_json_bytes)
     try:
         obj = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # also too deep, or a number too long
         return error(400, "malformed", f"body is not valid JSON: {exc}")
     try:
         tx = from_json(obj)
@@ -114,20 +148,26 @@ async def submit_batch(request: web.Request) -> web.Response:
         return error(400, "malformed", str(exc))
     if not frames:
         return error(400, "malformed", "batch is empty")
+    if len(frames) > node.config.max_batch_txs:
+        return error(
+            413,
+            "too_large",
+            f"batch holds {len(frames)} transactions; at most "
+            f"{node.config.max_batch_txs} per request",
+        )
     outcomes = await node.submit_raw(frames)
-    rejected = [{"index": i, "code": o.code, "message": o.message}
-                for i, o in enumerate(outcomes) if o is not None]
+    rejected = [
+        {"index": i, "code": o.code, "message": o.message}
+        for i, o in enumerate(outcomes)
+        if o is not None
+    ]
     return web.json_response({"accepted": len(frames) - len(rejected), "rejected": rejected})
 
 
 def _hex_id(text: str) -> bytes:
-    try:
-        tx_id = bytes.fromhex(text)
-    except ValueError:
-        tx_id = b""
-    if len(tx_id) != 32:
+    if not TX_ID.fullmatch(text):
         raise _Refusal(400, "malformed", "transaction id must be 64 hex characters")
-    return tx_id
+    return bytes.fromhex(text)
 
 
 async def transaction(request: web.Request) -> web.Response:
@@ -135,29 +175,37 @@ async def transaction(request: web.Request) -> web.Response:
     tx_id = _hex_id(request.match_info["tx_id"])
     found = node.tx_status(tx_id)
     if found is None:
-        return error(404, "not_found", "no pending, committed or recently rejected "
-                                       "transaction has this id")
+        return error(
+            404, "not_found", "no pending, committed or recently rejected transaction has this id"
+        )
     return web.json_response(found)
 
 
 async def account(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    text = request.match_info["address"]
     try:
-        address = crypto.decode_address(text)
+        address = crypto.decode_address(request.match_info["address"])
     except crypto.EncodingError as exc:
         return error(400, "malformed", str(exc))
     balance, nonce = node.state.account(address)
-    queue = node.mempool.shard_of(address).senders.get(address)
-    pending = len(queue.entries) if queue else 0
-    return web.json_response({
-        "address": text, "balance": str(balance), "balance_qnc": format_qnc(balance),
-        "nonce": nonce, "pending": pending, "next_nonce": nonce + pending})
+    pending = node.mempool.pending_count(address)
+    return web.json_response(
+        {
+            "address": crypto.encode_address(address),
+            "balance": str(balance),
+            "balance_qnc": format_qnc(balance),
+            "nonce": nonce,
+            "pending": pending,
+            "next_nonce": nonce + pending,
+        }
+    )
 
 
 def _int_param(text: str, name: str) -> int:
     if not text.isascii() or not text.isdigit() or len(text) > 18:
-        raise _Refusal(400, "malformed", f"{name} must be a non-negative integer")
+        raise _Refusal(
+            400, "malformed", f"{name} must be a non-negative integer, not {text[:40]!r}"
+        )
     return int(text)
 
 
@@ -166,37 +214,53 @@ async def block(request: web.Request) -> web.Response:
     height = _int_param(request.match_info["height"], "height")
     got = node.storage.block(height) if height else None
     if got is None:
-        return error(404, "not_found", f"no committed block at height {height} "
-                                       f"(head is {node.state.height})")
+        return error(
+            404, "not_found", f"no committed block at height {height} (head is {node.state.height})"
+        )
     blk, cert = got
-    return web.json_response({
-        "header": blk.header.to_json(), "signature": blk.signature.hex(),
-        "transactions": [t.id.hex() for t in blk.txs], "certificate": cert.to_json()})
+    return web.json_response(
+        {
+            "header": blk.header.to_json(),
+            "signature": blk.signature.hex(),
+            "transactions": [t.id.hex() for t in blk.txs],
+            "certificate": cert.to_json(),
+        }
+    )
 
 
 async def blocks(request: web.Request) -> web.Response:
+    """Headers ``from``..``to`` (default: 1 to the head), at most MAX_HEADERS_PER_PAGE."""
     node = request.app[NODE]
     head = node.state.height
     first = _int_param(request.query.get("from", "1"), "from")
-    last = _int_param(request.query.get("to", str(head)), "to")
-    if first < 1 or last < first:
-        return error(400, "malformed", "need 1 <= from <= to")
+    if first < 1:
+        return error(400, "malformed", "from must be at least 1")
+    if "to" in request.query:
+        last = _int_param(request.query["to"], "to")
+        if last < first:
+            return error(400, "malformed", f"to ({last}) must not be below from ({first})")
+    else:
+        last = head
     last = min(last, first + MAX_HEADERS_PER_PAGE - 1)
-    return web.json_response({"head": head,
-                              "headers": [h.to_json() for h in node.storage.headers(first, last)]})
+    return web.json_response(
+        {"head": head, "headers": [h.to_json() for h in node.storage.headers(first, last)]}
+    )
 
 
 def create_app(node: Node) -> web.Application:
-    app = web.Application(middlewares=[json_errors, refusals],
-                          client_max_size=node.config.max_batch_bytes)
+    app = web.Application(middlewares=[json_errors], client_max_size=node.config.max_batch_bytes)
     app[NODE] = node
-    app.router.add_get("/health", health)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/api/v1/status", status)
-    app.router.add_post("/api/v1/transactions", submit_transaction)
-    app.router.add_post("/api/v1/transactions/batch", submit_batch)
-    app.router.add_get("/api/v1/transactions/{tx_id}", transaction)
-    app.router.add_get("/api/v1/accounts/{address}", account)
-    app.router.add_get("/api/v1/blocks", blocks)
-    app.router.add_get("/api/v1/blocks/{height}", block)
+    # add_route, not add_get: no implicit HEAD routes beside the documented operations
+    for method, path, handler in (
+        ("GET", "/health", health),
+        ("GET", "/metrics", metrics),
+        ("GET", "/api/v1/status", status),
+        ("POST", "/api/v1/transactions", submit_transaction),
+        ("POST", "/api/v1/transactions/batch", submit_batch),
+        ("GET", "/api/v1/transactions/{tx_id}", transaction),
+        ("GET", "/api/v1/accounts/{address}", account),
+        ("GET", "/api/v1/blocks", blocks),
+        ("GET", "/api/v1/blocks/{height}", block),
+    ):
+        app.router.add_route(method, path, handler)
     return app

@@ -51,9 +51,19 @@ class Header:
     proposer: bytes  # public key
 
     def encode(self) -> bytes:
-        return _tagged(TAG_HEADER, self.chain_id, _HEADER.pack(
-            self.height, self.time_ms, self.parent, self.tx_root, self.tx_count,
-            self.state_digest, self.proposer))
+        return _tagged(
+            TAG_HEADER,
+            self.chain_id,
+            _HEADER.pack(
+                self.height,
+                self.time_ms,
+                self.parent,
+                self.tx_root,
+                self.tx_count,
+                self.state_digest,
+                self.proposer,
+            ),
+        )
 
     @property
     def hash(self) -> bytes:
@@ -100,7 +110,8 @@ class CommitCertificate:
 
     def encode(self) -> bytes:
         return _VOTE.pack(self.height, self.round, self.block_hash) + b"".join(
-            _SIG.pack(pk, sig) for pk, sig in self.signatures)
+            _SIG.pack(pk, sig) for pk, sig in self.signatures
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> "CommitCertificate":

@@ -31,6 +31,7 @@ class NodeConfig:
     mempool_ttl_s: float = 600.0
     verify_threads: int = 2
     max_batch_bytes: int = 8 * 1024 * 1024
+    max_batch_txs: int = 20_000
     max_json_bytes: int = 64 * 1024
     log_level: str = "INFO"
 
@@ -66,8 +67,15 @@ class NodeConfig:
             raise ConfigError(f"region must be auto or one of {', '.join(REGIONS)}")
         if not 0 < self.api_port < 65536:
             raise ConfigError("api_port must be 1..65535")
-        for name in ("mempool_shards", "mempool_capacity", "mempool_per_sender",
-                     "verify_threads", "max_batch_bytes", "max_json_bytes"):
+        for name in (
+            "mempool_shards",
+            "mempool_capacity",
+            "mempool_per_sender",
+            "verify_threads",
+            "max_batch_bytes",
+            "max_batch_txs",
+            "max_json_bytes",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
 

@@ -40,8 +40,9 @@ class SoloConsensus:
             block, diff = node.build_block(int(time.time() * 1000))
             if block.txs:
                 sig = node.sign_precommit(block.header.height, 0, block.hash)
-                cert = CommitCertificate(block.header.height, 0, block.hash,
-                                         ((node.key.public_key, sig),))
+                cert = CommitCertificate(
+                    block.header.height, 0, block.hash, ((node.key.public_key, sig),)
+                )
                 await node.commit(block, cert, diff)
             if len(node.mempool):
                 node.work.set()

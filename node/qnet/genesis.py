@@ -124,11 +124,21 @@ class Genesis:
             raise GenesisError("params out of range")
 
 
-def single_validator_genesis(chain_id: str, node_id: str, region: str,
-                             balances: dict[str, int], params: Params | None = None,
-                             genesis_time_ms: int = 0) -> Genesis:
+def single_validator_genesis(
+    chain_id: str,
+    node_id: str,
+    region: str,
+    balances: dict[str, int],
+    params: Params | None = None,
+    genesis_time_ms: int = 0,
+) -> Genesis:
     """A development genesis: this node is the only validator; ``balances`` are funded."""
-    genesis = Genesis(chain_id, genesis_time_ms, (Validator(node_id, 1, region),),
-                      dict(balances), params or Params())
+    genesis = Genesis(
+        chain_id,
+        genesis_time_ms,
+        (Validator(node_id, 1, region),),
+        dict(balances),
+        params or Params(),
+    )
     genesis.validate()
     return genesis

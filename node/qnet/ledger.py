@@ -45,8 +45,14 @@ def entry_hash(address: bytes, account: tuple[int, int]) -> int:
 class State:
     """The committed state, and the block it is the result of."""
 
-    def __init__(self, accounts: dict[bytes, tuple[int, int]], supply: Supply,
-                 height: int = 0, block_hash: bytes = b"\0" * 32, block_time_ms: int = 0):
+    def __init__(
+        self,
+        accounts: dict[bytes, tuple[int, int]],
+        supply: Supply,
+        height: int = 0,
+        block_hash: bytes = b"\0" * 32,
+        block_time_ms: int = 0,
+    ):
         self.accounts = accounts
         self.supply = supply
         self.height = height
@@ -56,8 +62,9 @@ class State:
 
     @classmethod
     def from_genesis(cls, balances: dict[bytes, int]) -> "State":
-        return cls({a: (units, 0) for a, units in balances.items()},
-                   Supply(genesis=sum(balances.values())))
+        return cls(
+            {a: (units, 0) for a, units in balances.items()}, Supply(genesis=sum(balances.values()))
+        )
 
     def account(self, address: bytes) -> tuple[int, int]:
         return self.accounts.get(address, EMPTY)
@@ -80,9 +87,16 @@ class State:
 
 
 def state_digest(accumulator: int, supply: Supply) -> bytes:
-    return crypto.digest(_SUPPLY.pack(
-        accumulator.to_bytes(32), supply.genesis, supply.emitted, supply.burned,
-        supply.fee_pool, supply.unclaimed))
+    return crypto.digest(
+        _SUPPLY.pack(
+            accumulator.to_bytes(32),
+            supply.genesis,
+            supply.emitted,
+            supply.burned,
+            supply.fee_pool,
+            supply.unclaimed,
+        )
+    )
 
 
 @dataclass
@@ -121,6 +135,7 @@ class Overlay:
 
 # ---- transaction rules -----------------------------------------------------------------
 
+
 def check_transaction(view: Overlay, tx: Transaction, chain_id: str, min_fee: int) -> None:
     """Every rule a transaction must pass against the state; raises Rejected, changes nothing."""
     if tx.chain_id != chain_id:
@@ -133,8 +148,9 @@ def check_transaction(view: Overlay, tx: Transaction, chain_id: str, min_fee: in
     if tx.nonce > nonce:
         raise Rejected("nonce_gap", f"nonce {tx.nonce} is ahead of the next nonce {nonce}")
     if tx.cost > balance:
-        raise Rejected("insufficient_funds",
-                       f"amount plus fee {tx.cost} exceeds the balance {balance}")
+        raise Rejected(
+            "insufficient_funds", f"amount plus fee {tx.cost} exceeds the balance {balance}"
+        )
 
 
 def apply_transfer(view: Overlay, tx: Transaction) -> None:

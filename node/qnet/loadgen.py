@@ -15,12 +15,20 @@ from . import crypto
 from .tx import Transaction, encode_batch, make_transfer
 
 
-def presign(senders: list[crypto.KeyPair], chain_id: str, count: int, fee: int,
-            recipient: bytes, amount: int = 1) -> list[Transaction]:
+def presign(
+    senders: list[crypto.KeyPair],
+    chain_id: str,
+    count: int,
+    fee: int,
+    recipient: bytes,
+    amount: int = 1,
+) -> list[Transaction]:
     """``count`` transfers round-robin over ``senders``, nonces from 0 in order."""
     n = len(senders)
-    return [make_transfer(senders[i % n], chain_id, i // n, fee, recipient, amount)
-            for i in range(count)]
+    return [
+        make_transfer(senders[i % n], chain_id, i // n, fee, recipient, amount)
+        for i in range(count)
+    ]
 
 
 @dataclass
@@ -44,8 +52,9 @@ class SendReport:
         return self.achieved_rate >= 0.95 * self.requested_rate
 
 
-async def send_at_rate(url: str, txs: list[Transaction], rate: float, batch_size: int = 500,
-                       concurrency: int = 4) -> SendReport:
+async def send_at_rate(
+    url: str, txs: list[Transaction], rate: float, batch_size: int = 500, concurrency: int = 4
+) -> SendReport:
     """Open loop: batch k leaves at start + k*batch/rate; late batches go as soon as they can."""
     report = SendReport(requested_rate=rate)
     batches = [txs[i : i + batch_size] for i in range(0, len(txs), batch_size)]
@@ -96,10 +105,12 @@ async def send_at_rate(url: str, txs: list[Transaction], rate: float, batch_size
 async def fetch_blocks(url: str, first: int, last: int) -> list[dict]:
     """Full blocks (header and tx ids) from ``first`` to ``last`` inclusive."""
     async with aiohttp.ClientSession() as session:
+
         async def one(h: int) -> dict:
             async with session.get(f"{url}/api/v1/blocks/{h}") as resp:
                 resp.raise_for_status()
                 return await resp.json()
+
         out = []
         for start in range(first, last + 1, 32):
             out += await asyncio.gather(*(one(h) for h in range(start, min(last, start + 31) + 1)))
@@ -118,8 +129,9 @@ class ChainFigures:
     blocks: int
 
 
-def chain_figures(blocks: list[dict], t0: float, t1: float,
-                  send_times: dict[bytes, float]) -> ChainFigures:
+def chain_figures(
+    blocks: list[dict], t0: float, t1: float, send_times: dict[bytes, float]
+) -> ChainFigures:
     """Committed TPS from block contents over block times within [t0, t1] (wall seconds).
 
     Latency is block time minus send time for every transaction sent by us, which is a
@@ -147,8 +159,16 @@ def chain_figures(blocks: list[dict], t0: float, t1: float,
         return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))], 1)
 
     span = t1 - t0
-    return ChainFigures(committed, round(span, 3), round(committed / span, 1), per_second,
-                        pct(0.50), pct(0.95), pct(0.99), in_window)
+    return ChainFigures(
+        committed,
+        round(span, 3),
+        round(committed / span, 1),
+        per_second,
+        pct(0.50),
+        pct(0.95),
+        pct(0.99),
+        in_window,
+    )
 
 
 def median(values: list[float]) -> float:

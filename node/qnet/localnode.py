@@ -28,12 +28,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http(method: str, url: str, body: bytes | None = None,
-         content_type: str = "application/json", timeout: float = 10.0) -> tuple[int, object]:
+def http(
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    content_type: str = "application/json",
+    timeout: float = 10.0,
+) -> tuple[int, object]:
     """One request; returns (status, decoded JSON or text), never raises on 4xx/5xx."""
-    req = urllib.request.Request(url, data=body, method=method,
-                                 headers={"Content-Type": content_type} if body is not None
-                                 else {})
+    req = urllib.request.Request(
+        url,
+        data=body,
+        method=method,
+        headers={"Content-Type": content_type} if body is not None else {},
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             status, raw, ctype = resp.status, resp.read(), resp.headers.get_content_type()
@@ -45,15 +53,19 @@ def http(method: str, url: str, body: bytes | None = None,
 class LocalNode:
     """A single-validator node in its own data dir, run as a real ``qnet-node`` process."""
 
-    def __init__(self, data_dir: Path, funded: dict[bytes, int], params: Params | None = None,
-                 config_toml: str = ""):
+    def __init__(
+        self,
+        data_dir: Path,
+        funded: dict[bytes, int],
+        params: Params | None = None,
+        config_toml: str = "",
+    ):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.key = crypto.KeyPair.generate()
         write_secret(self.data_dir / "node_key", self.key.seed.hex())
         balances = {crypto.encode_address(a): units for a, units in funded.items()}
-        self.genesis = single_validator_genesis(CHAIN_ID, self.key.node_id, "eu", balances,
-                                                params)
+        self.genesis = single_validator_genesis(CHAIN_ID, self.key.node_id, "eu", balances, params)
         self.genesis.save(self.data_dir / "genesis.json")
         if config_toml:
             (self.data_dir / "config.toml").write_text(config_toml)
@@ -64,9 +76,17 @@ class LocalNode:
     def start(self, timeout: float = 20.0) -> None:
         log = open(self.data_dir / "node.log", "ab")  # noqa: SIM115 - lives with the process
         self.proc = subprocess.Popen(
-            [str(BIN / "qnet-node"), "--data-dir", str(self.data_dir),
-             "--api-port", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                str(BIN / "qnet-node"),
+                "--data-dir",
+                str(self.data_dir),
+                "--api-port",
+                str(self.port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -62,9 +62,15 @@ def build(config: NodeConfig) -> web.Application:
     async def lifecycle(app: web.Application):
         task = asyncio.create_task(consensus.run(), name="consensus")
         task.add_done_callback(_stop_on_failure)
-        log.info("node %s (%s, %s) serving %s, chain %s at height %d",
-                 node.key.node_id, config.node_type, node.region, config.api_url,
-                 node.chain_id, node.state.height)
+        log.info(
+            "node %s (%s, %s) serving %s, chain %s at height %d",
+            node.key.node_id,
+            config.node_type,
+            node.region,
+            config.api_url,
+            node.chain_id,
+            node.state.height,
+        )
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -92,12 +98,16 @@ def _stop_on_failure(task: asyncio.Task) -> None:
 def main(data_dir: Path, node_type, region, api_host, api_port) -> None:
     """Run a QNet node from DATA_DIR (genesis.json, node_key, optional config.toml)."""
     try:
-        config = load_config(data_dir, node_type=node_type, region=region, api_host=api_host,
-                             api_port=api_port)
+        config = load_config(
+            data_dir, node_type=node_type, region=region, api_host=api_host, api_port=api_port
+        )
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         genesis = Genesis.load(config.genesis_path)
         if config.region == "auto":
@@ -106,13 +116,25 @@ def main(data_dir: Path, node_type, region, api_host, api_port) -> None:
             config.region = genesis_region(genesis, config)
         claim_pidfile(config.pid_path)
         app = build(config)
-    except (ConfigError, GenesisError, StorageError, StateDivergence, LookupError,
-            ValueError) as exc:
+    except (
+        ConfigError,
+        GenesisError,
+        StorageError,
+        StateDivergence,
+        LookupError,
+        ValueError,
+    ) as exc:
         log.error("%s", exc)
         raise SystemExit(2) from None
     try:
-        web.run_app(app, host=config.api_host, port=config.api_port, print=None,
-                    access_log=None, shutdown_timeout=10)
+        web.run_app(
+            app,
+            host=config.api_host,
+            port=config.api_port,
+            print=None,
+            access_log=None,
+            shutdown_timeout=10,
+        )
     finally:
         if read_pid(config.pid_path) == os.getpid():
             config.pid_path.unlink(missing_ok=True)

@@ -40,8 +40,13 @@ class Shard:
 
 
 class Mempool:
-    def __init__(self, shards: int = 16, capacity: int = 200_000, per_sender: int = 1_000,
-                 ttl_s: float = 600.0):
+    def __init__(
+        self,
+        shards: int = 16,
+        capacity: int = 200_000,
+        per_sender: int = 1_000,
+        ttl_s: float = 600.0,
+    ):
         self.shards = [Shard(max(1, capacity // shards)) for _ in range(shards)]
         self.per_sender = per_sender
         self.ttl_s = ttl_s
@@ -56,6 +61,10 @@ class Mempool:
 
     def shard_of(self, sender: bytes) -> Shard:
         return self.shards[sender[0] % len(self.shards)]
+
+    def pending_count(self, sender: bytes) -> int:
+        queue = self.shard_of(sender).senders.get(sender)
+        return len(queue.entries) if queue else 0
 
     @property
     def sender_count(self) -> int:
@@ -73,16 +82,18 @@ class Mempool:
         if tx.nonce < base:
             raise Rejected("stale_nonce", f"nonce {tx.nonce} already used (next is {base})")
         if tx.nonce > base + queued:
-            raise Rejected("nonce_gap", f"nonce {tx.nonce} is ahead of the next usable nonce "
-                                        f"{base + queued}")
+            raise Rejected(
+                "nonce_gap", f"nonce {tx.nonce} is ahead of the next usable nonce {base + queued}"
+            )
         if tx.nonce < base + queued:
             return self._replace(queue, tx, balance, now)
         if queued >= self.per_sender:
             raise Rejected("sender_limit", f"sender already has {queued} pending transactions")
         spend = (queue.spend if queue else 0) + tx.cost
         if spend > balance:
-            raise Rejected("insufficient_funds", f"pending spend {spend} exceeds the balance "
-                                                 f"{balance}")
+            raise Rejected(
+                "insufficient_funds", f"pending spend {spend} exceeds the balance {balance}"
+            )
         evicted = self._make_room(shard, tx) if shard.count >= shard.capacity else []
         if queue is None:
             queue = shard.senders[tx.sender] = SenderQueue(chain_nonce)
@@ -97,12 +108,15 @@ class Mempool:
         index = tx.nonce - queue.base_nonce
         old = queue.entries[index]
         if tx.fee <= old.tx.fee:
-            raise Rejected("duplicate", f"nonce {tx.nonce} is pending; a replacement needs a "
-                                        f"higher fee than {old.tx.fee}")
+            raise Rejected(
+                "duplicate",
+                f"nonce {tx.nonce} is pending; a replacement needs a higher fee than {old.tx.fee}",
+            )
         spend = queue.spend - old.tx.cost + tx.cost
         if spend > balance:
-            raise Rejected("insufficient_funds", f"pending spend {spend} exceeds the balance "
-                                                 f"{balance}")
+            raise Rejected(
+                "insufficient_funds", f"pending spend {spend} exceeds the balance {balance}"
+            )
         entry = Entry(tx, next(self._seq), now)
         queue.entries[index] = entry
         queue.spend = spend
@@ -117,8 +131,10 @@ class Mempool:
             if sender != tx.sender and tail_fee < victim_fee:
                 victim_sender, victim_fee = sender, tail_fee
         if victim_sender is None:
-            raise Rejected("mempool_full", f"mempool is full and fee {tx.fee} does not outbid "
-                                           "any pending transaction")
+            raise Rejected(
+                "mempool_full",
+                f"mempool is full and fee {tx.fee} does not outbid any pending transaction",
+            )
         queue = shard.senders[victim_sender]
         entry = queue.entries.pop()
         self._forget(shard, victim_sender, queue, [entry])
@@ -149,8 +165,13 @@ class Mempool:
                 heapq.heappush(heads, (-nxt.tx.fee, nxt.seq, index + 1, queue))
         return chosen
 
-    def on_committed(self, senders: set[bytes], nonce_of) -> None:
-        """Drop what a committed block consumed; ``nonce_of(sender)`` is the new chain nonce."""
+    def on_committed(self, senders: set[bytes], nonce_of) -> list[Entry]:
+        """Drop what a committed block consumed; ``nonce_of(sender)`` is the new chain nonce.
+
+        Returns the dropped entries (those the block included, and any that lost their nonce
+        to a different transaction committed by another proposer).
+        """
+        dropped: list[Entry] = []
         for sender in senders:
             shard = self.shard_of(sender)
             queue = shard.senders.get(sender)
@@ -161,6 +182,8 @@ class Mempool:
             gone, queue.entries = queue.entries[:done], queue.entries[done:]
             queue.base_nonce = nonce
             self._forget(shard, sender, queue, gone)
+            dropped.extend(gone)
+        return dropped
 
     def drop_sender(self, sender: bytes) -> list[Entry]:
         shard = self.shard_of(sender)

@@ -11,30 +11,46 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.build_info = Info("qnet_build", "Version and identity of this node", registry=r)
-        self.height = Gauge("qnet_block_height", "Height of the last committed block",
-                            registry=r)
-        self.mempool_size = Gauge("qnet_mempool_size", "Transactions waiting in the mempool",
-                                  registry=r)
-        self.mempool_senders = Gauge("qnet_mempool_senders", "Senders with pending transactions",
-                                     registry=r)
-        self.admitted = Counter("qnet_tx_admitted", "Transactions admitted to the mempool",
-                                registry=r)
-        self.rejected = Counter("qnet_tx_rejected", "Transactions refused, by reason",
-                                ["reason"], registry=r)
-        self.committed = Counter("qnet_tx_committed", "Transactions in committed blocks",
-                                 registry=r)
+        self.height = Gauge("qnet_block_height", "Height of the last committed block", registry=r)
+        self.mempool_size = Gauge(
+            "qnet_mempool_size", "Transactions waiting in the mempool", registry=r
+        )
+        self.mempool_senders = Gauge(
+            "qnet_mempool_senders", "Senders with pending transactions", registry=r
+        )
+        self.admitted = Counter(
+            "qnet_tx_admitted", "Transactions admitted to the mempool", registry=r
+        )
+        self.rejected = Counter(
+            "qnet_tx_rejected", "Transactions refused, by reason", ["reason"], registry=r
+        )
+        self.committed = Counter(
+            "qnet_tx_committed", "Transactions in committed blocks", registry=r
+        )
         self.blocks = Counter("qnet_blocks_committed", "Blocks committed", registry=r)
-        self.verify_seconds = Histogram("qnet_tx_verify_seconds",
-                                        "Signature verification time per submitted batch",
-                                        buckets=_FAST, registry=r)
-        self.build_seconds = Histogram("qnet_block_build_seconds",
-                                       "Time to select, apply and sign a block",
-                                       buckets=_FAST, registry=r)
-        self.commit_seconds = Histogram("qnet_block_commit_seconds",
-                                        "Time to write a block durably and merge its state",
-                                        buckets=_FAST, registry=r)
-        self.block_txs = Histogram("qnet_block_transactions", "Transactions per block",
-                                   buckets=(0, 10, 100, 500, 1000, 2500, 5000, 10000, 20000),
-                                   registry=r)
+        self.verify_seconds = Histogram(
+            "qnet_tx_verify_seconds",
+            "Signature verification time per submitted batch",
+            buckets=_FAST,
+            registry=r,
+        )
+        self.build_seconds = Histogram(
+            "qnet_block_build_seconds",
+            "Time to select, apply and sign a block",
+            buckets=_FAST,
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "qnet_block_commit_seconds",
+            "Time to write a block durably and merge its state",
+            buckets=_FAST,
+            registry=r,
+        )
+        self.block_txs = Histogram(
+            "qnet_block_transactions",
+            "Transactions per block",
+            buckets=(0, 10, 100, 500, 1000, 2500, 5000, 10000, 20000),
+            registry=r,
+        )
         for reason in Rejected.CODES:  # export zeroes so alerts see every reason from start
             self.rejected.labels(reason)

@@ -51,6 +51,9 @@ async def choose(seeds: tuple[Seed, ...]) -> tuple[str, dict[str, float]]:
         raise LookupError("--region=auto needs seed nodes in genesis.json; none are listed")
     rtts = await measure(seeds)
     region = pick(rtts)
-    log.info("region auto: chose %s; round-trip times %s", region,
-             {r: (round(ms, 2) if math.isfinite(ms) else None) for r, ms in rtts.items()})
+    log.info(
+        "region auto: chose %s; round-trip times %s",
+        region,
+        {r: (round(ms, 2) if math.isfinite(ms) else None) for r, ms in rtts.items()},
+    )
     return region, rtts

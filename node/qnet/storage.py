@@ -62,23 +62,39 @@ class Storage:
         existing = self.get_meta("genesis_hash")
         if existing is not None:
             if existing != genesis_hash.hex():
-                raise StorageError(f"data dir {self.path.parent} belongs to another genesis "
-                                   f"({existing[:16]}…), not {genesis_hash.hex()[:16]}…")
+                raise StorageError(
+                    f"data dir {self.path.parent} belongs to another genesis "
+                    f"({existing[:16]}…), not {genesis_hash.hex()[:16]}…"
+                )
             return
         with self._transaction(self._writer) as cur:
-            cur.executemany("INSERT INTO accounts VALUES (?,?,?)",
-                            [(a, b, n) for a, (b, n) in state.accounts.items()])
+            cur.executemany(
+                "INSERT INTO accounts VALUES (?,?,?)",
+                [(a, b, n) for a, (b, n) in state.accounts.items()],
+            )
             self._put_meta(cur, {"chain_id": chain_id, "genesis_hash": genesis_hash.hex()})
-            self._put_head(cur, state.height, state.block_hash, state.block_time_ms,
-                           state.supply, state.accumulator)
+            self._put_head(
+                cur,
+                state.height,
+                state.block_hash,
+                state.block_time_ms,
+                state.supply,
+                state.accumulator,
+            )
 
     def load_state(self) -> State:
-        accounts = {a: (b, n) for a, b, n in
-                    self._writer.execute("SELECT address, balance, nonce FROM accounts")}
+        accounts = {
+            a: (b, n)
+            for a, b, n in self._writer.execute("SELECT address, balance, nonce FROM accounts")
+        }
         supply = Supply(**json.loads(self.get_meta("supply")))
-        state = State(accounts, supply, int(self.get_meta("height")),
-                      bytes.fromhex(self.get_meta("block_hash")),
-                      int(self.get_meta("block_time_ms")))
+        state = State(
+            accounts,
+            supply,
+            int(self.get_meta("height")),
+            bytes.fromhex(self.get_meta("block_hash")),
+            int(self.get_meta("block_time_ms")),
+        )
         if state.accumulator != int(self.get_meta("accumulator")):
             raise StorageError("stored accounts do not match the stored state accumulator")
         return state
@@ -87,22 +103,33 @@ class Storage:
     def commit_block(self, block: Block, cert: CommitCertificate, diff: Diff) -> None:
         h = block.header
         with self._transaction(self._writer) as cur:
-            cur.execute("INSERT INTO blocks VALUES (?,?,?,?,?,?)",
-                        (h.height, block.hash, h.encode(), block.signature, block.body(),
-                         cert.encode()))
-            cur.executemany("INSERT INTO tx_index VALUES (?,?,?)",
-                            [(t.id, h.height, i) for i, t in enumerate(block.txs)])
+            cur.execute(
+                "INSERT INTO blocks VALUES (?,?,?,?,?,?)",
+                (h.height, block.hash, h.encode(), block.signature, block.body(), cert.encode()),
+            )
+            cur.executemany(
+                "INSERT INTO tx_index VALUES (?,?,?)",
+                [(t.id, h.height, i) for i, t in enumerate(block.txs)],
+            )
             gone = [(a,) for a, acc in diff.accounts.items() if acc == EMPTY]
             cur.executemany("DELETE FROM accounts WHERE address=?", gone)
-            cur.executemany("INSERT OR REPLACE INTO accounts VALUES (?,?,?)",
-                            [(a, b, n) for a, (b, n) in diff.accounts.items() if (b, n) != EMPTY])
+            cur.executemany(
+                "INSERT OR REPLACE INTO accounts VALUES (?,?,?)",
+                [(a, b, n) for a, (b, n) in diff.accounts.items() if (b, n) != EMPTY],
+            )
             self._put_head(cur, h.height, block.hash, h.time_ms, diff.supply, diff.accumulator)
 
     def _put_head(self, cur, height, block_hash, time_ms, supply, accumulator) -> None:
-        self._put_meta(cur, {
-            "height": str(height), "block_hash": block_hash.hex(),
-            "block_time_ms": str(time_ms), "supply": json.dumps(asdict(supply)),
-            "accumulator": str(accumulator)})
+        self._put_meta(
+            cur,
+            {
+                "height": str(height),
+                "block_hash": block_hash.hex(),
+                "block_time_ms": str(time_ms),
+                "supply": json.dumps(asdict(supply)),
+                "accumulator": str(accumulator),
+            },
+        )
 
     @staticmethod
     def _put_meta(cur, values: dict[str, str]) -> None:
@@ -125,16 +152,18 @@ class Storage:
             return self._reader.execute(sql, args).fetchall()
 
     def block(self, height: int) -> tuple[Block, CommitCertificate] | None:
-        rows = self._read("SELECT header, signature, body, certificate FROM blocks "
-                          "WHERE height=?", (height,))
+        rows = self._read(
+            "SELECT header, signature, body, certificate FROM blocks WHERE height=?", (height,)
+        )
         if not rows:
             return None
         header, signature, body, cert = rows[0]
         return Block.from_parts(header, signature, body), CommitCertificate.decode(cert)
 
     def headers(self, first: int, last: int) -> list[Header]:
-        rows = self._read("SELECT header FROM blocks WHERE height BETWEEN ? AND ? "
-                          "ORDER BY height", (first, last))
+        rows = self._read(
+            "SELECT header FROM blocks WHERE height BETWEEN ? AND ? ORDER BY height", (first, last)
+        )
         return [Header.decode(r[0]) for r in rows]
 
     def tx_location(self, tx_id: bytes) -> tuple[int, int] | None:

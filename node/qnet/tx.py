@@ -9,6 +9,7 @@ All integers are big-endian. The signature covers ``body``; the transaction id i
 BLAKE2b-256 hash of ``raw``. Batches for load generators are frames of ``length:u16 raw``.
 """
 
+import re
 import struct
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ _HEAD = struct.Struct(">BBB")
 _COMMON = struct.Struct(">32sQQ")
 _TRANSFER = struct.Struct(">20sQ")
 _FRAME = struct.Struct(">H")
+_HEX = re.compile(r"[0-9a-fA-F]*")
 
 
 class DecodeError(ValueError):
@@ -87,8 +89,18 @@ def _finish(fields: tuple, body: bytes, signature: bytes) -> Transaction:
     kind, chain_id, public_key, nonce, fee, to, amount = fields
     raw = signature + body
     return Transaction(
-        kind, chain_id, public_key, nonce, fee, to, amount, signature, body, raw,
-        crypto.digest(raw), crypto.address_bytes(public_key),
+        kind,
+        chain_id,
+        public_key,
+        nonce,
+        fee,
+        to,
+        amount,
+        signature,
+        body,
+        raw,
+        crypto.digest(raw),
+        crypto.address_bytes(public_key),
     )
 
 
@@ -146,8 +158,8 @@ def decode(raw: bytes) -> Transaction:
 
 def _hex_field(obj: dict, field: str, length: int) -> bytes:
     value = obj.get(field)
-    if not isinstance(value, str):
-        raise DecodeError(f"{field} must be a hex string")
+    if not isinstance(value, str) or not _HEX.fullmatch(value):
+        raise DecodeError(f"{field} must be a string of hex digits")
     try:
         data = bytes.fromhex(value)
     except ValueError:

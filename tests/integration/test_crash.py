@@ -29,9 +29,13 @@ def test_sigkill_under_load_keeps_every_committed_transaction(tmp_path):
         nonlocal next_batch
         while not stop.is_set() and next_batch < len(batches):
             try:
-                code, _ = http("POST", node.url + "/api/v1/transactions/batch",
-                               encode_batch(batches[next_batch]), "application/octet-stream",
-                               timeout=5)
+                code, _ = http(
+                    "POST",
+                    node.url + "/api/v1/transactions/batch",
+                    encode_batch(batches[next_batch]),
+                    "application/octet-stream",
+                    timeout=5,
+                )
             except OSError:
                 return  # the node was killed under us
             if code == 200:
@@ -54,8 +58,7 @@ def test_sigkill_under_load_keeps_every_committed_transaction(tmp_path):
                     seen = h
                 if blk_ids := list(reported)[-5:]:  # also ask the per-transaction endpoint
                     for tx_id in blk_ids:
-                        code, st = http("GET", f"{node.url}/api/v1/transactions/{tx_id}",
-                                        timeout=2)
+                        code, st = http("GET", f"{node.url}/api/v1/transactions/{tx_id}", timeout=2)
                         if st.get("status") != "committed":
                             problems.append(f"{tx_id} was in a block but is {st}")
             except OSError:

@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from qnet import block, crypto, tx
 from qnet.block import Block, BlockError, CommitCertificate, Header, precommit_message, tx_root
 
@@ -18,19 +19,34 @@ u64 = st.integers(0, 2**64 - 1)
 headers = st.builds(
     Header,
     chain_id=st.text(st.characters(codec="utf-8"), min_size=1, max_size=64).filter(
-        lambda s: len(s.encode()) <= 64),
-    height=u64, time_ms=u64, parent=hash32, tx_root=hash32,
-    tx_count=st.integers(0, 2**32 - 1), state_digest=hash32, proposer=hash32)
+        lambda s: len(s.encode()) <= 64
+    ),
+    height=u64,
+    time_ms=u64,
+    parent=hash32,
+    tx_root=hash32,
+    tx_count=st.integers(0, 2**32 - 1),
+    state_digest=hash32,
+    proposer=hash32,
+)
 
 
 def sample_header(**changes) -> Header:
-    fields = dict(chain_id=CHAIN, height=3, time_ms=1_700_000_000_000, parent=b"\1" * 32,
-                  tx_root=b"\2" * 32, tx_count=5, state_digest=b"\3" * 32,
-                  proposer=VALIDATORS[0].public_key)
+    fields = dict(
+        chain_id=CHAIN,
+        height=3,
+        time_ms=1_700_000_000_000,
+        parent=b"\1" * 32,
+        tx_root=b"\2" * 32,
+        tx_count=5,
+        state_digest=b"\3" * 32,
+        proposer=VALIDATORS[0].public_key,
+    )
     return Header(**(fields | changes))
 
 
 # ---- header ------------------------------------------------------------------------------
+
 
 @settings(max_examples=100, deadline=None)
 @given(headers)
@@ -44,30 +60,48 @@ def test_header_hash_is_stable():
     """The header encoding is a consensus rule: a change here forks every stored chain."""
     header = sample_header()
     assert header.encode() == (
-        bytes((0x20, 9)) + b"qnet-test" + (3).to_bytes(8, "big")
-        + (1_700_000_000_000).to_bytes(8, "big") + b"\1" * 32 + b"\2" * 32
-        + (5).to_bytes(4, "big") + b"\3" * 32 + VALIDATORS[0].public_key)
+        bytes((0x20, 9))
+        + b"qnet-test"
+        + (3).to_bytes(8, "big")
+        + (1_700_000_000_000).to_bytes(8, "big")
+        + b"\1" * 32
+        + b"\2" * 32
+        + (5).to_bytes(4, "big")
+        + b"\3" * 32
+        + VALIDATORS[0].public_key
+    )
     assert header.hash == hashlib.blake2b(header.encode(), digest_size=32).digest()
     assert header.hash.hex() == "09a0fdf23696c9ffed9844292a366a480e51477867e09be328ce19cb8fef57ea"
     assert sample_header().hash == header.hash
 
 
-@pytest.mark.parametrize("change", [
-    {"chain_id": "qnet-tesT"}, {"height": 4}, {"time_ms": 1_700_000_000_001},
-    {"parent": b"\1" * 31 + b"\0"}, {"tx_root": b"\2" * 31 + b"\0"}, {"tx_count": 6},
-    {"state_digest": b"\3" * 31 + b"\0"}, {"proposer": VALIDATORS[1].public_key},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"chain_id": "qnet-tesT"},
+        {"height": 4},
+        {"time_ms": 1_700_000_000_001},
+        {"parent": b"\1" * 31 + b"\0"},
+        {"tx_root": b"\2" * 31 + b"\0"},
+        {"tx_count": 6},
+        {"state_digest": b"\3" * 31 + b"\0"},
+        {"proposer": VALIDATORS[1].public_key},
+    ],
+)
 def test_every_header_field_is_covered_by_the_hash(change):
     assert sample_header(**change).hash != sample_header().hash
 
 
-@pytest.mark.parametrize("data", [
-    b"",
-    b"\x20",
-    bytes([block.TAG_PRECOMMIT]) + sample_header().encode()[1:],
-    sample_header().encode()[:-1],
-    sample_header().encode() + b"\0",
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x20",
+        bytes([block.TAG_PRECOMMIT]) + sample_header().encode()[1:],
+        sample_header().encode()[:-1],
+        sample_header().encode() + b"\0",
+    ],
+)
 def test_header_decode_refuses_malformed_bytes(data):
     with pytest.raises(BlockError):
         Header.decode(data)
@@ -82,6 +116,7 @@ def test_header_decode_refuses_a_chain_id_that_is_not_utf8():
 
 
 # ---- transaction root --------------------------------------------------------------------
+
 
 def ids(n: int) -> list[bytes]:
     return [crypto.digest(b"tx %d" % i) for i in range(n)]
@@ -103,7 +138,8 @@ def test_tx_root_follows_rfc6962_for_small_trees():
     assert tx_root([a, b]) == node(leaf(a), leaf(b))
     assert tx_root([a, b, c]) == node(node(leaf(a), leaf(b)), leaf(c))
     assert tx_root([a, b, c, d, e]) == node(
-        node(node(leaf(a), leaf(b)), node(leaf(c), leaf(d))), leaf(e))
+        node(node(leaf(a), leaf(b)), node(leaf(c), leaf(d))), leaf(e)
+    )
 
 
 @pytest.mark.parametrize("n", [2, 3, 4, 5, 7, 8, 9, 16, 17])
@@ -155,8 +191,7 @@ def test_three_of_four_equal_validators_commit():
 
 
 def test_exactly_two_thirds_is_not_enough():
-    powers = {VALIDATORS[0].public_key: 2, VALIDATORS[1].public_key: 2,
-              VALIDATORS[2].public_key: 2}
+    powers = {VALIDATORS[0].public_key: 2, VALIDATORS[1].public_key: 2, VALIDATORS[2].public_key: 2}
     with pytest.raises(BlockError):
         certificate(precommit(VALIDATORS[0]), precommit(VALIDATORS[1])).verify(CHAIN, powers)
     with pytest.raises(BlockError):
@@ -203,13 +238,19 @@ def test_a_signature_by_one_validator_under_anothers_name_is_refused():
     forged = (VALIDATORS[2].public_key, sig)
     with pytest.raises(BlockError):
         certificate(precommit(VALIDATORS[0]), precommit(VALIDATORS[1]), forged).verify(
-            CHAIN, POWERS)
+            CHAIN, POWERS
+        )
 
 
-@pytest.mark.parametrize("other", [
-    {"height": 8}, {"round_": 1}, {"block_hash": crypto.digest(b"other block")},
-    {"chain": "qnet-other"},
-])
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"height": 8},
+        {"round_": 1},
+        {"block_hash": crypto.digest(b"other block")},
+        {"chain": "qnet-other"},
+    ],
+)
 def test_a_precommit_for_anything_else_is_refused(other):
     honest = [precommit(k) for k in VALIDATORS[:2]]
     with pytest.raises(BlockError):
@@ -233,8 +274,9 @@ def test_a_header_signature_is_not_a_precommit():
 
 
 def test_certificate_round_trip():
-    cert = CommitCertificate(2**64 - 1, 2**32 - 1, BLOCK_HASH,
-                             tuple(precommit(k) for k in VALIDATORS))
+    cert = CommitCertificate(
+        2**64 - 1, 2**32 - 1, BLOCK_HASH, tuple(precommit(k) for k in VALIDATORS)
+    )
     assert CommitCertificate.decode(cert.encode()) == cert
     with pytest.raises(BlockError):
         CommitCertificate.decode(cert.encode()[:-1])
@@ -242,12 +284,13 @@ def test_certificate_round_trip():
 
 # ---- block shape -------------------------------------------------------------------------
 
+
 def make_block(n_txs: int = 3, proposer=VALIDATORS[0]) -> Block:
     sender = crypto.KeyPair(b"\x51" * 32)
-    txs = tuple(tx.make_transfer(sender, CHAIN, n, 1_000, b"\x52" * 20, 10)
-                for n in range(n_txs))
-    header = sample_header(tx_root=tx_root([t.id for t in txs]), tx_count=len(txs),
-                           proposer=proposer.public_key)
+    txs = tuple(tx.make_transfer(sender, CHAIN, n, 1_000, b"\x52" * 20, 10) for n in range(n_txs))
+    header = sample_header(
+        tx_root=tx_root([t.id for t in txs]), tx_count=len(txs), proposer=proposer.public_key
+    )
     return Block(header, proposer.sign(header.encode()), txs)
 
 
@@ -271,14 +314,20 @@ def test_a_bad_proposer_signature_is_detected():
         replace(good, header=replace(good.header, time_ms=good.header.time_ms + 1)).verify_shape()
 
 
-@pytest.mark.parametrize("tamper", [
-    lambda txs: txs[:-1],
-    lambda txs: (*txs, txs[0]),
-    lambda txs: (txs[1], txs[0], txs[2]),
-    lambda txs: (),
-    lambda txs: (txs[0], txs[1], tx.make_transfer(crypto.KeyPair(b"\x53" * 32), CHAIN, 0,
-                                                  1_000, b"\x52" * 20, 10)),
-])
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda txs: txs[:-1],
+        lambda txs: (*txs, txs[0]),
+        lambda txs: (txs[1], txs[0], txs[2]),
+        lambda txs: (),
+        lambda txs: (
+            txs[0],
+            txs[1],
+            tx.make_transfer(crypto.KeyPair(b"\x53" * 32), CHAIN, 0, 1_000, b"\x52" * 20, 10),
+        ),
+    ],
+)
 def test_transactions_that_do_not_match_the_header_are_detected(tamper):
     good = make_block()
     with pytest.raises(BlockError):

@@ -6,7 +6,9 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from qnet import crypto, ledger, tx
+from qnet.amounts import MAX_SUPPLY
 from qnet.ledger import State, Supply
 
 CHAIN = "qnet-test"
@@ -25,6 +27,7 @@ def block_hash(height: int) -> bytes:
 
 
 # ---- an independent model of the rules ---------------------------------------------------
+
 
 def expected_refusal(model: dict, t: tx.Transaction) -> str | None:
     balance, nonce = model.get(t.sender, (0, 0))
@@ -61,8 +64,11 @@ def transaction_against(draw, model: dict) -> tx.Transaction:
     to = draw(st.sampled_from(RECIPIENTS))
     balance, nonce = model.get(key.address, (0, 0))
     flaw = draw(st.sampled_from(FLAWS))
-    fee = (draw(st.integers(0, MIN_FEE - 1)) if flaw == "fee_too_low"
-           else MIN_FEE + draw(st.integers(0, 2_000)))
+    fee = (
+        draw(st.integers(0, MIN_FEE - 1))
+        if flaw == "fee_too_low"
+        else MIN_FEE + draw(st.integers(0, 2_000))
+    )
     if flaw == "stale_nonce" and nonce > 0:
         nonce -= draw(st.integers(1, nonce))
     elif flaw in ("stale_nonce", "nonce_gap"):
@@ -110,7 +116,10 @@ def test_blocks_follow_the_rules_and_conserve_supply(genesis_balances, data):
         alone, again, none = ledger.apply_transactions(state, included, CHAIN, MIN_FEE)
         assert none == [] and [t.id for t in again] == want_included
         assert (alone.accounts, alone.supply, alone.digest) == (
-            diff.accounts, diff.supply, diff.digest)
+            diff.accounts,
+            diff.supply,
+            diff.digest,
+        )
 
         state.merge(diff, height, block_hash(height), height * 1000)
         assert (state.height, state.block_hash) == (height, block_hash(height))
@@ -126,8 +135,10 @@ def test_blocks_follow_the_rules_and_conserve_supply(genesis_balances, data):
         sent = Counter(t.sender for t in included)
         for address in set(before_accounts) | set(state.accounts):
             old_balance, old_nonce = before_accounts.get(address, (0, 0))
-            assert state.account(address) == (old_balance + delta[address],
-                                              old_nonce + sent[address])
+            assert state.account(address) == (
+                old_balance + delta[address],
+                old_nonce + sent[address],
+            )
 
         model = pending
         assert state.accounts == model
@@ -139,18 +150,22 @@ def test_blocks_follow_the_rules_and_conserve_supply(genesis_balances, data):
 
 # ---- each rule on its own ----------------------------------------------------------------
 
+
 @pytest.fixture
 def state() -> State:
     return State.from_genesis({KEYS[0].address: 100_000, KEYS[1].address: 50_000})
 
 
-@pytest.mark.parametrize(("make", "code"), [
-    (lambda: transfer(KEYS[0], 0, 10, chain="other"), "wrong_chain"),
-    (lambda: transfer(KEYS[0], 0, 10, fee=MIN_FEE - 1), "fee_too_low"),
-    (lambda: transfer(KEYS[0], 1, 10), "nonce_gap"),
-    (lambda: transfer(KEYS[0], 0, 99_001), "insufficient_funds"),
-    (lambda: transfer(KEYS[2], 0, 1), "insufficient_funds"),  # an account that does not exist
-])
+@pytest.mark.parametrize(
+    ("make", "code"),
+    [
+        (lambda: transfer(KEYS[0], 0, 10, chain="other"), "wrong_chain"),
+        (lambda: transfer(KEYS[0], 0, 10, fee=MIN_FEE - 1), "fee_too_low"),
+        (lambda: transfer(KEYS[0], 1, 10), "nonce_gap"),
+        (lambda: transfer(KEYS[0], 0, 99_001), "insufficient_funds"),
+        (lambda: transfer(KEYS[2], 0, 1), "insufficient_funds"),  # an account that does not exist
+    ],
+)
 def test_each_rule_refuses_and_changes_nothing(state, make, code):
     digest = state.digest
     diff, included, refused = ledger.apply_transactions(state, [make()], CHAIN, MIN_FEE)
@@ -204,10 +219,18 @@ def test_funds_received_earlier_in_the_block_can_be_spent(state):
 
 accounts = st.dictionaries(
     st.binary(min_size=20, max_size=20),
-    st.tuples(st.integers(1, 2**64 - 1), st.integers(0, 2**64 - 1)),
-    min_size=1, max_size=6)
-supplies = st.builds(Supply, st.integers(0, 2**64 - 1), st.integers(0, 2**32),
-                     st.integers(0, 2**32), st.integers(0, 2**32), st.integers(0, 2**32))
+    st.tuples(st.integers(1, MAX_SUPPLY), st.integers(0, 2**64 - 1)),
+    min_size=1,
+    max_size=6,
+)
+supplies = st.builds(
+    Supply,
+    st.integers(0, MAX_SUPPLY - 1),
+    st.integers(0, 2**32),
+    st.integers(0, 2**32),
+    st.integers(0, 2**32),
+    st.integers(0, 2**32),
+)
 
 
 @settings(max_examples=80, deadline=None)
@@ -217,7 +240,7 @@ def test_digest_differs_when_any_balance_nonce_or_counter_differs(accs, supply, 
     assert State(dict(reversed(accs.items())), supply).digest == digest  # order is irrelevant
     address = data.draw(st.sampled_from(sorted(accs)))
     balance, nonce = accs[address]
-    new_balance = data.draw(st.integers(0, 2**64 - 1).filter(lambda b: b != balance))
+    new_balance = data.draw(st.integers(0, MAX_SUPPLY).filter(lambda b: b != balance))
     assert State(accs | {address: (new_balance, nonce)}, supply).digest != digest
     new_nonce = data.draw(st.integers(0, 2**64 - 1).filter(lambda n: n != nonce))
     assert State(accs | {address: (balance, new_nonce)}, supply).digest != digest
@@ -229,8 +252,10 @@ def test_digest_differs_when_any_balance_nonce_or_counter_differs(accs, supply, 
 def test_digest_after_merges_equals_a_rebuilt_state():
     state = State.from_genesis({k.address: 1_000_000 for k in KEYS})
     for height in range(1, 4):
-        txs = [transfer(k, height - 1, 1_000 * (i + 1), to=RECIPIENTS[(i + height) % 7])
-               for i, k in enumerate(KEYS)]
+        txs = [
+            transfer(k, height - 1, 1_000 * (i + 1), to=RECIPIENTS[(i + height) % 7])
+            for i, k in enumerate(KEYS)
+        ]
         diff, included, _ = ledger.apply_transactions(state, txs, CHAIN, MIN_FEE)
         assert included == txs
         state.merge(diff, height, block_hash(height), height)

@@ -4,6 +4,7 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
 from qnet import crypto, ledger, tx
 from qnet.errors import Rejected
 from qnet.mempool import Mempool
@@ -44,6 +45,7 @@ def nonces(pool: Mempool, key) -> list[int]:
 
 
 # ---- admission ---------------------------------------------------------------------------
+
 
 def test_a_sender_queues_consecutive_nonces_from_its_chain_nonce():
     pool = Mempool(shards=1)
@@ -96,8 +98,9 @@ def test_replacement_must_stay_affordable():
     pool = Mempool(shards=1)
     first = transfer(A, 0, amount=1_000)
     pool.admit(first, (3_000, 0), 0.0)
-    assert code_of(pool, transfer(A, 0, fee=1_001, amount=2_000), (3_000, 0)) == \
-        "insufficient_funds"
+    assert (
+        code_of(pool, transfer(A, 0, fee=1_001, amount=2_000), (3_000, 0)) == "insufficient_funds"
+    )
     assert first.id in pool
 
 
@@ -123,6 +126,7 @@ def test_funds_must_cover_everything_queued():
 
 
 # ---- capacity ----------------------------------------------------------------------------
+
 
 def full_pool() -> Mempool:
     """One shard of three: A queues fees 1000, 1100; B queues 1200."""
@@ -177,6 +181,7 @@ def test_a_full_shard_does_not_block_another_shard():
 
 # ---- selection ---------------------------------------------------------------------------
 
+
 def test_select_takes_highest_fee_first_and_keeps_nonce_order():
     pool = Mempool(shards=4)
     a0, a1 = transfer(A, 0, fee=1_000), transfer(A, 1, fee=5_000)
@@ -199,6 +204,7 @@ def test_select_breaks_fee_ties_by_arrival():
 
 
 # ---- commit and expiry -------------------------------------------------------------------
+
 
 def test_on_committed_removes_consumed_entries_and_keeps_the_rest():
     pool = Mempool(shards=2)
@@ -230,7 +236,8 @@ def test_expire_drops_senders_whose_oldest_entry_outlived_the_ttl():
     assert pool.expire(9.0) == []
     dropped = pool.expire(10.5)
     assert sorted(e.tx.nonce for e in dropped) == [0, 1] and {e.tx.sender for e in dropped} == {
-        A.address}
+        A.address
+    }
     assert len(pool) == 1 and fresh.id in pool
     assert [e.tx for e in pool.expire(100.0)] == [fresh]
     assert len(pool) == 0 and pool.sender_count == 0
@@ -266,18 +273,27 @@ class MempoolMachine(RuleBasedStateMachine):
         self.height = 0
 
     def snapshot(self):
-        return (sorted(self.pool.by_id), [(s.count, {a: (q.base_nonce, q.spend)
-                                                        for a, q in s.senders.items()})
-                                           for s in self.pool.shards])
+        return (
+            sorted(self.pool.by_id),
+            [
+                (s.count, {a: (q.base_nonce, q.spend) for a, q in s.senders.items()})
+                for s in self.pool.shards
+            ],
+        )
 
-    @rule(sender=st.sampled_from(SENDERS), nonce_delta=st.sampled_from([-1, 0, 0, 0, 0, 0, 1, 3]),
-          fee=st.integers(MIN_FEE, MIN_FEE + 50), amount=st.integers(1, 5_000),
-          to=st.sampled_from([k.address for k in SENDERS] + [b"\x77" * 20]))
+    @rule(
+        sender=st.sampled_from(SENDERS),
+        nonce_delta=st.sampled_from([-1, 0, 0, 0, 0, 0, 1, 3]),
+        fee=st.integers(MIN_FEE, MIN_FEE + 50),
+        amount=st.integers(1, 5_000),
+        to=st.sampled_from([k.address for k in SENDERS] + [b"\x77" * 20]),
+    )
     def admit(self, sender, nonce_delta, fee, amount, to):
         account = self.state.account(sender.address)
         queued = len(nonces(self.pool, sender))
-        t = tx.make_transfer(sender, CHAIN, max(0, account[1] + queued + nonce_delta), fee, to,
-                             amount)
+        t = tx.make_transfer(
+            sender, CHAIN, max(0, account[1] + queued + nonce_delta), fee, to, amount
+        )
         before = self.snapshot()
         try:
             evicted = self.pool.admit(t, account, self.now)
@@ -296,8 +312,7 @@ class MempoolMachine(RuleBasedStateMachine):
         assert refused == []  # whatever the mempool offers can run, in that order
         self.height += 1
         self.state.merge(diff, self.height, crypto.digest(b"%d" % self.height), self.height)
-        self.pool.on_committed({t.sender for t in included},
-                               lambda s: self.state.account(s)[1])
+        self.pool.on_committed({t.sender for t in included}, lambda s: self.state.account(s)[1])
         assert not any(t.id in self.pool for t in included)
 
     def check_greedy_order(self, chosen):
@@ -332,7 +347,8 @@ class MempoolMachine(RuleBasedStateMachine):
                 assert queue.entries, "an empty queue must be dropped"
                 assert len(queue.entries) <= self.pool.per_sender
                 assert [e.tx.nonce for e in queue.entries] == list(
-                    range(queue.base_nonce, queue.base_nonce + len(queue.entries)))
+                    range(queue.base_nonce, queue.base_nonce + len(queue.entries))
+                )
                 assert all(e.tx.sender == sender for e in queue.entries)
                 assert queue.spend == sum(e.tx.cost for e in queue.entries)
                 balance, chain_nonce = self.state.account(sender)
@@ -344,6 +360,5 @@ class MempoolMachine(RuleBasedStateMachine):
         assert set(self.pool.by_id) == ids
 
 
-MempoolMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=50,
-                                            deadline=None)
+MempoolMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
 test_mempool_invariants = MempoolMachine.TestCase

@@ -7,12 +7,14 @@ import bech32
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from qnet import crypto, tx
 from qnet.amounts import MAX_AMOUNT
 
 u64 = st.integers(min_value=0, max_value=MAX_AMOUNT)
 chain_ids = st.text(st.characters(codec="utf-8"), min_size=1, max_size=64).filter(
-    lambda s: len(s.encode()) <= tx.MAX_CHAIN_ID_LEN)
+    lambda s: len(s.encode()) <= tx.MAX_CHAIN_ID_LEN
+)
 keys = st.binary(min_size=32, max_size=32).map(crypto.KeyPair)
 addresses = st.binary(min_size=crypto.ADDRESS_LEN, max_size=crypto.ADDRESS_LEN)
 
@@ -20,27 +22,53 @@ addresses = st.binary(min_size=crypto.ADDRESS_LEN, max_size=crypto.ADDRESS_LEN)
 @st.composite
 def transfers(draw) -> tx.Transaction:
     return tx.make_transfer(
-        draw(keys), draw(chain_ids), nonce=draw(u64), fee=draw(u64), to=draw(addresses),
-        amount=draw(st.integers(min_value=1, max_value=MAX_AMOUNT)))
+        draw(keys),
+        draw(chain_ids),
+        nonce=draw(u64),
+        fee=draw(u64),
+        to=draw(addresses),
+        amount=draw(st.integers(min_value=1, max_value=MAX_AMOUNT)),
+    )
 
 
 FAST = settings(max_examples=60, deadline=None)
 
 
 def same_fields(a: tx.Transaction, b: tx.Transaction) -> bool:
-    names = ("kind", "chain_id", "public_key", "nonce", "fee", "to", "amount", "signature",
-             "body", "raw", "id", "sender")
+    names = (
+        "kind",
+        "chain_id",
+        "public_key",
+        "nonce",
+        "fee",
+        "to",
+        "amount",
+        "signature",
+        "body",
+        "raw",
+        "id",
+        "sender",
+    )
     return all(getattr(a, n) == getattr(b, n) for n in names)
 
 
 # ---- canonical bytes --------------------------------------------------------------------
 
+
 def test_raw_follows_the_documented_layout_and_id_is_its_hash():
     key = crypto.KeyPair(bytes(range(32)))
-    t = tx.make_transfer(key, "qnet-test", nonce=7, fee=1000, to=b"\x11" * 20,
-                         amount=12_500_000_000)
-    body = (bytes((1, 1, 9)) + b"qnet-test" + key.public_key + (7).to_bytes(8, "big")
-            + (1000).to_bytes(8, "big") + b"\x11" * 20 + (12_500_000_000).to_bytes(8, "big"))
+    t = tx.make_transfer(
+        key, "qnet-test", nonce=7, fee=1000, to=b"\x11" * 20, amount=12_500_000_000
+    )
+    body = (
+        bytes((1, 1, 9))
+        + b"qnet-test"
+        + key.public_key
+        + (7).to_bytes(8, "big")
+        + (1000).to_bytes(8, "big")
+        + b"\x11" * 20
+        + (12_500_000_000).to_bytes(8, "big")
+    )
     assert t.body == body
     assert t.raw == t.signature + body
     assert t.id == hashlib.blake2b(t.raw, digest_size=32).digest()
@@ -98,11 +126,19 @@ def test_extension_is_refused(t, extra):
         tx.decode(t.raw + extra)
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("nonce", MAX_AMOUNT + 1), ("fee", MAX_AMOUNT + 1), ("amount", MAX_AMOUNT + 1),
-    ("amount", 0), ("nonce", -1), ("chain_id", ""), ("chain_id", "x" * 65),
-    ("chain_id", "é" * 33),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("nonce", MAX_AMOUNT + 1),
+        ("fee", MAX_AMOUNT + 1),
+        ("amount", MAX_AMOUNT + 1),
+        ("amount", 0),
+        ("nonce", -1),
+        ("chain_id", ""),
+        ("chain_id", "x" * 65),
+        ("chain_id", "é" * 33),
+    ],
+)
 def test_out_of_range_fields_are_refused_when_signing(field, value):
     fields = {"chain_id": "c", "nonce": 0, "fee": 0, "amount": 1} | {field: value}
     with pytest.raises(tx.DecodeError):
@@ -125,33 +161,38 @@ def test_bytes_with_an_invalid_utf8_chain_id_are_refused():
 
 # ---- JSON refusals -----------------------------------------------------------------------
 
+
 @pytest.fixture
 def sample_json() -> dict:
     t = tx.make_transfer(crypto.KeyPair(b"\3" * 32), "qnet-test", 1, 1000, b"\4" * 20, 5)
     return t.to_json()
 
 
-@pytest.mark.parametrize("change", [
-    {"id": "00" * 32},
-    {"kind": "mint"},
-    {"nonce": "1"},
-    {"nonce": True},
-    {"fee": 1000},
-    {"amount": "0"},
-    {"amount": str(MAX_AMOUNT + 1)},
-    {"amount": "-5"},
-    {"to": "qnc1notanaddress"},
-    {"public_key": "ab" * 31},
-    {"signature": "zz" * 64},
-    {"extra": 1},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"id": "00" * 32},
+        {"kind": "mint"},
+        {"nonce": "1"},
+        {"nonce": True},
+        {"fee": 1000},
+        {"amount": "0"},
+        {"amount": str(MAX_AMOUNT + 1)},
+        {"amount": "-5"},
+        {"to": "qnc1notanaddress"},
+        {"public_key": "ab" * 31},
+        {"signature": "zz" * 64},
+        {"extra": 1},
+    ],
+)
 def test_from_json_refuses_bad_fields(sample_json, change):
     with pytest.raises(tx.DecodeError):
         tx.from_json(sample_json | change)
 
 
-@pytest.mark.parametrize("missing", ["kind", "chain_id", "public_key", "nonce", "fee", "to",
-                                     "amount", "signature"])
+@pytest.mark.parametrize(
+    "missing", ["kind", "chain_id", "public_key", "nonce", "fee", "to", "amount", "signature"]
+)
 def test_from_json_refuses_missing_fields(sample_json, missing):
     del sample_json[missing]
     with pytest.raises(tx.DecodeError):
@@ -175,6 +216,7 @@ def test_from_json_refuses_a_from_address_that_is_not_the_signers(sample_json):
 
 # ---- batches -----------------------------------------------------------------------------
 
+
 @FAST
 @given(st.lists(transfers(), max_size=5))
 def test_batch_round_trip(txs):
@@ -185,22 +227,25 @@ def test_batch_round_trip(txs):
 
 @pytest.mark.parametrize("cut", [1, 2, 5])
 def test_batch_with_truncated_last_frame_is_refused(cut):
-    batch = tx.encode_batch([tx.make_transfer(crypto.KeyPair(b"\6" * 32), "c", n, 0,
-                                              b"\7" * 20, 1) for n in range(3)])
+    batch = tx.encode_batch(
+        [tx.make_transfer(crypto.KeyPair(b"\6" * 32), "c", n, 0, b"\7" * 20, 1) for n in range(3)]
+    )
     with pytest.raises(tx.DecodeError):
         tx.split_batch(batch[:-cut])
 
 
 def test_batch_with_truncated_length_prefix_is_refused():
-    batch = tx.encode_batch([tx.make_transfer(crypto.KeyPair(b"\6" * 32), "c", 0, 0,
-                                              b"\7" * 20, 1)])
+    batch = tx.encode_batch(
+        [tx.make_transfer(crypto.KeyPair(b"\6" * 32), "c", 0, 0, b"\7" * 20, 1)]
+    )
     with pytest.raises(tx.DecodeError):
         tx.split_batch(batch + b"\x00")
 
 
 def test_batch_with_zero_length_frame_is_refused():
-    batch = tx.encode_batch([tx.make_transfer(crypto.KeyPair(b"\6" * 32), "c", 0, 0,
-                                              b"\7" * 20, 1)])
+    batch = tx.encode_batch(
+        [tx.make_transfer(crypto.KeyPair(b"\6" * 32), "c", 0, 0, b"\7" * 20, 1)]
+    )
     with pytest.raises(tx.DecodeError):
         tx.split_batch(batch + b"\x00\x00")
     with pytest.raises(tx.DecodeError):
@@ -208,6 +253,7 @@ def test_batch_with_zero_length_frame_is_refused():
 
 
 # ---- addresses and node ids --------------------------------------------------------------
+
 
 @settings(max_examples=100, deadline=None)
 @given(addresses)
@@ -259,26 +305,32 @@ def _bech32(hrp: str, payload: bytes) -> str:
     return bech32.bech32_encode(hrp, bech32.convertbits(payload, 8, 5))
 
 
-@pytest.mark.parametrize("text", [
-    _bech32("qnode", b"\1" * 20),  # right length, node prefix
-    _bech32("qn", b"\1" * 20),
-    _bech32("bc", b"\1" * 20),
-    crypto.encode_node_id(b"\1" * 32),
-    _bech32("qnc", b"\1" * 19),  # right prefix, wrong length
-    _bech32("qnc", b"\1" * 32),
-    "",
-    "qnc1",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        _bech32("qnode", b"\1" * 20),  # right length, node prefix
+        _bech32("qn", b"\1" * 20),
+        _bech32("bc", b"\1" * 20),
+        crypto.encode_node_id(b"\1" * 32),
+        _bech32("qnc", b"\1" * 19),  # right prefix, wrong length
+        _bech32("qnc", b"\1" * 32),
+        "",
+        "qnc1",
+    ],
+)
 def test_address_with_wrong_prefix_or_length_is_refused(text):
     with pytest.raises(crypto.EncodingError):
         crypto.decode_address(text)
 
 
-@pytest.mark.parametrize("text", [
-    crypto.encode_address(b"\1" * 20),
-    _bech32("qnc", b"\1" * 32),
-    _bech32("qnode", b"\1" * 31),
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        crypto.encode_address(b"\1" * 20),
+        _bech32("qnc", b"\1" * 32),
+        _bech32("qnode", b"\1" * 31),
+    ],
+)
 def test_node_id_with_wrong_prefix_or_length_is_refused(text):
     with pytest.raises(crypto.EncodingError):
         crypto.decode_node_id(text)
