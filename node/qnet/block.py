@@ -8,13 +8,14 @@ import struct
 from dataclasses import dataclass
 
 from . import crypto
-from .tx import Transaction, decode, encode_batch, split_batch
+from .tx import DecodeError, Transaction, decode, encode_batch, split_batch
 
 TAG_HEADER = 0x20
 TAG_PRECOMMIT = 0x22
 _HEADER = struct.Struct(">QQ32s32sI32s32s")
 _VOTE = struct.Struct(">QI32s")
 _SIG = struct.Struct(">32s64s")
+_BLOCK = struct.Struct(">H64s")
 
 
 class BlockError(ValueError):
@@ -172,3 +173,21 @@ class Block:
     @classmethod
     def from_parts(cls, header: bytes, signature: bytes, body: bytes) -> "Block":
         return cls(Header.decode(header), signature, tuple(decode(r) for r in split_batch(body)))
+
+    def encode(self) -> bytes:
+        """header_len:u16 signature(64) header body: how blocks travel between nodes."""
+        header = self.header.encode()
+        return _BLOCK.pack(len(header), self.signature) + header + self.body()
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Block":
+        if len(data) < _BLOCK.size:
+            raise BlockError("block truncated")
+        n, signature = _BLOCK.unpack_from(data)
+        end = _BLOCK.size + n
+        if len(data) < end:
+            raise BlockError("block header truncated")
+        try:
+            return cls.from_parts(data[_BLOCK.size : end], signature, data[end:])
+        except DecodeError as exc:
+            raise BlockError(f"block holds a malformed transaction: {exc}") from None

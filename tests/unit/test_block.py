@@ -332,3 +332,19 @@ def test_transactions_that_do_not_match_the_header_are_detected(tamper):
     good = make_block()
     with pytest.raises(BlockError):
         replace(good, txs=tamper(good.txs)).verify_shape()
+
+
+def test_block_wire_encoding_round_trips_and_refuses_garbage():
+    key = crypto.KeyPair.generate()
+    sender = crypto.KeyPair.generate()
+    txs = tuple(tx.make_transfer(sender, "qnet-wire", n, 1_000, key.address, 5) for n in range(3))
+    header = Header("qnet-wire", 7, 1_000, b"\1" * 32, tx_root([t.id for t in txs]), 3,
+                    b"\2" * 32, key.public_key)
+    block = Block(header, key.sign(header.encode()), txs)
+    again = Block.decode(block.encode())
+    assert again.hash == block.hash and [t.id for t in again.txs] == [t.id for t in txs]
+    again.verify_shape()
+    wire = block.encode()
+    for broken in (wire[:10], wire[:70], wire[:-1], wire + b"\0"):
+        with pytest.raises(BlockError):
+            Block.decode(broken)
