@@ -5,12 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEVNET_DIR ?= .devnet
+VALIDATORS ?= 4
 
 .PHONY: help venv test unit integration lint bench devnet devnet-down clean
 
 help:
 	@echo "make test     install what is needed and run the whole test suite"
-	@echo "make devnet   a local single-validator node with a funded faucet wallet"
+	@echo "make devnet   VALIDATORS (default 4) local validators with a funded faucet wallet"
 	@echo "make bench    throughput benchmark (prints figures, writes bench-results/)"
 	@echo "make lint     ruff"
 
@@ -39,7 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python loadtest/bench.py
 
 devnet: $(STAMP)
-	$(BIN)/python -m qnet.devnet up --data-dir $(DEVNET_DIR)
+	$(BIN)/python -m qnet.devnet up --data-dir $(DEVNET_DIR) --validators $(VALIDATORS)
 
 devnet-down: $(STAMP)
 	$(BIN)/python -m qnet.devnet down --data-dir $(DEVNET_DIR)

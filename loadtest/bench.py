@@ -110,13 +110,13 @@ def metric_sums(text: str) -> dict[str, float]:
 
 
 async def one_run(args, senders, txs, workdir: Path) -> dict:
-    node = LocalNode(
+    node = LocalNode.single(
         workdir,
         {k.address: FUNDS for k in senders},
         Params(
             block_interval_ms=args.block_interval_ms, max_block_txs=args.max_block_txs, min_fee=FEE
         ),
-        config_toml=f"mempool_capacity = {args.mempool}\n",
+        {"mempool_capacity": args.mempool},
     )
     node.start()
     profiler = None

@@ -3,10 +3,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from helpers import NodeProcess
 from qnet import crypto
+from qnet.localnode import NO_EMPTY_BLOCKS, LocalNode
+
+# Test modules import shared helpers (helpers.py, netns.py, consensus_sim.py) by name.
+sys.path.insert(0, str(Path(__file__).parent))
 
 FUNDS = 1_000_000 * 10**9  # 1M QNC per funded wallet
 
@@ -18,8 +19,10 @@ def wallets() -> list[crypto.KeyPair]:
 
 @pytest.fixture
 def node(tmp_path, wallets):
-    """A running single-validator node whose genesis funds ``wallets``."""
-    proc = NodeProcess(tmp_path / "node", {w.address: FUNDS for w in wallets})
+    """A running single-validator node whose genesis funds ``wallets``; no idle blocks."""
+    proc = LocalNode.single(
+        tmp_path / "node", {w.address: FUNDS for w in wallets}, config=NO_EMPTY_BLOCKS
+    )
     proc.start()
     yield proc
     proc.stop()

@@ -179,6 +179,14 @@ class Block:
         header = self.header.encode()
         return _BLOCK.pack(len(header), self.signature) + header + self.body()
 
+    @staticmethod
+    def decode_header(data: bytes) -> Header:
+        """Only the header of an encoded block (its hash is the block's id)."""
+        if len(data) < _BLOCK.size:
+            raise BlockError("block truncated")
+        n, _ = _BLOCK.unpack_from(data)
+        return Header.decode(data[_BLOCK.size : _BLOCK.size + n])
+
     @classmethod
     def decode(cls, data: bytes) -> "Block":
         if len(data) < _BLOCK.size:

@@ -21,8 +21,8 @@ import click
 from . import crypto
 from .amounts import AmountError, format_qnc, parse_qnc
 from .client import DEFAULT_URL, ApiError, Client
-from .config import NODE_TYPES, ConfigError, NodeConfig, load_config
-from .genesis import REGIONS, Genesis, GenesisError, Params, single_validator_genesis
+from .config import NODE_TYPES, ConfigError, NodeConfig, load_config, write_config
+from .genesis import REGIONS, Genesis, GenesisError, Params, make_genesis
 from .keystore import NAME_RE, Keystore, KeystoreError
 from .main import pid_alive, read_pid
 from .node import StateDivergence, load_node_key, replay, write_secret
@@ -120,6 +120,9 @@ def status_rows(status: dict) -> list[tuple]:
         ("chain", status["chain_id"]),
         ("height", status["height"]),
         ("block hash", status["block_hash"]),
+        ("peers", status["peers"]),
+        ("sync lag", f"{status['sync_lag_blocks']} blocks"),
+        ("round", status["consensus_round"]),
         ("mempool", status["mempool_size"]),
         ("version", status["version"]),
         ("uptime", format_uptime(status["uptime_s"])),
@@ -153,24 +156,25 @@ def parse_funds(entries: tuple[str, ...]) -> dict[str, int]:
 
 
 def init_genesis(
-    data_dir: Path,
+    validators: list[tuple[Path, str]],
     chain_id: str,
-    region: str,
     funds: dict[str, int],
     keystore: Keystore,
     faucet: str | None = None,
     faucet_units: int = 0,
     password: Callable[[], str] = wallet_password,
 ) -> Genesis:
-    """Create a single-validator chain in ``data_dir`` (node key, genesis.json).
+    """Create a chain whose validators are the nodes of the given (data dir, region) pairs.
 
-    With ``faucet``, that wallet (created unless the keystore has it) is funded too; the
-    password is asked for only if the wallet is created. Everything is validated before
-    anything is written.
+    Each data dir gets a node key (kept if it exists) and the same genesis.json. With
+    ``faucet``, that wallet (created unless the keystore has it) is funded too; the password
+    is asked for only if the wallet is created. Everything is validated before anything is
+    written.
     """
-    genesis_path = NodeConfig(data_dir=data_dir).genesis_path
-    if genesis_path.exists():
-        raise CliError(f"{genesis_path} already exists; refusing to replace a chain's genesis")
+    for data_dir, _ in validators:
+        genesis_path = NodeConfig(data_dir=data_dir).genesis_path
+        if genesis_path.exists():
+            raise CliError(f"{genesis_path} already exists; refusing to replace a chain's genesis")
     balances = dict(funds)
     faucet_key = None
     if faucet:
@@ -182,20 +186,80 @@ def init_genesis(
         if faucet_address in balances:
             raise CliError(f"the faucet {faucet_address} is also given with --fund")
         balances[faucet_address] = faucet_units
-    key_path = NodeConfig(data_dir=data_dir).key_path
-    node_key = load_node_key(key_path) if key_path.exists() else None
-    new_key = node_key is None
-    node_key = node_key or crypto.KeyPair.generate()
-    genesis = single_validator_genesis(
-        chain_id, node_key.node_id, region, balances, genesis_time_ms=int(time.time() * 1000)
+    keys = []
+    for data_dir, _ in validators:
+        key_path = NodeConfig(data_dir=data_dir).key_path
+        keys.append(load_node_key(key_path) if key_path.exists() else None)
+    node_keys = [k or crypto.KeyPair.generate() for k in keys]
+    genesis = make_genesis(
+        chain_id,
+        [(k.node_id, region) for k, (_, region) in zip(node_keys, validators, strict=True)],
+        balances,
+        genesis_time_ms=int(time.time() * 1000),
     )
-    data_dir.mkdir(parents=True, exist_ok=True)
     if faucet and faucet_key is not None:
         keystore.add(faucet, password(), faucet_key)
-    if new_key:
-        write_secret(key_path, node_key.seed.hex() + "\n")
-    genesis.save(genesis_path)
+    for (data_dir, _), existing, key in zip(validators, keys, node_keys, strict=True):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if existing is None:
+            write_secret(NodeConfig(data_dir=data_dir).key_path, key.seed.hex() + "\n")
+        genesis.save(NodeConfig(data_dir=data_dir).genesis_path)
     return genesis
+
+
+def init_local_testnet(
+    out: Path,
+    validators: int,
+    regions: list[str],
+    chain_id: str,
+    host: str,
+    first_port: int,
+    funds: dict[str, int],
+    keystore: Keystore,
+    faucet: str | None,
+    faucet_units: int,
+    password: Callable[[], str],
+) -> tuple[Genesis, list[dict]]:
+    """N validators on this machine in OUT/v1..vN, regions taken in turn, fully meshed."""
+    unknown = sorted(set(regions) - set(REGIONS))
+    if not regions or unknown:
+        raise CliError(f"unknown region(s) {', '.join(unknown) or '(none given)'}")
+    dirs = [(out / f"v{i + 1}").resolve() for i in range(validators)]
+    created = init_genesis(
+        [(d, regions[i % len(regions)]) for i, d in enumerate(dirs)],
+        chain_id,
+        funds,
+        keystore,
+        faucet,
+        faucet_units,
+        password,
+    )
+    configs = write_local_configs(dirs, host, first_port)
+    nodes = [
+        {
+            "data_dir": str(d),
+            "node_id": v.node_id,
+            "region": v.region,
+            "api": f"http://{c['api_host']}:{c['api_port']}",
+            "p2p": f"{c['p2p_host']}:{c['p2p_port']}",
+        }
+        for d, v, c in zip(dirs, created.validators, configs, strict=True)
+    ]
+    return created, nodes
+
+
+def write_local_configs(dirs: list[Path], host: str, first_port: int) -> list[dict]:
+    """config.toml for validators on one machine: API and peer ports in pairs, full mesh."""
+    ports = [(first_port + 2 * i, first_port + 2 * i + 1) for i in range(len(dirs))]
+    configs = []
+    for i, data_dir in enumerate(dirs):
+        api_port, p2p_port = ports[i]
+        peers = [f"{host}:{p2p}" for j, (_, p2p) in enumerate(ports) if j != i]
+        values = {"api_host": host, "api_port": api_port, "p2p_host": host,
+                  "p2p_port": p2p_port, "peers": peers}
+        write_config(data_dir / "config.toml", values)
+        configs.append(values)
+    return configs
 
 
 # ---- node processes --------------------------------------------------------------------
@@ -420,9 +484,8 @@ def genesis_init(
     funds = parse_funds(fund)
     faucet_units = parse_qnc(faucet_amount) if faucet else 0
     created = init_genesis(
-        data_dir,
+        [(data_dir, region)],
         chain_id,
-        region,
         funds,
         settings.keystore,
         faucet,
@@ -453,6 +516,67 @@ def genesis_init(
             "funded": funded,
         },
         rows,
+    )
+
+
+@genesis.command("testnet")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory that receives one data dir per validator (v1, v2, ...).",
+)
+@click.option("--validators", type=click.IntRange(1, 100), default=4, show_default=True)
+@click.option(
+    "--regions",
+    default="na,eu,ap,sa",
+    show_default=True,
+    help="Comma-separated region codes, assigned to the validators in turn.",
+)
+@click.option("--chain-id", default=DEFAULT_CHAIN_ID, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address they listen on.")
+@click.option(
+    "--first-port",
+    type=click.IntRange(1, 65000),
+    default=7370,
+    show_default=True,
+    help="Validator i gets API port first+2i and peer port first+2i+1.",
+)
+@click.option("--fund", multiple=True, metavar="ADDRESS=QNC", help="Fund an address; repeatable.")
+@click.option("--faucet", metavar="NAME", help="Create (or reuse) wallet NAME and fund it.")
+@click.option("--faucet-amount", default=DEFAULT_FAUCET_QNC, show_default=True, metavar="QNC")
+@pass_settings
+def genesis_testnet(
+    settings: Settings,
+    out: Path,
+    validators: int,
+    regions: str,
+    chain_id: str,
+    host: str,
+    first_port: int,
+    fund: tuple[str, ...],
+    faucet: str | None,
+    faucet_amount: str,
+) -> None:
+    """Create a chain of N validators on this machine, each in OUT/vI with its node key,
+    the shared genesis.json and a config.toml that peers it with all the others."""
+    created, nodes = init_local_testnet(
+        out,
+        validators,
+        [c.strip() for c in regions.split(",") if c.strip()],
+        chain_id,
+        host,
+        first_port,
+        parse_funds(fund),
+        settings.keystore,
+        faucet,
+        parse_qnc(faucet_amount) if faucet else 0,
+        lambda: wallet_password(confirm=True),
+    )
+    settings.emit(
+        {"chain_id": created.chain_id, "validators": nodes},
+        [(n["data_dir"], n["region"], n["api"], n["p2p"], n["node_id"]) for n in nodes],
+        ("data dir", "region", "api", "p2p", "node id"),
     )
 
 

@@ -3,8 +3,9 @@
 Every default is here. Flags given on the command line win over the file.
 """
 
+import json
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .genesis import REGIONS
@@ -25,6 +26,15 @@ class NodeConfig:
     region: str | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 7370
+    p2p_host: str = "127.0.0.1"
+    p2p_port: int = 7371
+    peers: list[str] = field(default_factory=list)  # "host:port" of peers to keep dialled
+    # Consensus round timeouts: base + delta * round (Tendermint's defaults are 3 s / 1 s).
+    timeout_propose_ms: int = 3000
+    timeout_vote_ms: int = 1000
+    timeout_delta_ms: int = 500
+    # An idle chain still makes a block this often, so a stalled chain is visible.
+    empty_block_interval_ms: int = 1000
     mempool_shards: int = 16
     mempool_capacity: int = 200_000
     mempool_per_sender: int = 1_000
@@ -65,9 +75,21 @@ class NodeConfig:
             raise ConfigError(f"node type must be one of {', '.join(NODE_TYPES)}")
         if self.region not in (None, "auto", *REGIONS):
             raise ConfigError(f"region must be auto or one of {', '.join(REGIONS)}")
-        if not 0 < self.api_port < 65536:
-            raise ConfigError("api_port must be 1..65535")
+        for name in ("api_port", "p2p_port"):
+            if not 0 < getattr(self, name) < 65536:
+                raise ConfigError(f"{name} must be 1..65535")
+        for peer in self.peers:
+            host, _, port = peer.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"peer {peer!r} must be host:port")
+        if not 0 < self.empty_block_interval_ms < self.timeout_propose_ms:
+            raise ConfigError(
+                "empty_block_interval_ms must be below timeout_propose_ms, or validators "
+                "give up on an idle proposer"
+            )
         for name in (
+            "timeout_vote_ms",
+            "timeout_delta_ms",
             "mempool_shards",
             "mempool_capacity",
             "mempool_per_sender",
@@ -101,3 +123,9 @@ def load_config(data_dir: Path, **overrides) -> NodeConfig:
         raise ConfigError(str(exc)) from None
     config.validate()
     return config
+
+
+def write_config(path: Path, values: dict) -> None:
+    """Write settings as config.toml (strings, integers, booleans and lists of strings)."""
+    # JSON scalars and arrays of strings are valid TOML as they are.
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))

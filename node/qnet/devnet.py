@@ -1,12 +1,14 @@
-"""``python -m qnet.devnet up|down --data-dir DIR``: a local chain for a quick loop.
+"""``python -m qnet.devnet up|down --data-dir DIR``: a local network for a quick loop.
 
-``up`` creates a single-validator chain in DIR on first use, with a funded wallet named
-``faucet`` in DIR/wallets, starts the node detached and prints how to use it; ``down``
-stops it. Every step is the CLI's own function, so the devnet is exactly what a user gets
-from ``qnet-cli genesis init`` and ``qnet-cli node start``.
+``up`` creates, on first use, N validators in DIR/v1..vN (regions taken in turn, API and
+peer ports in pairs from 7370) with a funded wallet named ``faucet`` in DIR/wallets, starts
+every node detached and prints their status; ``down`` stops them. Every step is the CLI's
+own function, so the devnet is what a user gets from ``qnet-cli genesis testnet`` and
+``qnet-cli node start``.
 """
 
 import os
+import time
 from pathlib import Path
 
 import click
@@ -16,64 +18,92 @@ from .cli import (
     DEFAULT_CHAIN_ID,
     DEFAULT_FAUCET_QNC,
     PASSWORD_ENV,
+    CliError,
     QNetGroup,
-    init_genesis,
+    init_local_testnet,
     running_pid,
     start_node,
-    status_rows,
     stop_node,
     table,
     venv_bin,
 )
-from .client import Client
+from .client import ApiError, Client
 from .config import load_config
 from .keystore import Keystore
 
 FAUCET = "faucet"
 DEV_PASSWORD = "devnet"  # a throwaway chain on loopback: convenience beats secrecy here
+FIRST_PORT = 7370
+REGIONS = ["na", "eu", "ap", "sa", "af", "me", "oc"]
 
 DATA_DIR = click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
-    help="Where the devnet keeps its chain and wallets.",
+    help="Where the devnet keeps its nodes and wallets.",
 )
+
+
+def node_dirs(data_dir: Path) -> list[Path]:
+    return sorted(
+        (d for d in data_dir.glob("v*") if (d / "genesis.json").exists()),
+        key=lambda d: int(d.name[1:]),
+    )
+
+
+def status_table(dirs: list[Path]) -> str:
+    rows = []
+    for d in dirs:
+        url = load_config(d).api_url
+        try:
+            s = Client(url, timeout=2.0).status()
+            rows.append((d.name, s["region"], s["height"], s["peers"], s["mempool_size"], url))
+        except ApiError as exc:
+            rows.append((d.name, "-", "-", "-", "-", f"{url} ({exc.code})"))
+    return table(rows, ("node", "region", "height", "peers", "mempool", "api"))
 
 
 @click.group(cls=QNetGroup)
 def devnet() -> None:
-    """A local single-validator QNet chain with a funded faucet wallet."""
+    """A local QNet network of validators with a funded faucet wallet."""
 
 
 @devnet.command()
 @DATA_DIR
-def up(data_dir: Path) -> None:
-    """Create the devnet in DATA_DIR if needed, start its node and show how to use it."""
+@click.option("--validators", type=click.IntRange(1, 20), default=4, show_default=True)
+def up(data_dir: Path, validators: int) -> None:
+    """Create the devnet in DATA_DIR if needed, start its nodes and show their status."""
     data_dir = data_dir.resolve()
     keystore = Keystore(data_dir / "wallets")
     chosen_password = os.environ.get(PASSWORD_ENV)
-    if not (data_dir / "genesis.json").exists():
-        init_genesis(
+    if not node_dirs(data_dir):
+        init_local_testnet(
             data_dir,
+            validators,
+            REGIONS,
             DEFAULT_CHAIN_ID,
-            "eu",
+            "127.0.0.1",
+            FIRST_PORT,
             {},
             keystore,
             FAUCET,
             parse_qnc(DEFAULT_FAUCET_QNC),
             lambda: chosen_password or DEV_PASSWORD,
         )
-        click.echo(f"created chain {DEFAULT_CHAIN_ID} in {data_dir}")
-    config = load_config(data_dir)
-    pid = running_pid(data_dir)
-    if pid is None:
-        pid = start_node(data_dir).pid
+        click.echo(f"created chain {DEFAULT_CHAIN_ID} with {validators} validators in {data_dir}")
+    dirs = node_dirs(data_dir)
+    for d in dirs:
+        if running_pid(d) is None:
+            start_node(d)
+    first_height = time.monotonic() + 15
+    while time.monotonic() < first_height:  # show a network that has committed something
+        if Client(load_config(dirs[0]).api_url).status()["height"] > 0:
+            break
+        time.sleep(0.2)
     else:
-        click.echo(f"already running (pid {pid})")
-    status = Client(config.api_url).status()
-    click.echo(table([*status_rows(status), ("pid", pid), ("api", config.api_url)]))
-    if not keystore.exists(FAUCET):
-        return
+        raise CliError("the devnet committed no block within 15 s; see the nodes' node.log")
+    click.echo(status_table(dirs))
+    api_url = load_config(dirs[0]).api_url
     password_line = (
         f"# the faucet password is your ${PASSWORD_ENV}"
         if chosen_password
@@ -84,7 +114,7 @@ def up(data_dir: Path) -> None:
 faucet wallet: {keystore.info(FAUCET).address}
 
 Try it:
-  export QNET_NODE={config.api_url} QNET_KEYSTORE={keystore.directory}
+  export QNET_NODE={api_url} QNET_KEYSTORE={keystore.directory}
   {password_line}
   {qnet_cli} wallet create alice
   {qnet_cli} wallet send --from {FAUCET} alice 100
@@ -96,8 +126,10 @@ Stop it: make devnet-down  (python -m qnet.devnet down --data-dir {data_dir})"""
 @devnet.command()
 @DATA_DIR
 def down(data_dir: Path) -> None:
-    """Stop the devnet node of DATA_DIR (the chain and wallets stay for the next ``up``)."""
-    click.echo(f"stopped node (pid {stop_node(data_dir)})")
+    """Stop the devnet's nodes (the chain and wallets stay for the next ``up``)."""
+    for d in node_dirs(data_dir.resolve()):
+        if running_pid(d) is not None:
+            click.echo(f"stopped {d.name} (pid {stop_node(d)})")
 
 
 if __name__ == "__main__":

@@ -124,6 +124,25 @@ class Genesis:
             raise GenesisError("params out of range")
 
 
+def make_genesis(
+    chain_id: str,
+    validators: list[tuple[str, str]],
+    balances: dict[str, int],
+    params: Params | None = None,
+    genesis_time_ms: int = 0,
+) -> Genesis:
+    """A genesis whose validators (node id, region) have equal voting power."""
+    genesis = Genesis(
+        chain_id,
+        genesis_time_ms,
+        tuple(Validator(node_id, 1, region) for node_id, region in validators),
+        dict(balances),
+        params or Params(),
+    )
+    genesis.validate()
+    return genesis
+
+
 def single_validator_genesis(
     chain_id: str,
     node_id: str,
@@ -133,12 +152,4 @@ def single_validator_genesis(
     genesis_time_ms: int = 0,
 ) -> Genesis:
     """A development genesis: this node is the only validator; ``balances`` are funded."""
-    genesis = Genesis(
-        chain_id,
-        genesis_time_ms,
-        (Validator(node_id, 1, region),),
-        dict(balances),
-        params or Params(),
-    )
-    genesis.validate()
-    return genesis
+    return make_genesis(chain_id, [(node_id, region)], balances, params, genesis_time_ms)

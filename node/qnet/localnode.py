@@ -1,4 +1,4 @@
-"""A node process on loopback with a fresh single-validator genesis.
+"""Node processes on this machine: one validator, or a network of them.
 
 Used by the tests and the benchmarks; whoever starts one stops it by PID (``stop``/``kill``).
 """
@@ -15,11 +15,14 @@ import urllib.request
 from pathlib import Path
 
 from qnet import crypto
-from qnet.genesis import Params, single_validator_genesis
+from qnet.config import write_config
+from qnet.genesis import REGIONS, Genesis, Params, make_genesis
 from qnet.node import write_secret
 
 BIN = Path(sys.executable).parent
 CHAIN_ID = "qnet-local"
+# An idle chain makes no blocks for an hour: tests that check "height unchanged" use it.
+NO_EMPTY_BLOCKS = {"empty_block_interval_ms": 3_600_000, "timeout_propose_ms": 7_200_000}
 
 
 def free_port() -> int:
@@ -51,38 +54,62 @@ def http(
 
 
 class LocalNode:
-    """A single-validator node in its own data dir, run as a real ``qnet-node`` process."""
+    """A node in its own data dir, run as a real ``qnet-node`` process (optionally inside a
+    network namespace), with free ports on ``host``."""
 
     def __init__(
         self,
         data_dir: Path,
-        funded: dict[bytes, int],
-        params: Params | None = None,
-        config_toml: str = "",
+        genesis: Genesis,
+        key: crypto.KeyPair,
+        config: dict | None = None,
+        host: str = "127.0.0.1",
+        netns: str | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.key = crypto.KeyPair.generate()
-        write_secret(self.data_dir / "node_key", self.key.seed.hex())
-        balances = {crypto.encode_address(a): units for a, units in funded.items()}
-        self.genesis = single_validator_genesis(CHAIN_ID, self.key.node_id, "eu", balances, params)
-        self.genesis.save(self.data_dir / "genesis.json")
-        if config_toml:
-            (self.data_dir / "config.toml").write_text(config_toml)
+        self.key = key
+        self.genesis = genesis
+        self.netns = netns
+        write_secret(self.data_dir / "node_key", key.seed.hex())
+        genesis.save(self.data_dir / "genesis.json")
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.p2p_port = free_port()
+        self.config = {
+            "api_host": host,
+            "api_port": self.port,
+            "p2p_host": host,
+            "p2p_port": self.p2p_port,
+            **(config or {}),
+        }
+        write_config(self.data_dir / "config.toml", self.config)
+        self.url = f"http://{host}:{self.port}"
+        self.p2p_address = f"{host}:{self.p2p_port}"
         self.proc: subprocess.Popen | None = None
+
+    @classmethod
+    def single(
+        cls,
+        data_dir: Path,
+        funded: dict[bytes, int],
+        params: Params | None = None,
+        config: dict | None = None,
+    ) -> "LocalNode":
+        """A one-validator chain whose genesis funds ``funded``."""
+        key = crypto.KeyPair.generate()
+        balances = {crypto.encode_address(a): units for a, units in funded.items()}
+        genesis = make_genesis(CHAIN_ID, [(key.node_id, "eu")], balances, params)
+        return cls(data_dir, genesis, key, config)
+
+    def set_peers(self, peers: list[str]) -> None:
+        self.config["peers"] = peers
+        write_config(self.data_dir / "config.toml", self.config)
 
     def start(self, timeout: float = 20.0) -> None:
         log = open(self.data_dir / "node.log", "ab")  # noqa: SIM115 - lives with the process
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.proc = subprocess.Popen(
-            [
-                str(BIN / "qnet-node"),
-                "--data-dir",
-                str(self.data_dir),
-                "--api-port",
-                str(self.port),
-            ],
+            [*prefix, str(BIN / "qnet-node"), "--data-dir", str(self.data_dir)],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -133,3 +160,37 @@ class LocalNode:
                 return body
             time.sleep(0.05)
         raise TimeoutError(f"transaction {tx_id.hex()} still pending")
+
+
+def local_net(
+    base_dir: Path,
+    validators: int,
+    funded: dict[bytes, int],
+    params: Params | None = None,
+    config: dict | None = None,
+    hosts: list[str] | None = None,
+    netns: list[str] | None = None,
+) -> list[LocalNode]:
+    """``validators`` validators in regions taken in turn, each peered with all the others."""
+    keys = [crypto.KeyPair.generate() for _ in range(validators)]
+    balances = {crypto.encode_address(a): units for a, units in funded.items()}
+    genesis = make_genesis(
+        CHAIN_ID,
+        [(k.node_id, REGIONS[i % len(REGIONS)]) for i, k in enumerate(keys)],
+        balances,
+        params,
+    )
+    nodes = [
+        LocalNode(
+            Path(base_dir) / f"v{i + 1}",
+            genesis,
+            key,
+            config,
+            host=hosts[i] if hosts else "127.0.0.1",
+            netns=netns[i] if netns else None,
+        )
+        for i, key in enumerate(keys)
+    ]
+    for node in nodes:
+        node.set_peers([n.p2p_address for n in nodes if n is not node])
+    return nodes

@@ -12,8 +12,8 @@ from aiohttp import web
 
 from . import region as region_mod
 from .api import create_app
+from .bft import BftConsensus
 from .config import NODE_TYPES, ConfigError, NodeConfig, load_config
-from .consensus import SoloConsensus
 from .genesis import REGIONS, Genesis, GenesisError
 from .node import Node, StateDivergence, load_node_key
 from .storage import StorageError
@@ -56,7 +56,7 @@ def genesis_region(genesis: Genesis, config: NodeConfig) -> str:
 def build(config: NodeConfig) -> web.Application:
     genesis = Genesis.load(config.genesis_path)
     node = Node(config, genesis, load_node_key(config.key_path))
-    consensus = SoloConsensus(node)
+    consensus = BftConsensus(node, config)
     app = create_app(node)
 
     async def lifecycle(app: web.Application):

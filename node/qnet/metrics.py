@@ -52,5 +52,52 @@ class Metrics:
             buckets=(0, 10, 100, 500, 1000, 2500, 5000, 10000, 20000),
             registry=r,
         )
+        self.consensus_height = Gauge(
+            "qnet_consensus_height", "Height the consensus core is deciding", registry=r
+        )
+        self.consensus_round = Gauge(
+            "qnet_consensus_round", "Round of the height being decided", registry=r
+        )
+        self.rounds_per_height = Histogram(
+            "qnet_consensus_rounds_per_height",
+            "Rounds it took to decide a height",
+            buckets=(1, 2, 3, 5, 10),
+            registry=r,
+        )
+        self.proposals = Counter(
+            "qnet_consensus_proposals",
+            "Block proposals sent, received and found invalid",
+            ["outcome"],
+            registry=r,
+        )
+        self.votes_received = Counter(
+            "qnet_consensus_votes_received",
+            "Prevotes and precommits received, by validator",
+            ["validator", "kind"],
+            registry=r,
+        )
+        self.votes_missed = Counter(
+            "qnet_consensus_votes_missed",
+            "Committed blocks whose certificate lacks this validator's precommit",
+            ["validator"],
+            registry=r,
+        )
+        self.equivocations = Counter(
+            "qnet_consensus_equivocations",
+            "Conflicting signed messages seen, by validator",
+            ["validator"],
+            registry=r,
+        )
+        self.commit_latency = Histogram(
+            "qnet_commit_latency_seconds",
+            "From a block's proposal time to its commit on this node",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=r,
+        )
+        self.sync_lag = Gauge(
+            "qnet_sync_lag_blocks", "Blocks the best known peer is ahead of this node", registry=r
+        )
+        for outcome in ("sent", "received", "invalid"):
+            self.proposals.labels(outcome)
         for reason in Rejected.CODES:  # export zeroes so alerts see every reason from start
             self.rejected.labels(reason)

@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -72,6 +73,14 @@ class Node:
         self._verify_pool = ThreadPoolExecutor(config.verify_threads, "qnet-verify")
         self._store_pool = ThreadPoolExecutor(1, "qnet-store")
         self.started_at = time.time()
+        # Set by the network driver: receives transactions admitted through the API, to gossip.
+        self.relay: Callable[[list[Transaction]], None] | None = None
+        # Set by the network driver: peers, sync lag and round, for the status endpoint.
+        self.network_status: Callable[[], dict] = lambda: {
+            "peers": 0,
+            "sync_lag_blocks": 0,
+            "consensus_round": 0,
+        }
         self.region = config.region
         m = self.metrics
         m.build_info.info(
@@ -142,7 +151,9 @@ class Node:
         self.metrics.verify_seconds.observe(time.perf_counter() - started)
         return [ok for chunk in results for ok in chunk]
 
-    async def submit(self, txs: list[Transaction | DecodeError]) -> list[Rejected | None]:
+    async def submit(
+        self, txs: list[Transaction | DecodeError], relay: bool = True
+    ) -> list[Rejected | None]:
         """Admit decoded transactions in order; returns None or the refusal for each."""
         outcome: list[Rejected | None] = [None] * len(txs)
         to_verify: list[tuple[int, Transaction]] = []
@@ -158,7 +169,7 @@ class Node:
                 to_verify.append((i, tx))
         verified = await self._verify([tx for _, tx in to_verify])
         now = time.monotonic()
-        admitted = 0
+        admitted: list[Transaction] = []
         for (i, tx), ok in zip(to_verify, verified, strict=True):
             try:
                 if not ok:
@@ -173,22 +184,24 @@ class Node:
             except Rejected as exc:
                 outcome[i] = self.refuse(tx, exc)
             else:
-                admitted += 1
+                admitted.append(tx)
                 self.rejected.pop(tx.id, None)
         if admitted:
-            self.metrics.admitted.inc(admitted)
+            self.metrics.admitted.inc(len(admitted))
             self._update_mempool_gauges()
             self.work.set()
+            if relay and self.relay is not None:
+                self.relay(admitted)
         return outcome
 
-    async def submit_raw(self, raws: list[bytes]) -> list[Rejected | None]:
+    async def submit_raw(self, raws: list[bytes], relay: bool = True) -> list[Rejected | None]:
         decoded: list[Transaction | DecodeError] = []
         for raw in raws:
             try:
                 decoded.append(decode(raw))
             except DecodeError as exc:
                 decoded.append(exc)
-        return await self.submit(decoded)
+        return await self.submit(decoded, relay)
 
     def _update_mempool_gauges(self) -> None:
         self.metrics.mempool_size.set(len(self.mempool))
@@ -312,6 +325,7 @@ class Node:
             "state_digest": s.digest.hex(),
             "mempool_size": len(self.mempool),
             "uptime_s": round(time.time() - self.started_at, 3),
+            **self.network_status(),
         }
 
 

@@ -24,7 +24,7 @@ from qnet.api import create_app
 from qnet.config import NodeConfig, load_config
 from qnet.errors import Rejected
 from qnet.genesis import Params, single_validator_genesis
-from qnet.localnode import CHAIN_ID, LocalNode
+from qnet.localnode import CHAIN_ID, NO_EMPTY_BLOCKS, LocalNode
 from qnet.node import Node
 
 SPEC = yaml.safe_load(resources.files("qnet").joinpath("openapi.yaml").read_text())
@@ -234,10 +234,13 @@ def test_validation_fails_on_an_extra_or_a_missing_field():
         "state_digest": "11" * 32,
         "mempool_size": 0,
         "uptime_s": 1.5,
+        "peers": 3,
+        "sync_lag_blocks": 0,
+        "consensus_round": 0,
     }
     check = schema_validator(_json_schema_pointer(_response_pointer("GET", "/api/v1/status", 200)))
     assert list(check.iter_errors(status)) == []
-    assert list(check.iter_errors({**status, "peers": 3}))
+    assert list(check.iter_errors({**status, "validators": 4}))
     assert list(check.iter_errors({k: v for k, v in status.items() if k != "height"}))
     error = schema_validator(
         _json_schema_pointer(_response_pointer("POST", "/api/v1/transactions", 422))
@@ -356,11 +359,11 @@ def api(tmp_path_factory):
     """One node for the module: a 1-slot mempool and a slow block pace, so that a transaction
     stays pending long enough to be seen pending, duplicated and outbid (409, 503)."""
     wallets = [crypto.KeyPair.generate() for _ in range(3)]
-    node = LocalNode(
+    node = LocalNode.single(
         tmp_path_factory.mktemp("contract"),
         {w.address: FUNDS for w in wallets},
         Params(block_interval_ms=2500),
-        config_toml="mempool_shards = 1\nmempool_capacity = 1\n",
+        {"mempool_shards": 1, "mempool_capacity": 1, **NO_EMPTY_BLOCKS},
     )
     node.start()
     yield Api(node, wallets)

@@ -12,7 +12,7 @@ import pytest
 from qnet import crypto, tx
 from qnet.config import NodeConfig
 from qnet.genesis import Params
-from qnet.localnode import CHAIN_ID, LocalNode, http
+from qnet.localnode import CHAIN_ID, NO_EMPTY_BLOCKS, LocalNode, http
 
 FUNDS = 1_000 * 10**9
 FEE = Params().min_fee
@@ -64,8 +64,10 @@ def snapshot(node: LocalNode, keys: list[crypto.KeyPair]) -> dict:
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     alice, bob, carol = (crypto.KeyPair.generate() for _ in range(3))
-    node = LocalNode(
-        tmp_path_factory.mktemp("bad-input"), {alice.address: FUNDS, bob.address: FUNDS}
+    node = LocalNode.single(
+        tmp_path_factory.mktemp("bad-input"),
+        {alice.address: FUNDS, bob.address: FUNDS},
+        config=NO_EMPTY_BLOCKS,
     )
     node.start()
     try:

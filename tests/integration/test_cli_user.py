@@ -135,14 +135,12 @@ def test_first_session(user):
     shown = user.ok("node", "status")
     assert created["node_id"] in shown and "qnet-dev" in shown
     status = user.json("node", "status")
-    assert status["height"] == to_bob["height"] and status["mempool_size"] == 0
+    assert status["height"] >= to_bob["height"] and status["mempool_size"] == 0
 
     verified = user.json("node", "verify", "--data-dir", data_dir)
-    assert verified == {
-        "height": status["height"],
-        "state_digest": status["state_digest"],
-        "ok": True,
-    }
+    # Idle blocks keep coming (empty ones), so the height may have moved but not the state.
+    assert verified["ok"] is True and verified["height"] >= status["height"]
+    assert verified["state_digest"] == status["state_digest"]
     assert "ok" in user.ok("node", "verify", "--data-dir", data_dir)
 
     user.ok("node", "stop", "--data-dir", data_dir)

@@ -19,7 +19,7 @@ def test_sigkill_under_load_keeps_every_committed_transaction(tmp_path):
     rng = random.Random(7)
     senders = [crypto.KeyPair.generate() for _ in range(SENDERS)]
     sink = crypto.KeyPair.generate().address
-    node = LocalNode(tmp_path / "node", {k.address: 10**15 for k in senders})
+    node = LocalNode.single(tmp_path / "node", {k.address: 10**15 for k in senders})
     txs = loadgen.presign(senders, CHAIN_ID, 60_000, FEE, sink)
     batches = [txs[i : i + 200] for i in range(0, len(txs), 200)]
     reported: dict[str, int] = {}  # tx id -> height, as the API reported them committed

@@ -35,7 +35,7 @@ def make_genesis(chain_id: str = CHAIN, balances: dict[bytes, int] | None = None
 def build_block(
     state: ledger.State, txs: list[tx.Transaction], signer=VALIDATOR, **header_changes
 ) -> tuple[Block, CommitCertificate, ledger.Diff]:
-    """What ``Node.build_block`` and ``SoloConsensus`` do, without the node around them."""
+    """What ``Node.build_block`` and a one-validator commit do, without the node around them."""
     diff, included, _ = ledger.apply_transactions(state, txs, CHAIN, MIN_FEE)
     header = Header(
         chain_id=CHAIN,

@@ -1,0 +1,509 @@
+"""The network driver of a validator: Tendermint core + peer network + block sync.
+
+The core (``tendermint.Core``) decides; this driver does its I/O. Every input to the core
+(a peer's message, a timeout, a built or validated block, a synced block) is handled by one
+task, in order, so the core, the committed state and the signing state never race. Slow
+work (building a block, verifying a proposal's signatures) runs in tasks of its own and
+comes back as an input.
+
+A node whose key is not in the validator set follows the chain by sync only.
+
+Peer message kinds (``p2p`` reserves kinds below 16):
+    16 CONSENSUS   a proposal (carrying the encoded block) or a vote
+    17 TXS         a batch of signed transactions (the batch endpoint's framing)
+    18 STATUS      height:u64, sent on connect, after every commit and periodically
+    19 GET_BLOCKS  first:u64 last:u64
+    20 BLOCKS      (block_len:u32 block cert_len:u32 certificate)*
+"""
+
+import asyncio
+import contextlib
+import logging
+import os
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from . import crypto, tendermint
+from .block import Block, BlockError, CommitCertificate
+from .config import NodeConfig
+from .node import InvalidBlock, Node
+from .p2p import PeerInfo, PeerNetwork
+from .tx import DecodeError, Transaction, encode_batch, split_batch
+
+log = logging.getLogger("qnet.bft")
+
+KIND_CONSENSUS = 16
+KIND_TXS = 17
+KIND_STATUS = 18
+KIND_GET_BLOCKS = 19
+KIND_BLOCKS = 20
+
+_HEIGHT = struct.Struct(">Q")
+_RANGE = struct.Struct(">QQ")
+_LEN = struct.Struct(">I")
+SYNC_BATCH = 64  # blocks per GET_BLOCKS
+SYNC_BYTES = 8 * 2**20  # what one BLOCKS answer may carry
+SYNC_TIMEOUT_S = 5.0
+STATUS_EVERY_S = 2.0
+TX_FLUSH_S = 0.01
+TX_BATCH = 5_000
+MAX_FUTURE_MS = 10_000  # a proposed block may not be dated further ahead than this
+
+
+def value_id(value: bytes) -> bytes:
+    """The id of an encoded block is its header hash (see ``Block.encode``)."""
+    try:
+        return Block.decode_header(value).hash
+    except BlockError:
+        return crypto.digest(value)  # not a block: an id that no valid block can have
+
+
+class ConsensusLog:
+    """Consensus messages of the height in progress, so a restarted validator can replay
+    them (the core needs the polka behind its lock to make progress after a crash).
+    Losing the tail in a crash costs only liveness, so appends are not fsynced."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = path.open("ab")
+
+    def read(self) -> list[bytes]:
+        self._file.flush()
+        data = self.path.read_bytes()
+        out, pos = [], 0
+        while pos + _LEN.size <= len(data):
+            (n,) = _LEN.unpack_from(data, pos)
+            if pos + _LEN.size + n > len(data):
+                break  # a torn last write after a crash: ignore it
+            out.append(data[pos + _LEN.size : pos + _LEN.size + n])
+            pos += _LEN.size + n
+        return out
+
+    def append(self, message: bytes) -> None:
+        self._file.write(_LEN.pack(len(message)) + message)
+
+    def reset(self) -> None:
+        self._file.truncate(0)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class SigningStateFile:
+    """The core's signing state, durable before any message it covers leaves the process.
+
+    Two fixed slots written alternately, each with a sequence number and a checksum, so a
+    save is one write and one fdatasync, and a write torn by a crash leaves the other slot.
+    """
+
+    SLOT = 128
+    _HEAD = struct.Struct(">QH")
+
+    def __init__(self, path: Path):
+        new = not path.exists()
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        if new:
+            os.ftruncate(self._fd, 2 * self.SLOT)
+            os.fsync(self._fd)
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        self._seq, self.loaded = self._read()
+
+    def _read(self) -> tuple[int, tendermint.SigningState | None]:
+        best: tuple[int, tendermint.SigningState | None] = (0, None)
+        for slot in range(2):
+            raw = os.pread(self._fd, self.SLOT, slot * self.SLOT)
+            if len(raw) < self.SLOT or crypto.digest(raw[:-32]) != raw[-32:]:
+                continue
+            seq, n = self._HEAD.unpack_from(raw)
+            if seq > best[0]:
+                body = raw[self._HEAD.size : self._HEAD.size + n]
+                best = (seq, tendermint.SigningState.decode(body))
+        return best
+
+    def save(self, state: tendermint.SigningState) -> None:
+        self._seq += 1
+        body = state.encode()
+        raw = (self._HEAD.pack(self._seq, len(body)) + body).ljust(self.SLOT - 32, b"\0")
+        os.pwrite(self._fd, raw + crypto.digest(raw), (self._seq % 2) * self.SLOT)
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def encode_blocks(items: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(_LEN.pack(len(b)) + b + _LEN.pack(len(c)) + c for b, c in items)
+
+
+def decode_blocks(data: bytes) -> list[tuple[Block, CommitCertificate]]:
+    out, pos = [], 0
+    while pos < len(data):
+        parts = []
+        for _ in range(2):
+            if pos + _LEN.size > len(data):
+                raise BlockError("blocks message truncated")
+            (n,) = _LEN.unpack_from(data, pos)
+            pos += _LEN.size
+            if pos + n > len(data):
+                raise BlockError("blocks message truncated")
+            parts.append(data[pos : pos + n])
+            pos += n
+        out.append((Block.decode(parts[0]), CommitCertificate.decode(parts[1])))
+    return out
+
+
+class BftConsensus:
+    def __init__(self, node: Node, config: NodeConfig):
+        self.node = node
+        self.config = config
+        self.metrics = node.metrics
+        self.validators = tendermint.ValidatorSet(node.validator_powers)
+        self.is_validator = node.key.public_key in self.validators
+        self.net = PeerNetwork(
+            key=node.key,
+            chain_id=node.chain_id,
+            genesis_hash=node.genesis.hash,
+            node_type=config.node_type,
+            region=node.region,
+            listen_host=config.p2p_host,
+            listen_port=config.p2p_port,
+            seeds=config.peers,
+            on_message=self._on_message,
+            on_peer=self._on_peer,
+            registry=node.metrics.registry,
+        )
+        self.signing_state = SigningStateFile(config.data_dir / "consensus.state")
+        self.log = ConsensusLog(config.data_dir / "consensus.wal")
+        self.core: tendermint.Core | None = None
+        self._inputs: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
+        self._tasks: set[asyncio.Task] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
+        # Blocks of this height built or checked here, with their diffs, by block hash.
+        self._checked: dict[bytes, tuple[Block, object]] = {}
+        self._sent: list[bytes] = []  # own messages of the height in progress
+        self._peer_heights: dict[str, int] = {}
+        self._syncing_until = 0.0
+        self._relay: list[Transaction] = []
+        self._height = 0  # the height the core was last started at
+        self._started_at = time.time()
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    async def run(self) -> None:
+        node = self.node
+        node.relay = self._relay.extend
+        node.network_status = self._network_status
+        await self.net.start()
+        self._spawn(self._status_loop())
+        self._spawn(self._tx_flush_loop())
+        if self.is_validator:
+            self.core = tendermint.Core(
+                chain_id=node.chain_id,
+                validators=self.validators,
+                me=node.key.public_key,
+                sign=node.key.sign,
+                verify=crypto.verify,
+                value_id=value_id,
+                timeouts=tendermint.Timeouts(
+                    propose_ms=self.config.timeout_propose_ms,
+                    propose_delta_ms=self.config.timeout_delta_ms,
+                    prevote_ms=self.config.timeout_vote_ms,
+                    prevote_delta_ms=self.config.timeout_delta_ms,
+                    precommit_ms=self.config.timeout_vote_ms,
+                    precommit_delta_ms=self.config.timeout_delta_ms,
+                ),
+                signing_state=self.signing_state.loaded,
+            )
+            self._enqueue(self._start_height)
+        try:
+            while True:
+                handler = await self._inputs.get()
+                await handler()
+        finally:
+            for timer in self._timers:
+                timer.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            node.relay = None
+            await self.net.stop()
+            self.log.close()
+            self.signing_state.close()
+
+    def _network_status(self) -> dict:
+        best = max(self._peer_heights.values(), default=self.node.state.height)
+        return {
+            "peers": len(self.net.peers()),
+            "sync_lag_blocks": max(0, best - self.node.state.height),
+            "consensus_round": self.core.round if self.core is not None and self._height else 0,
+        }
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("consensus task failed", exc_info=task.exception())
+
+    def _enqueue(self, handler: Callable[[], Awaitable[None]]) -> None:
+        self._inputs.put_nowait(handler)
+
+    # ---- the core's effects --------------------------------------------------------------
+    async def _carry_out(self, effects: list) -> None:
+        for effect in effects:
+            match effect:
+                case tendermint.PersistSigningState(state=state):
+                    # Off the event loop, but before the next effect (the signed message).
+                    await asyncio.to_thread(self.signing_state.save, state)
+                case tendermint.Broadcast(message=message):
+                    data = message.encode()
+                    self.log.append(data)
+                    self._sent.append(data)
+                    await self.net.broadcast(KIND_CONSENSUS, data)
+                    if isinstance(message, tendermint.Proposal):
+                        self.metrics.proposals.labels("sent").inc()
+                case tendermint.ScheduleTimeout(timeout=timeout, delay_ms=delay_ms):
+                    self._schedule(timeout, delay_ms)
+                case tendermint.RequestValue(height=height, round=round_):
+                    self._spawn(self._build_value(height, round_))
+                case tendermint.ValidateValue():
+                    self._spawn(self._validate_value(effect))
+                case tendermint.Decide():
+                    await self._decide(effect)
+                case tendermint.Equivocation(first=first):
+                    offender = crypto.encode_node_id(tendermint.sender(first))
+                    log.warning("validator %s equivocated at height %d round %d",
+                                offender, first.height, first.round)
+                    self.metrics.equivocations.labels(offender).inc()
+
+    def _schedule(self, timeout: tendermint.Timeout, delay_ms: int) -> None:
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            self._enqueue(lambda: self._on_timeout(timeout))
+
+        handle = loop.call_later(delay_ms / 1000, fire)
+        self._timers.add(handle)
+
+    async def _on_timeout(self, timeout: tendermint.Timeout) -> None:
+        core = self.core
+        if timeout.height == core.height and timeout.round == core.round:
+            # Nothing moved for a whole timeout: peers may have missed our messages while
+            # disconnected (delivery is at most once), so send them again.
+            for data in self._sent:
+                await self.net.broadcast(KIND_CONSENSUS, data)
+        await self._carry_out(core.on_timeout(timeout))
+        self._note_round()
+
+    def _note_round(self) -> None:
+        self.metrics.consensus_height.set(self.core.height)
+        self.metrics.consensus_round.set(self.core.round)
+
+    async def _start_height(self) -> None:
+        """Start the height after the committed head, then replay its logged messages."""
+        height = self.node.state.height + 1
+        core = self.core
+        if height <= self._height:
+            return
+        self._height = height
+        logged = self.log.read()
+        self._sent = []
+        self._checked.clear()
+        await self._carry_out(core.start_height(height))
+        for data in logged:
+            try:
+                message = tendermint.decode_message(data)
+            except tendermint.MessageError:
+                continue
+            if message.height == height:
+                if tendermint.sender(message) == self.node.key.public_key:
+                    self._sent.append(data)
+                await self._carry_out(core.on_message(message))
+        self._note_round()
+
+    async def _build_value(self, height: int, round_: int) -> None:
+        """Propose as soon as there is work, but not faster than the block interval and not
+        later than the empty-block interval (an idle chain still shows it is alive)."""
+        node = self.node
+        params = node.params
+        last = max(node.state.block_time_ms / 1000, self._started_at)
+        earliest = last + params.block_interval_ms / 1000
+        latest = last + self.config.empty_block_interval_ms / 1000
+        while time.time() < latest and not (len(node.mempool) and time.time() >= earliest):
+            wake = max(min(latest, earliest) - time.time(), 0.005)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(node.work.wait(), wake)
+            node.work.clear()
+        if node.state.height != height - 1:
+            return  # the height moved on while we waited
+        node.expire_mempool()
+        block, diff = node.build_block(int(time.time() * 1000))
+        self._checked[block.hash] = (block, diff)
+        value = block.encode()
+        self._enqueue(lambda: self._carry_out(self.core.on_value(height, round_, value)))
+
+    async def _validate_value(self, effect: tendermint.ValidateValue) -> None:
+        valid = False
+        try:
+            block = Block.decode(effect.value)
+            if block.header.time_ms > time.time() * 1000 + MAX_FUTURE_MS:
+                raise InvalidBlock(f"block {block.header.height} is dated in the future")
+            self._checked[block.hash] = (block, await self.node.validate_block(block))
+            valid = True
+        except (BlockError, InvalidBlock) as exc:
+            log.warning("invalid proposal at height %d: %s", effect.height, exc)
+            self.metrics.proposals.labels("invalid").inc()
+        height, vid = effect.height, effect.value_id
+        self._enqueue(lambda: self._carry_out(self.core.on_validity(height, vid, valid)))
+
+    async def _decide(self, decision: tendermint.Decide) -> None:
+        if decision.height <= self.node.state.height:  # sync got there first
+            await self._start_height()
+            return
+        checked = self._checked.get(decision.certificate.block_hash)
+        if checked is None:  # decided without our own check finishing: check it now
+            block = Block.decode(decision.value)
+            checked = (block, await self.node.validate_block(block))
+        await self._commit(checked[0], decision.certificate, checked[1])
+        self.metrics.rounds_per_height.observe(decision.round + 1)
+        await self._start_height()
+
+    async def _commit(self, block: Block, cert: CommitCertificate, diff) -> None:
+        await self.node.commit(block, cert, diff)
+        self.log.reset()
+        signed = {pk for pk, _ in cert.signatures}
+        for pk in self.validators.powers:
+            if pk not in signed:
+                self.metrics.votes_missed.labels(crypto.encode_node_id(pk)).inc()
+        self.metrics.commit_latency.observe(max(0.0, time.time() - block.header.time_ms / 1000))
+        await self.net.broadcast(KIND_STATUS, _HEIGHT.pack(self.node.state.height))
+        self._update_lag()
+
+    # ---- peers ---------------------------------------------------------------------------
+    async def _on_peer(self, peer: PeerInfo, connected: bool) -> None:
+        if not connected:
+            self._peer_heights.pop(peer.node_id, None)
+            self._update_lag()
+            return
+        await self.net.send(peer.node_id, KIND_STATUS, _HEIGHT.pack(self.node.state.height))
+        for data in self._sent:  # what it may have missed of the height in progress
+            await self.net.send(peer.node_id, KIND_CONSENSUS, data)
+
+    async def _on_message(self, peer: PeerInfo, kind: int, payload: bytes) -> None:
+        try:
+            await self._dispatch(peer, kind, payload)
+        except (BlockError, DecodeError, tendermint.MessageError, struct.error) as exc:
+            self.net.ban(peer.node_id, f"malformed kind {kind} message: {exc}")
+
+    async def _dispatch(self, peer: PeerInfo, kind: int, payload: bytes) -> None:
+        if kind == KIND_CONSENSUS:
+            if self.core is not None:
+                message = tendermint.decode_message(payload)
+                self._count_received(message)
+                self._enqueue(lambda: self._consensus_message(message, payload))
+        elif kind == KIND_TXS:
+            await self.node.submit_raw(split_batch(payload), relay=False)
+        elif kind == KIND_STATUS:
+            (height,) = _HEIGHT.unpack(payload)
+            self._peer_heights[peer.node_id] = height
+            self._update_lag()
+            self._maybe_sync()
+        elif kind == KIND_GET_BLOCKS:
+            first, last = _RANGE.unpack(payload)
+            await self._serve_blocks(peer, first, last)
+        elif kind == KIND_BLOCKS:
+            blocks = decode_blocks(payload)
+            self._enqueue(lambda: self._apply_synced(peer, blocks))
+        else:
+            self.net.ban(peer.node_id, f"unknown message kind {kind}")
+
+    def _count_received(self, message: tendermint.Message) -> None:
+        if isinstance(message, tendermint.Proposal):
+            self.metrics.proposals.labels("received").inc()
+        else:
+            validator = crypto.encode_node_id(message.validator)
+            self.metrics.votes_received.labels(validator, message.kind.name.lower()).inc()
+
+    async def _consensus_message(self, message: tendermint.Message, data: bytes) -> None:
+        if message.height == self.core.height:
+            self.log.append(data)
+        await self._carry_out(self.core.on_message(message))
+        self._note_round()
+
+    # ---- sync ----------------------------------------------------------------------------
+    def _update_lag(self) -> None:
+        self.metrics.sync_lag.set(self._network_status()["sync_lag_blocks"])
+
+    def _maybe_sync(self) -> None:
+        """Ask the most advanced peer for the next blocks, one request at a time."""
+        ours = self.node.state.height
+        if not self._peer_heights or time.monotonic() < self._syncing_until:
+            return
+        peer, height = max(self._peer_heights.items(), key=lambda kv: kv[1])
+        if height <= ours:
+            return
+        self._syncing_until = time.monotonic() + SYNC_TIMEOUT_S
+        last = min(height, ours + SYNC_BATCH)
+        self._spawn(self.net.send(peer, KIND_GET_BLOCKS, _RANGE.pack(ours + 1, last)))
+
+    async def _serve_blocks(self, peer: PeerInfo, first: int, last: int) -> None:
+        last = min(last, first + SYNC_BATCH - 1, self.node.state.height)
+        items, size = [], 0
+        for height in range(first, last + 1):
+            got = await asyncio.to_thread(self.node.storage.block, height)
+            if got is None:
+                break
+            block, cert = got
+            item = (block.encode(), cert.encode())
+            size += len(item[0]) + len(item[1])
+            if items and size > SYNC_BYTES:
+                break
+            items.append(item)
+        if items:
+            await self.net.send(peer.node_id, KIND_BLOCKS, encode_blocks(items))
+
+    async def _apply_synced(self, peer: PeerInfo, blocks: list) -> None:
+        applied = 0
+        for block, cert in blocks:
+            if block.header.height != self.node.state.height + 1:
+                continue
+            try:
+                await self.node.apply_certified(block, cert)
+            except InvalidBlock as exc:
+                self.net.ban(peer.node_id, f"served an invalid block: {exc}")
+                break
+            self.log.reset()
+            applied += 1
+        if applied:
+            log.info("synced %d block(s) from %s, now at height %d", applied, peer.node_id,
+                     self.node.state.height)
+            await self.net.broadcast(KIND_STATUS, _HEIGHT.pack(self.node.state.height))
+            if self.core is not None:
+                await self._start_height()
+        self._syncing_until = 0.0
+        self._update_lag()
+        self._maybe_sync()
+
+    # ---- background loops ----------------------------------------------------------------
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_EVERY_S)  # periodic: a lost STATUS heals by itself
+            await self.net.broadcast(KIND_STATUS, _HEIGHT.pack(self.node.state.height))
+            self._maybe_sync()
+
+    async def _tx_flush_loop(self) -> None:
+        """Relay transactions admitted through the API to peers, in batches."""
+        while True:
+            await asyncio.sleep(TX_FLUSH_S)  # batching window for gossip
+            while self._relay:
+                batch, self._relay[:TX_BATCH] = self._relay[:TX_BATCH], []
+                await self.net.broadcast(KIND_TXS, encode_batch(batch))

@@ -1,0 +1,1093 @@
+"""Peer-to-peer transport: authenticated websocket connections between nodes.
+
+A node listens on its own port (apart from the HTTP API). One binary websocket message is
+one frame, ``kind:u8 payload``. Kinds below 16 belong to this layer (handshake, peer
+exchange); the node owns the others and sees them as ``on_message(peer, kind, payload)``.
+There is no consensus logic here: the layer connects, authenticates, limits and forwards.
+
+Handshake, both sides at once (each sends its frame before reading the other's)::
+
+    HELLO  version chain_id genesis_hash public_key node_type region listen challenge
+    AUTH   signature by the node key over auth_message(...)
+
+The signed message binds both public keys, both challenges, the chain id, the genesis hash
+and a digest of both hellos, in signer-then-verifier order: a signature is good for this
+one connection in this one direction, so it cannot be replayed later, reflected back to
+its maker, or relayed to a third node. (Frames after the handshake are not signed; the
+node's own messages carry their own signatures where it matters.)
+
+Wire format, big-endian, ``str8 = len:u8 utf-8``::
+
+    HELLO     = version:u8 chain_id:str8 genesis_hash(32) public_key(32) node_type:str8
+                region:str8 listen:str8 challenge(32)
+    AUTH      = signature(64)
+    GET_PEERS = (empty)
+    PEERS     = count:u16 (public_key(32) node_type:str8 region:str8 listen:str8)*
+
+Delivery is at most once and in order per connection: frames in flight when a connection
+closes may be lost, so the node re-requests what it needs after ``on_peer(.., True)``.
+"""
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import struct
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import prometheus_client
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from . import crypto
+from .genesis import REGIONS
+
+log = logging.getLogger("qnet.p2p")
+
+PROTOCOL_VERSION = 1
+NODE_TYPES = ("super", "full", "light")
+PATH = "/p2p"
+
+KIND_HELLO = 0
+KIND_AUTH = 1
+KIND_GET_PEERS = 2
+KIND_PEERS = 3
+FIRST_APP_KIND = 16  # kinds below this are the layer's own
+KIND_NAMES = {
+    KIND_HELLO: "HELLO",
+    KIND_AUTH: "AUTH",
+    KIND_GET_PEERS: "GET_PEERS",
+    KIND_PEERS: "PEERS",
+}
+
+TAG_PEER_AUTH = 0x30  # signed-message tag; block.py uses 0x2x for headers and votes
+CHALLENGE_LEN = 32
+MAX_PEER_RECORDS = 100  # per PEERS frame
+
+BACKOFF_MIN_S = 0.2
+BACKOFF_MAX_S = 10.0
+PROTOCOL_BAN_S = 60.0  # how long a peer that broke the protocol is refused
+CLOSE_TIMEOUT_S = 1.0  # a peer that does not answer our close frame gets its socket cut
+FRAME_OVERHEAD = 64  # bytes charged per queued frame, so a flood of tiny frames is bounded
+
+# Labels of qnet_p2p_dropped_peers_total, all exported from the start so alerts see them.
+DROP_REASONS = (
+    "handshake",
+    "wrong_chain",
+    "self",
+    "banned",
+    "max_peers",
+    "rate_limit",
+    "oversize",
+    "malformed",
+    "unknown_kind",
+    "queue_full",
+    "timeout",
+)
+
+OnMessage = Callable[["PeerInfo", int, bytes], Awaitable[None]]
+OnPeer = Callable[["PeerInfo", bool], Awaitable[None]]
+WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+class ProtocolError(ValueError):
+    """Bytes that are not a well-formed frame of this protocol."""
+
+
+# ---- codec ---------------------------------------------------------------------------------
+class _Reader:
+    """Reads fields off a frame payload; any shortfall or leftover is a ProtocolError."""
+
+    def __init__(self, data: bytes):
+        self._data = data
+        self._at = 0
+
+    def take(self, n: int) -> bytes:
+        if self._at + n > len(self._data):
+            raise ProtocolError("frame is truncated")
+        chunk = self._data[self._at : self._at + n]
+        self._at += n
+        return chunk
+
+    def unpack(self, fmt: struct.Struct) -> tuple:
+        return fmt.unpack(self.take(fmt.size))
+
+    def text(self) -> str:
+        (length,) = self.unpack(_U8)
+        try:
+            return self.take(length).decode()
+        except UnicodeDecodeError:
+            raise ProtocolError("text field is not UTF-8") from None
+
+    def end(self) -> None:
+        if self._at != len(self._data):
+            raise ProtocolError("frame has trailing bytes")
+
+
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+
+
+def _text(value: str) -> bytes:
+    raw = value.encode()
+    if len(raw) > 255:
+        raise ValueError(f"{value[:20]!r}... is longer than 255 bytes")
+    return _U8.pack(len(raw)) + raw
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); ValueError if it is not one."""
+    host, sep, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not host:port")
+    return host, int(port)
+
+
+def join_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _check_identity(public_key: bytes, node_type: str, region: str, listen: str) -> None:
+    if len(public_key) != crypto.PUBKEY_LEN:
+        raise ProtocolError("public key must be 32 bytes")
+    if node_type not in NODE_TYPES:
+        raise ProtocolError(f"unknown node type {node_type!r}")
+    if region not in REGIONS:
+        raise ProtocolError(f"unknown region {region!r}")
+    if listen:
+        try:
+            split_address(listen)
+        except ValueError as exc:
+            raise ProtocolError(f"listen address: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Hello:
+    version: int
+    chain_id: str
+    genesis_hash: bytes
+    public_key: bytes
+    node_type: str
+    region: str
+    listen: str
+    challenge: bytes
+
+    def encode(self) -> bytes:
+        return b"".join(
+            (
+                _U8.pack(self.version),
+                _text(self.chain_id),
+                self.genesis_hash,
+                self.public_key,
+                _text(self.node_type),
+                _text(self.region),
+                _text(self.listen),
+                self.challenge,
+            )
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Hello":
+        r = _Reader(data)
+        (version,) = r.unpack(_U8)
+        hello = cls(
+            version,
+            r.text(),
+            r.take(32),
+            r.take(crypto.PUBKEY_LEN),
+            r.text(),
+            r.text(),
+            r.text(),
+            r.take(CHALLENGE_LEN),
+        )
+        r.end()
+        _check_identity(hello.public_key, hello.node_type, hello.region, hello.listen)
+        return hello
+
+
+@dataclass(frozen=True)
+class PeerRecord:
+    """A peer as announced in peer exchange: enough to dial it and to decide whether to."""
+
+    public_key: bytes
+    node_type: str
+    region: str
+    listen: str
+
+    def encode(self) -> bytes:
+        return b"".join(
+            (self.public_key, _text(self.node_type), _text(self.region), _text(self.listen))
+        )
+
+
+def encode_peers(records: list[PeerRecord]) -> bytes:
+    if len(records) > MAX_PEER_RECORDS:
+        raise ValueError(f"at most {MAX_PEER_RECORDS} peer records fit in one frame")
+    return _U16.pack(len(records)) + b"".join(r.encode() for r in records)
+
+
+def decode_peers(data: bytes) -> list[PeerRecord]:
+    r = _Reader(data)
+    (count,) = r.unpack(_U16)
+    if count > MAX_PEER_RECORDS:
+        raise ProtocolError(f"{count} peer records, more than {MAX_PEER_RECORDS}")
+    records = []
+    for _ in range(count):
+        record = PeerRecord(r.take(crypto.PUBKEY_LEN), r.text(), r.text(), r.text())
+        _check_identity(record.public_key, record.node_type, record.region, record.listen)
+        if not record.listen:
+            raise ProtocolError("a peer record without a listen address is useless")
+        records.append(record)
+    r.end()
+    return records
+
+
+def auth_message(signer: bytes, verifier: bytes) -> bytes:
+    """What a node signs to prove its key: both encoded hellos, signer's first.
+
+    Each hello holds its sender's public key, challenge, chain id and genesis hash; the
+    tag, the chain id and the genesis hash are repeated up front so the message can never
+    be mistaken for another signed QNet message (which all start with tag and chain id).
+    """
+    s, v = Hello.decode(signer), Hello.decode(verifier)
+    cid = s.chain_id.encode()
+    return b"".join(
+        (
+            bytes((TAG_PEER_AUTH, len(cid))),
+            cid,
+            s.genesis_hash,
+            s.public_key,
+            v.public_key,
+            s.challenge,
+            v.challenge,
+            crypto.digest(signer + verifier),
+        )
+    )
+
+
+def frame(kind: int, payload: bytes = b"") -> bytes:
+    return _U8.pack(kind) + payload
+
+
+# ---- peers, limits, queues -----------------------------------------------------------------
+@dataclass(frozen=True)
+class PeerInfo:
+    """What the handshake proved (node id, key) and the peer announced (the rest)."""
+
+    node_id: str  # bech32 'qnode1...' of public_key
+    public_key: bytes
+    node_type: str  # super|full|light
+    region: str
+    listen: str  # "host:port" where the peer accepts connections ('' if none)
+    outbound: bool  # we dialled it
+
+    @classmethod
+    def of(
+        cls, public_key: bytes, node_type: str, region: str, listen: str, outbound: bool
+    ) -> "PeerInfo":
+        return cls(
+            crypto.encode_node_id(public_key), public_key, node_type, region, listen, outbound
+        )
+
+    def record(self) -> PeerRecord:
+        return PeerRecord(self.public_key, self.node_type, self.region, self.listen)
+
+
+class TokenBucket:
+    """``rate`` events per second on average, up to ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int, now: float):
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class FrameQueue:
+    """Frames waiting for a writer or a handler, bounded by bytes (plus a per-frame charge).
+
+    ``offer`` refuses when full, for the outbound side, where a full queue means a slow
+    peer; ``put`` waits, for the inbound side, so a slow handler stops the reader and TCP
+    pushes back on the sender. ``None`` marks the end of the stream.
+    """
+
+    def __init__(self, limit_bytes: int):
+        self.limit = limit_bytes
+        self.size = 0
+        self._frames: deque[bytes | None] = deque()
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def _fits(self, frame: bytes) -> bool:
+        return self.size + len(frame) + FRAME_OVERHEAD <= self.limit
+
+    def offer(self, frame: bytes) -> bool:
+        if not self._fits(frame):
+            return False
+        self._append(frame)
+        return True
+
+    async def put(self, frame: bytes) -> None:
+        while self._frames and not self._fits(frame):
+            self._room.clear()
+            await self._room.wait()
+        self._append(frame)
+
+    def finish(self) -> None:
+        self._frames.append(None)
+        self._ready.set()
+
+    def _append(self, frame: bytes) -> None:
+        self._frames.append(frame)
+        self.size += len(frame) + FRAME_OVERHEAD
+        self._ready.set()
+
+    async def get(self) -> bytes | None:
+        while not self._frames:
+            self._ready.clear()
+            await self._ready.wait()
+        frame = self._frames.popleft()
+        if frame is not None:
+            self.size -= len(frame) + FRAME_OVERHEAD
+            self._room.set()
+        return frame
+
+    def clear(self) -> list[bytes]:
+        """Empty the queue (keeping an end mark); returns the frames that were waiting."""
+        waiting = [f for f in self._frames if f is not None]
+        ended = len(waiting) < len(self._frames)
+        self._frames.clear()
+        if ended:
+            self._frames.append(None)
+        self.size = 0
+        self._room.set()
+        return waiting
+
+    def take_over(self, other: "FrameQueue") -> None:
+        """Move ``other``'s waiting frames in front of ours (a connection replacing another)."""
+        waiting = other.clear()
+        for f in reversed(waiting):
+            self._frames.appendleft(f)
+            self.size += len(f) + FRAME_OVERHEAD
+        if waiting:
+            self._ready.set()
+
+
+class _Connection:
+    """One authenticated websocket to a peer, with its queues and the tasks that serve it."""
+
+    def __init__(
+        self, ws: WebSocket, info: PeerInfo, address: str, queue_bytes: int, bucket: TokenBucket
+    ):
+        self.ws = ws
+        self.info = info
+        self.address = address  # where we reached it or it came from, for logs
+        self.outbox = FrameQueue(queue_bytes)
+        self.inbox = FrameQueue(queue_bytes)
+        self.bucket = bucket
+        self.dropped_for = ""  # the drop reason once we decided to drop it
+        self.closed = asyncio.Event()
+
+
+class _Refused(Exception):
+    """A connection we will not keep; ``reason`` is the metric label (None: not counted)."""
+
+    def __init__(
+        self, reason: str | None, detail: str, level: int = logging.WARNING, node_id: str = ""
+    ):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.level = level
+        self.node_id = node_id  # as claimed in the hello, if we got that far
+
+
+# ---- the network ---------------------------------------------------------------------------
+class PeerNetwork:
+    """Listens, dials seeds and learnt peers, authenticates, and moves frames for the node."""
+
+    def __init__(
+        self,
+        *,
+        key: crypto.KeyPair,
+        chain_id: str,
+        genesis_hash: bytes,
+        node_type: str,
+        region: str,
+        listen_host: str,
+        listen_port: int,
+        seeds: list[str],
+        on_message: OnMessage,
+        on_peer: OnPeer | None = None,
+        registry: prometheus_client.CollectorRegistry | None = None,
+        max_peers: int = 50,
+        max_message_bytes: int = 16 * 2**20,
+        rate_limit_per_s: float = 2000.0,
+        burst: int = 4000,
+        max_queue_bytes: int | None = None,
+        handshake_timeout_s: float = 5.0,
+        heartbeat_s: float = 2.0,
+        peer_exchange_s: float = 30.0,
+    ):
+        _check_identity(key.public_key, node_type, region, "")
+        for seed in seeds:
+            split_address(seed)
+        self.key = key
+        self.chain_id = chain_id
+        self.genesis_hash = genesis_hash
+        self.node_type = node_type
+        self.region = region
+        self.listen_host = listen_host
+        self.listen_port = listen_port
+        self.listen = join_address(listen_host, listen_port)  # port fixed by start() if 0
+        self.seeds = list(seeds)
+        self.on_message = on_message
+        self.on_peer = on_peer
+        self.max_peers = max_peers
+        self.max_message_bytes = max_message_bytes
+        self.rate_limit_per_s = rate_limit_per_s
+        self.burst = burst
+        self.max_queue_bytes = max_queue_bytes or 4 * max_message_bytes
+        if self.max_queue_bytes < max_message_bytes + FRAME_OVERHEAD:
+            raise ValueError("max_queue_bytes must hold at least one maximal message")
+        self.handshake_timeout_s = handshake_timeout_s
+        self.heartbeat_s = heartbeat_s
+        self.peer_exchange_s = peer_exchange_s
+        self.registry = registry or prometheus_client.CollectorRegistry()
+        self._init_metrics(self.registry)
+        self._peers: dict[str, _Connection] = {}
+        self._announced: set[str] = set()  # node ids the node was told are connected
+        self._banned: dict[str, float] = {}  # node id -> monotonic deadline
+        self._dialling: set[str] = set()
+        self._self_addresses: set[str] = set()
+        self._address_ids: dict[str, str] = {}  # dialled address -> node id found there
+        self._tasks: set[asyncio.Task] = set()  # seed loops, dials, peer exchange, closes
+        self._connection_tasks: set[asyncio.Task] = set()  # one per open connection
+        self._sockets: set[WebSocket] = set()
+        self._running = False
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def _init_metrics(self, r: prometheus_client.CollectorRegistry) -> None:
+        self._m_peers = prometheus_client.Gauge(
+            "qnet_peers_connected", "Connected, authenticated peers", ["direction"], registry=r
+        )
+        self._m_bytes = prometheus_client.Counter(
+            "qnet_p2p_bytes", "Peer-to-peer frame bytes", ["direction"], registry=r
+        )
+        self._m_messages = prometheus_client.Counter(
+            "qnet_p2p_messages", "Peer-to-peer frames, by kind", ["direction", "kind"], registry=r
+        )
+        self._m_dropped = prometheus_client.Counter(
+            "qnet_p2p_dropped_peers",
+            "Peers refused or dropped by this node, by reason",
+            ["reason"],
+            registry=r,
+        )
+        for direction in ("in", "out"):
+            self._m_peers.labels(direction)
+            self._m_bytes.labels(direction)
+        for reason in DROP_REASONS:
+            self._m_dropped.labels(reason)
+
+    # ---- public interface --------------------------------------------------------------
+    async def start(self) -> None:
+        """Listen, then keep every seed dialled and exchange peers in the background."""
+        self._running = True
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        app = web.Application()
+        app.router.add_get(PATH, self._accept)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=CLOSE_TIMEOUT_S)
+        try:
+            await self._runner.setup()
+            await web.TCPSite(self._runner, self.listen_host, self.listen_port).start()
+        except OSError:
+            await self.stop()
+            raise
+        self.listen_port = self._runner.addresses[0][1]
+        self.listen = join_address(self.listen_host, self.listen_port)
+        self._self_addresses.add(self.listen)
+        for seed in self.seeds:
+            self._spawn(self._keep_dialled(seed), f"p2p-seed-{seed}")
+        self._spawn(self._exchange_peers(), "p2p-exchange")
+        log.info(
+            "p2p listening on %s as %s (%s, %s), seeds %s",
+            self.listen,
+            self.key.node_id,
+            self.node_type,
+            self.region,
+            ", ".join(self.seeds) or "none",
+        )
+
+    async def stop(self) -> None:
+        """Stop dialling, close every connection politely (so peers notice at once rather
+        than by heartbeat), then cancel whatever is still running."""
+        self._running = False
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(
+            *(_close(ws, WSCloseCode.GOING_AWAY, "shutdown") for ws in list(self._sockets))
+        )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await asyncio.gather(*self._connection_tasks, return_exceptions=True)
+        for task in list(self._connection_tasks):
+            task.cancel()
+        await asyncio.gather(*self._connection_tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+        log.info("p2p stopped")
+
+    def peers(self) -> list[PeerInfo]:
+        return [conn.info for conn in self._peers.values()]
+
+    async def send(self, node_id: str, kind: int, payload: bytes) -> bool:
+        """Queue a frame for one peer; False if it is not connected (or was just dropped)."""
+        data = self._app_frame(kind, payload)
+        conn = self._peers.get(node_id)
+        return conn is not None and self._enqueue(conn, data)
+
+    async def broadcast(self, kind: int, payload: bytes, exclude: str | None = None) -> int:
+        """Queue a frame for every peer but ``exclude``; returns how many took it."""
+        data = self._app_frame(kind, payload)
+        return sum(
+            self._enqueue(conn, data)
+            for node_id, conn in list(self._peers.items())
+            if node_id != exclude
+        )
+
+    def ban(self, node_id: str, reason: str, seconds: float = 60) -> None:
+        """Drop the peer if connected and refuse it for ``seconds``."""
+        self._banned[node_id] = time.monotonic() + seconds
+        log.warning("banning peer %s for %g s: %s", node_id, seconds, reason)
+        conn = self._peers.get(node_id)
+        if conn is not None:
+            self._drop(conn, "banned", reason, log_level=logging.DEBUG)
+
+    def want_peer(self, info: PeerInfo) -> bool:
+        """Whether to dial a peer learnt by peer exchange (the node's topology policy may
+        replace this). Self, connected, banned and already-dialling peers never get here."""
+        return len(self._peers) + len(self._dialling) < self.max_peers
+
+    # ---- sending -------------------------------------------------------------------------
+    def _app_frame(self, kind: int, payload: bytes) -> bytes:
+        if not FIRST_APP_KIND <= kind <= 255:
+            raise ValueError(f"application kinds are {FIRST_APP_KIND}..255, not {kind}")
+        if 1 + len(payload) > self.max_message_bytes:
+            raise ValueError(
+                f"a {len(payload)}-byte payload exceeds the peers' limit of "
+                f"{self.max_message_bytes - 1}"
+            )
+        return frame(kind, payload)
+
+    def _enqueue(self, conn: _Connection, data: bytes) -> bool:
+        """Hand a frame to the peer's writer; a peer whose queue is full is too slow: drop."""
+        if conn.dropped_for:
+            return False
+        if conn.outbox.offer(data):
+            return True
+        self._drop(
+            conn,
+            "queue_full",
+            f"outbound queue over {conn.outbox.limit} bytes; it reads too slowly",
+        )
+        return False
+
+    async def _write(self, conn: _Connection) -> None:
+        while (data := await conn.outbox.get()) is not None:
+            try:
+                await conn.ws.send_bytes(data)
+            except (ConnectionError, aiohttp.ClientError) as exc:
+                log.debug("cannot write to %s: %s", conn.info.node_id, exc)
+                await _close(conn.ws, WSCloseCode.ABNORMAL_CLOSURE, "write failed")
+                return
+            self._count("out", data)
+
+    async def _send_now(self, ws: WebSocket, data: bytes) -> None:
+        """Write a handshake frame directly (no writer task exists yet)."""
+        await ws.send_bytes(data)
+        self._count("out", data)
+
+    def _count(self, direction: str, data: bytes) -> None:
+        self._m_bytes.labels(direction).inc(len(data))
+        self._m_messages.labels(direction, str(data[0]) if data else "empty").inc()
+
+    # ---- accepting and dialling ----------------------------------------------------------
+    async def _accept(self, request: web.Request) -> web.StreamResponse:
+        if not self._running:
+            raise web.HTTPServiceUnavailable(text="node is stopping")
+        ws = web.WebSocketResponse(
+            heartbeat=self.heartbeat_s,
+            max_msg_size=self.max_message_bytes,
+            compress=False,
+            timeout=CLOSE_TIMEOUT_S,
+        )
+        await ws.prepare(request)
+        peername = request.transport.get_extra_info("peername") if request.transport else None
+        address = join_address(*peername[:2]) if peername else "unknown"
+        task = asyncio.current_task()
+        assert task is not None
+        self._connection_tasks.add(task)
+        try:
+            conn = await self._open(ws, address, request.remote or "", outbound=False)
+            if conn is not None:
+                await self._serve(conn)
+        finally:
+            self._connection_tasks.discard(task)
+        return ws
+
+    async def _dial(self, address: str) -> _Connection | None:
+        """Connect to ``address`` and authenticate; returns the connection now serving that
+        peer (maybe an older one). The caller has put ``address`` in ``_dialling``."""
+        try:
+            assert self._session is not None
+            try:
+                async with asyncio.timeout(self.handshake_timeout_s):
+                    ws = await self._session.ws_connect(
+                        f"http://{address}{PATH}",
+                        heartbeat=self.heartbeat_s,
+                        max_msg_size=self.max_message_bytes,
+                        timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT_S),
+                    )
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.debug("cannot reach peer at %s: %s", address, exc or type(exc).__name__)
+                return None
+            host, _ = split_address(address)
+            conn = await self._open(ws, address, host, outbound=True, seed=address in self.seeds)
+            if conn is not None:
+                self._address_ids[address] = conn.info.node_id
+                self._spawn(
+                    self._serve(conn), f"p2p-peer-{conn.info.node_id}", self._connection_tasks
+                )
+            node_id = self._address_ids.get(address)
+            return self._peers.get(node_id) if node_id else None
+        finally:
+            self._dialling.discard(address)
+
+    async def _keep_dialled(self, address: str) -> None:
+        """Dial a seed until it answers, again whenever it goes away; back off while it
+        does not answer, with jitter so a restarted network does not redial in lockstep."""
+        delay = BACKOFF_MIN_S
+        while self._running:
+            conn = self._peer_at(address)
+            if conn is None and address not in self._dialling:
+                self._dialling.add(address)
+                conn = await self._dial(address)
+            if address in self._self_addresses:
+                log.info("seed %s is this node; not dialling it", address)
+                return
+            if conn is not None:
+                await conn.closed.wait()
+                delay = BACKOFF_MIN_S
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            if conn is None:
+                delay = min(2 * delay, BACKOFF_MAX_S)
+
+    def _peer_at(self, address: str) -> _Connection | None:
+        node_id = self._address_ids.get(address)
+        if node_id in self._peers:
+            return self._peers[node_id]
+        return next((c for c in self._peers.values() if c.info.listen == address), None)
+
+    # ---- handshake -----------------------------------------------------------------------
+    async def _open(
+        self, ws: WebSocket, address: str, remote_host: str, outbound: bool, seed: bool = False
+    ) -> _Connection | None:
+        """Run the handshake and admit the peer; on refusal log one line naming the peer
+        and the reason, count it and close."""
+        self._sockets.add(ws)
+        try:
+            async with asyncio.timeout(self.handshake_timeout_s):
+                info = await self._handshake(ws, address, remote_host, outbound)
+            return self._admit(ws, info, address, seed)
+        except _Refused as exc:
+            refusal = exc
+        except TimeoutError:
+            refusal = _Refused("handshake", f"no handshake within {self.handshake_timeout_s:g} s")
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            refusal = _Refused(
+                None, f"connection failed during the handshake: {exc}", logging.DEBUG
+            )
+        who = f"peer {refusal.node_id}" if refusal.node_id else "peer"
+        log.log(refusal.level, "refusing %s at %s: %s", who, address, refusal.detail)
+        if refusal.reason is not None:
+            self._m_dropped.labels(refusal.reason).inc()
+        self._sockets.discard(ws)
+        await _close(ws, WSCloseCode.POLICY_VIOLATION, refusal.reason or "refused")
+        return None
+
+    async def _handshake(
+        self, ws: WebSocket, address: str, remote_host: str, outbound: bool
+    ) -> PeerInfo:
+        ours = Hello(
+            PROTOCOL_VERSION,
+            self.chain_id,
+            self.genesis_hash,
+            self.key.public_key,
+            self.node_type,
+            self.region,
+            self.listen,
+            os.urandom(CHALLENGE_LEN),
+        ).encode()
+        await self._send_now(ws, frame(KIND_HELLO, ours))
+        theirs_raw = await self._expect(ws, KIND_HELLO)
+        try:
+            theirs = Hello.decode(theirs_raw)
+        except ProtocolError as exc:
+            raise _Refused("handshake", f"malformed hello: {exc}") from None
+        node_id = crypto.encode_node_id(theirs.public_key)
+        try:
+            self._check_hello(theirs, address, outbound)
+            await self._send_now(
+                ws, frame(KIND_AUTH, self.key.sign(auth_message(ours, theirs_raw)))
+            )
+            signature = await self._expect(ws, KIND_AUTH)
+        except _Refused as refusal:
+            refusal.node_id = node_id
+            raise
+        if not crypto.verify(theirs.public_key, signature, auth_message(theirs_raw, ours)):
+            # Not banned: the key is unproven, and banning it would let anyone get an
+            # honest node refused by impersonating it badly.
+            raise _Refused("handshake", "it did not prove its key (bad signature)", node_id=node_id)
+        return PeerInfo(
+            node_id,
+            theirs.public_key,
+            theirs.node_type,
+            theirs.region,
+            _reachable(theirs.listen, remote_host),
+            outbound,
+        )
+
+    def _check_hello(self, hello: Hello, address: str, outbound: bool) -> None:
+        if hello.public_key == self.key.public_key:
+            if outbound:
+                self._self_addresses.add(address)
+            raise _Refused("self", "it is this node", logging.INFO)
+        if hello.version != PROTOCOL_VERSION:
+            raise _Refused(
+                "handshake", f"it speaks p2p version {hello.version}, we speak {PROTOCOL_VERSION}"
+            )
+        if hello.chain_id != self.chain_id:
+            raise _Refused(
+                "wrong_chain", f"chain id {hello.chain_id!r} differs from ours {self.chain_id!r}"
+            )
+        if hello.genesis_hash != self.genesis_hash:
+            raise _Refused(
+                "wrong_chain",
+                f"genesis hash {hello.genesis_hash.hex()} "
+                f"differs from ours {self.genesis_hash.hex()}",
+            )
+
+    async def _expect(self, ws: WebSocket, kind: int) -> bytes:
+        msg = await ws.receive()
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            raise _Refused(
+                None,
+                f"it closed the connection during the handshake ({msg.extra or msg.data})",
+                logging.INFO,
+            )
+        if msg.type is WSMsgType.ERROR:
+            raise _Refused("handshake", f"the connection failed: {msg.data}")
+        if msg.type is not WSMsgType.BINARY or not msg.data or msg.data[0] != kind:
+            raise _Refused("handshake", f"it sent something other than {KIND_NAMES[kind]}")
+        self._count("in", msg.data)
+        return msg.data[1:]
+
+    def _admit(self, ws: WebSocket, info: PeerInfo, address: str, seed: bool) -> _Connection:
+        """Register an authenticated peer, or raise _Refused. No await between check and
+        insert, so two handshakes finishing together cannot both get in."""
+        if self._is_banned(info.node_id):
+            raise _Refused("banned", "it is banned", logging.INFO, info.node_id)
+        existing = self._peers.get(info.node_id)
+        if existing is None and not seed and len(self._peers) >= self.max_peers:
+            raise _Refused(
+                "max_peers", f"already {len(self._peers)} peers", logging.INFO, info.node_id
+            )
+        if existing is not None and (not self._preferred(info) or self._preferred(existing.info)):
+            raise _Refused(None, "already connected", logging.DEBUG, info.node_id)
+        conn = _Connection(
+            ws,
+            info,
+            address,
+            self.max_queue_bytes,
+            TokenBucket(self.rate_limit_per_s, self.burst, time.monotonic()),
+        )
+        if existing is not None:
+            log.debug(
+                "%s: keeping the connection %s dialled",
+                info.node_id,
+                "we" if info.outbound else "it",
+            )
+            conn.outbox.take_over(existing.outbox)
+            self._spawn(_close(existing.ws, WSCloseCode.OK, "duplicate"), "p2p-close")
+        self._peers[info.node_id] = conn
+        self._update_gauge()
+        return conn
+
+    def _preferred(self, info: PeerInfo) -> bool:
+        """Of two connections between the same nodes, both keep the one dialled by the node
+        with the smaller public key: a rule both sides compute alike."""
+        return info.outbound == (self.key.public_key < info.public_key)
+
+    def _is_banned(self, node_id: str) -> bool:
+        now = time.monotonic()
+        for expired in [n for n, until in self._banned.items() if until <= now]:
+            del self._banned[expired]
+        return node_id in self._banned
+
+    def _update_gauge(self) -> None:
+        outbound = sum(c.info.outbound for c in self._peers.values())
+        self._m_peers.labels("out").set(outbound)
+        self._m_peers.labels("in").set(len(self._peers) - outbound)
+
+    # ---- serving a connection ------------------------------------------------------------
+    async def _serve(self, conn: _Connection) -> None:
+        """Tell the node, then read until the connection ends; frames already received are
+        still delivered before the node hears of the disconnection."""
+        info = conn.info
+        if self._peers.get(info.node_id) is conn and info.node_id not in self._announced:
+            self._announced.add(info.node_id)
+            log.info(
+                "peer %s connected (%s, %s, %s %s)",
+                info.node_id,
+                info.node_type,
+                info.region,
+                "dialled" if info.outbound else "from",
+                conn.address,
+            )
+            await self._notify(info, True)
+        writer = asyncio.create_task(self._write(conn), name=f"p2p-write-{info.node_id}")
+        dispatcher = asyncio.create_task(self._dispatch(conn), name=f"p2p-in-{info.node_id}")
+        try:
+            self._enqueue(conn, frame(KIND_GET_PEERS))
+            await self._read(conn)
+        finally:
+            writer.cancel()
+            conn.inbox.finish()
+            try:
+                await _close(conn.ws, *_close_args(conn))
+                await asyncio.gather(writer, dispatcher, return_exceptions=True)
+            finally:
+                self._sockets.discard(conn.ws)
+                conn.closed.set()
+                self._unregister(conn)
+                if info.node_id in self._announced and info.node_id not in self._peers:
+                    self._announced.discard(info.node_id)
+                    log.info("peer %s disconnected", info.node_id)
+                    await self._notify(info, False)
+
+    def _unregister(self, conn: _Connection) -> None:
+        """Stop routing to ``conn``, unless a duplicate connection has replaced it."""
+        if self._peers.get(conn.info.node_id) is conn:
+            del self._peers[conn.info.node_id]
+            self._update_gauge()
+
+    async def _notify(self, info: PeerInfo, connected: bool) -> None:
+        if self.on_peer is None:
+            return
+        try:
+            await self.on_peer(info, connected)
+        except Exception:
+            log.exception("on_peer failed for %s", info.node_id)
+
+    async def _dispatch(self, conn: _Connection) -> None:
+        """Hand application frames to the node in order, one at a time per peer."""
+        while (data := await conn.inbox.get()) is not None:
+            try:
+                await self.on_message(conn.info, data[0], data[1:])
+            except Exception:
+                log.exception("on_message failed for kind %d from %s", data[0], conn.info.node_id)
+
+    async def _read(self, conn: _Connection) -> None:
+        while True:
+            msg = await conn.ws.receive()
+            if msg.type is WSMsgType.BINARY:
+                violation = await self._on_frame(conn, msg.data)
+            elif msg.type is WSMsgType.TEXT:
+                violation = ("malformed", "sent a text message")
+            elif msg.type is WSMsgType.ERROR:
+                violation = _classify_error(msg.data)
+                if violation is None:
+                    log.info("lost the connection to %s: %s", conn.info.node_id, msg.data)
+                    return
+            else:
+                if msg.type is WSMsgType.CLOSE and not conn.dropped_for:
+                    log.debug(
+                        "%s closed the connection (%s %s)",
+                        conn.info.node_id,
+                        msg.data,
+                        msg.extra or "",
+                    )
+                return
+            if violation is not None:
+                reason, detail = violation
+                if reason == "timeout":  # gone, not misbehaving
+                    self._drop(conn, reason, detail, log_level=logging.INFO)
+                else:
+                    self._drop(conn, reason, detail, PROTOCOL_BAN_S)
+                return
+
+    async def _on_frame(self, conn: _Connection, data: bytes) -> tuple[str, str] | None:
+        """Account for, police and route one frame; returns (reason, detail) to drop."""
+        self._count("in", data)
+        if not conn.bucket.take(time.monotonic()):
+            return "rate_limit", (
+                f"more than {self.rate_limit_per_s:g} messages/s (burst {self.burst})"
+            )
+        if not data:
+            return "malformed", "sent an empty frame"
+        kind, payload = data[0], data[1:]
+        if kind >= FIRST_APP_KIND:
+            await conn.inbox.put(data)
+        elif kind == KIND_GET_PEERS and not payload:
+            self._enqueue(conn, frame(KIND_PEERS, encode_peers(self._records_for(conn))))
+        elif kind == KIND_PEERS:
+            try:
+                self._learn(decode_peers(payload))
+            except ProtocolError as exc:
+                return "malformed", f"bad PEERS frame: {exc}"
+        elif kind == KIND_GET_PEERS:
+            return "malformed", "GET_PEERS with a payload"
+        else:
+            return "unknown_kind", f"sent reserved kind {kind} after the handshake"
+        return None
+
+    def _drop(
+        self,
+        conn: _Connection,
+        reason: str,
+        detail: str,
+        ban_s: float = 0,
+        log_level: int = logging.WARNING,
+    ) -> None:
+        """Stop routing to the peer now, log and count once, and close its connection
+        (telling it why in the close frame)."""
+        if conn.dropped_for:
+            return
+        conn.dropped_for = reason
+        self._unregister(conn)  # at once: peers() and broadcasts stop including it
+        if ban_s:
+            self._banned[conn.info.node_id] = time.monotonic() + ban_s
+            conn.inbox.clear()  # a peer that broke the rules has nothing more to say
+            log.log(
+                log_level,
+                "dropping peer %s at %s and banning it for %g s: %s",
+                conn.info.node_id,
+                conn.address,
+                ban_s,
+                detail,
+            )
+        else:
+            log.log(
+                log_level, "dropping peer %s at %s: %s", conn.info.node_id, conn.address, detail
+            )
+        self._m_dropped.labels(reason).inc()
+        self._spawn(_close(conn.ws, *_close_args(conn)), "p2p-close")
+
+    # ---- peer exchange -------------------------------------------------------------------
+    def _records_for(self, asker: _Connection) -> list[PeerRecord]:
+        records = [
+            c.info.record() for c in self._peers.values() if c is not asker and c.info.listen
+        ]
+        return random.sample(records, min(len(records), MAX_PEER_RECORDS))
+
+    def _learn(self, records: list[PeerRecord]) -> None:
+        """Dial announced peers the policy wants; one attempt each (only seeds are kept)."""
+        for record in records:
+            info = PeerInfo.of(
+                record.public_key, record.node_type, record.region, record.listen, outbound=True
+            )
+            if (
+                not self._running
+                or info.public_key == self.key.public_key
+                or info.node_id in self._peers
+                or self._is_banned(info.node_id)
+                or info.listen in self._dialling
+                or info.listen in self._self_addresses
+            ):
+                continue
+            if self.want_peer(info):
+                self._dialling.add(info.listen)
+                self._spawn(self._dial(info.listen), f"p2p-dial-{info.listen}")
+
+    async def _exchange_peers(self) -> None:
+        """Ask every peer for its peers now and then, while there is room for more."""
+        while self._running:
+            await asyncio.sleep(self.peer_exchange_s * random.uniform(0.5, 1.0))
+            if len(self._peers) < self.max_peers:
+                for conn in list(self._peers.values()):
+                    self._enqueue(conn, frame(KIND_GET_PEERS))
+
+    # ---- tasks ---------------------------------------------------------------------------
+    def _spawn(
+        self, coro: Coroutine[Any, Any, Any], name: str, group: set[asyncio.Task] | None = None
+    ) -> asyncio.Task:
+        """Start a task that stop() will find, and log it if it dies of a bug."""
+        tasks = self._tasks if group is None else group
+        task = asyncio.create_task(coro, name=name)
+        tasks.add(task)
+        task.add_done_callback(lambda t: _task_done(tasks, t))
+        return task
+
+
+def _task_done(tasks: set[asyncio.Task], task: asyncio.Task) -> None:
+    tasks.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("p2p task %s failed", task.get_name(), exc_info=task.exception())
+
+
+def _reachable(listen: str, remote_host: str) -> str:
+    """A peer listening on every interface announces 0.0.0.0; dial it where it came from."""
+    if not listen:
+        return ""
+    host, port = split_address(listen)
+    if host in ("0.0.0.0", "::") and remote_host:
+        return join_address(remote_host, port)
+    return listen
+
+
+def _classify_error(exc: object) -> tuple[str, str] | None:
+    """Drop reason for a websocket error, or None when the connection merely broke."""
+    if isinstance(exc, aiohttp.WebSocketError) and exc.code == WSCloseCode.MESSAGE_TOO_BIG:
+        return "oversize", str(exc)
+    if isinstance(exc, aiohttp.WebSocketError):
+        return "malformed", f"broke the websocket protocol: {exc}"
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return "timeout", "it stopped answering heartbeats"
+    return None
+
+
+def _close_args(conn: _Connection) -> tuple[int, str]:
+    """Whichever closes first, the reader or a drop, tells the peer the same thing."""
+    if conn.dropped_for:
+        return WSCloseCode.POLICY_VIOLATION, conn.dropped_for
+    return WSCloseCode.OK, ""
+
+
+async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    """Close politely but never wait long: aiohttp cuts the socket when close() is cancelled,
+    so a peer that stopped reading cannot hold us up."""
+    with contextlib.suppress(TimeoutError, ConnectionError, aiohttp.ClientError):
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await ws.close(code=code, message=reason.encode())

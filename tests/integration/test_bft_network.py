@@ -1,0 +1,164 @@
+"""Four validator processes reach BFT finality, lose one, get it back, and agree."""
+
+import os
+import threading
+import time
+
+import pytest
+
+from netns import Bridge, can_run
+from qnet import crypto, loadgen
+from qnet.genesis import Params
+from qnet.localnode import CHAIN_ID, LocalNode, http, local_net
+from qnet.tx import encode_batch
+
+FAST = {
+    "timeout_propose_ms": 1000,
+    "timeout_vote_ms": 500,
+    "timeout_delta_ms": 250,
+    "empty_block_interval_ms": 500,
+}
+PARAMS = Params(block_interval_ms=100)
+SENDERS = 40
+
+
+def height(node: LocalNode) -> int:
+    return node.status()["height"]
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Load:
+    """Steady transfers spread over the validators' APIs, in a thread."""
+
+    def __init__(self, nodes: list[LocalNode], senders: list[crypto.KeyPair]):
+        sink = crypto.KeyPair.generate().address
+        txs = loadgen.presign(senders, CHAIN_ID, 40_000, 1_000, sink)
+        self.batches = [txs[i : i + 100] for i in range(0, len(txs), 100)]
+        self.nodes = nodes
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        for k, batch in enumerate(self.batches):
+            if self._stop.is_set():
+                return
+            node = self.nodes[k % len(self.nodes)]
+            try:
+                code, body = http("POST", node.url + "/api/v1/transactions/batch",
+                                  encode_batch(batch), "application/octet-stream", timeout=3)
+                if code == 200:
+                    self.accepted += body["accepted"]
+            except OSError:
+                pass  # that validator is down or cut off: the load goes on elsewhere
+            time.sleep(0.1)  # about 1,000 tx/s offered
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+
+
+def assert_same_chain(nodes: list[LocalNode]) -> None:
+    """Every node has the same block hash at every height and the same state at the head."""
+    wait_for(lambda: len({n.status()["mempool_size"] for n in nodes}) == 1, 30, "mempools")
+    top = min(height(n) for n in nodes)
+    for h in range(1, top + 1):
+        hashes = {n.get(f"/api/v1/blocks/{h}")[1]["header"]["hash"] for n in nodes}
+        assert len(hashes) == 1, f"nodes disagree at height {h}: {hashes}"
+    target = max(height(n) for n in nodes)
+    wait_for(lambda: all(height(n) >= target for n in nodes), 30, "all at one height")
+    headers = [n.get(f"/api/v1/blocks/{target}")[1]["header"] for n in nodes]
+    assert len({h["hash"] for h in headers}) == 1
+    assert len({h["state_digest"] for h in headers}) == 1
+
+
+def signers(node: LocalNode, h: int) -> set[str]:
+    block = node.get(f"/api/v1/blocks/{h}")[1]
+    return {p["validator"] for p in block["certificate"]["precommits"]}
+
+
+@pytest.fixture
+def senders():
+    return [crypto.KeyPair.generate() for _ in range(SENDERS)]
+
+
+def run_fault_scenario(nodes, senders, fault, recover) -> None:
+    for n in nodes:
+        n.start()
+    try:
+        wait_for(lambda: all(height(n) >= 2 for n in nodes), 30, "first blocks")
+        victim, others = nodes[-1], nodes[:-1]
+        with Load(nodes, senders) as load:
+            time.sleep(2)
+            fault(victim)
+            before = max(height(n) for n in others)
+            time.sleep(4)
+            after = max(height(n) for n in others)
+            assert after >= before + 3, f"three validators stalled at {before}..{after}"
+            recover(victim)
+            wait_for(lambda: height(victim) >= max(height(n) for n in others) - 1, 30,
+                     "the victim to catch up")
+            # It takes part again: its precommit is in a certificate made after it returned.
+            rejoined = height(victim)
+            wait_for(lambda: any(victim.key.node_id in signers(others[0], h)
+                                 for h in range(rejoined + 1, height(others[0]) + 1)),
+                     30, "the victim's precommits")
+        assert load.accepted > 0
+        assert_same_chain(nodes)
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_sigkill_one_of_four_then_restart(tmp_path, senders):
+    nodes = local_net(tmp_path, 4, {k.address: 10**15 for k in senders}, PARAMS, FAST)
+
+    def recover(victim):
+        victim.start()
+
+    run_fault_scenario(nodes, senders, lambda v: v.kill(), recover)
+    assert "synced" in nodes[-1].log()
+
+
+@pytest.mark.skipif(bool(can_run()) and os.environ.get("CI") != "true",
+                    reason=can_run() or "")
+def test_cut_off_one_of_four_then_heal(tmp_path, senders):
+    bridge = Bridge(4)
+    try:
+        nodes = local_net(tmp_path, 4, {k.address: 10**15 for k in senders}, PARAMS, FAST,
+                          hosts=bridge.addresses, netns=bridge.namespaces)
+        run_fault_scenario(nodes, senders, lambda v: bridge.cut(3), lambda v: bridge.heal(3))
+    finally:
+        bridge.close()
+
+
+def test_peer_with_another_genesis_is_refused(tmp_path):
+    nodes = local_net(tmp_path / "good", 1, {}, PARAMS, FAST)
+    stray = local_net(tmp_path / "stray", 1, {}, PARAMS, FAST)[0]
+    stray.set_peers([nodes[0].p2p_address])
+    for n in (*nodes, stray):
+        n.start()
+    try:
+        wait_for(lambda: "refusing peer" in nodes[0].log() and "refusing peer" in stray.log(),
+                 15, "both sides to refuse")
+        line = next(x for x in nodes[0].log().splitlines() if "refusing peer" in x)
+        assert stray.key.node_id in line and "genesis hash" in line, line
+        assert stray.status()["height"] == 0 or stray.status()["chain_id"] == CHAIN_ID
+    finally:
+        for n in (*nodes, stray):
+            n.stop()

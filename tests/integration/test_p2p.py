@@ -1,0 +1,574 @@
+"""The peer-to-peer layer on loopback: several PeerNetworks in one process, plus hand-driven
+raw peers that misbehave. Every scenario stops everything it started and checks that no
+task is left behind."""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+
+from qnet import crypto, p2p
+from qnet.localnode import free_port
+
+CHAIN = "qnet-p2p-test"
+GENESIS = crypto.digest(b"genesis of the p2p test chain")
+APP = p2p.FIRST_APP_KIND
+FAST = {"peer_exchange_s": 0.3, "heartbeat_s": 1.0}
+
+
+@dataclass
+class Node:
+    """A PeerNetwork and what it has handed to its node."""
+
+    net: p2p.PeerNetwork
+    received: list[tuple[str, int, bytes]] = field(default_factory=list)
+    events: list[tuple[str, bool]] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.net.key.node_id
+
+    @property
+    def address(self) -> str:
+        return self.net.listen
+
+    def peer_ids(self) -> set[str]:
+        return {p.node_id for p in self.net.peers()}
+
+    def dropped(self, reason: str) -> float:
+        value = self.net.registry.get_sample_value(
+            "qnet_p2p_dropped_peers_total", {"reason": reason}
+        )
+        return value or 0.0
+
+
+class Cluster:
+    """Makes nodes on free loopback ports and stops all of them at the end."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Node] = []
+
+    async def start(
+        self,
+        *,
+        key: crypto.KeyPair | None = None,
+        seeds: tuple[str, ...] = (),
+        port: int | None = None,
+        node_type: str = "super",
+        region: str = "eu",
+        chain_id: str = CHAIN,
+        genesis_hash: bytes = GENESIS,
+        **options,
+    ) -> Node:
+        node = Node(None)  # type: ignore[arg-type] - the callbacks need the node first
+
+        async def on_message(info: p2p.PeerInfo, kind: int, payload: bytes) -> None:
+            node.received.append((info.node_id, kind, payload))
+
+        async def on_peer(info: p2p.PeerInfo, connected: bool) -> None:
+            node.events.append((info.node_id, connected))
+
+        node.net = p2p.PeerNetwork(
+            key=key or crypto.KeyPair.generate(),
+            chain_id=chain_id,
+            genesis_hash=genesis_hash,
+            node_type=node_type,
+            region=region,
+            listen_host="127.0.0.1",
+            listen_port=port or free_port(),
+            seeds=list(seeds),
+            on_message=on_message,
+            on_peer=on_peer,
+            **{**FAST, **options},
+        )
+        await node.net.start()
+        self.nodes.append(node)
+        return node
+
+    async def stop(self, node: Node) -> None:
+        await node.net.stop()
+        self.nodes.remove(node)
+
+    async def stop_all(self) -> None:
+        for node in list(self.nodes):
+            await self.stop(node)
+
+
+def run(scenario: Callable[[Cluster], Coroutine[Any, Any, None]]) -> None:
+    """Run a scenario on a fresh loop; stop every node; no task may outlive the nodes."""
+
+    async def main() -> None:
+        cluster = Cluster()
+        try:
+            await scenario(cluster)
+        finally:
+            await cluster.stop_all()
+        left = asyncio.all_tasks() - {asyncio.current_task()}
+        assert not left, f"tasks left behind: {left}"
+
+    asyncio.run(main())
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> float:
+    """Wait for a condition; returns how long it took."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while not predicate():
+        if loop.time() - started > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+    return loop.time() - started
+
+
+async def stays(predicate: Callable[[], bool], what: str, seconds: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        assert predicate(), what
+        await asyncio.sleep(0.02)
+
+
+class RawPeer:
+    """A hand-driven peer speaking the wire protocol itself, so it can misbehave."""
+
+    def __init__(
+        self,
+        key: crypto.KeyPair | None = None,
+        *,
+        sign_with: crypto.KeyPair | None = None,
+        chain_id: str = CHAIN,
+        genesis_hash: bytes = GENESIS,
+    ):
+        self.key = key or crypto.KeyPair.generate()
+        self.signer = sign_with or self.key
+        self.chain_id = chain_id
+        self.genesis_hash = genesis_hash
+        self.session = aiohttp.ClientSession()
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+
+    async def connect(self, node: Node) -> aiohttp.ClientWebSocketResponse:
+        self.ws = await self.session.ws_connect(f"http://{node.address}{p2p.PATH}")
+        return self.ws
+
+    async def handshake(self, node: Node) -> None:
+        ws = await self.connect(node)
+        ours = p2p.Hello(
+            p2p.PROTOCOL_VERSION,
+            self.chain_id,
+            self.genesis_hash,
+            self.key.public_key,
+            "full",
+            "eu",
+            "",
+            bytes(range(32)),
+        ).encode()
+        await ws.send_bytes(p2p.frame(p2p.KIND_HELLO, ours))
+        theirs = await self.expect(p2p.KIND_HELLO)
+        await ws.send_bytes(
+            p2p.frame(p2p.KIND_AUTH, self.signer.sign(p2p.auth_message(ours, theirs)))
+        )
+        await self.expect(p2p.KIND_AUTH)
+
+    async def expect(self, kind: int) -> bytes:
+        """The next frame of ``kind``, skipping peer exchange; AssertionError if closed."""
+        assert self.ws is not None
+        while True:
+            msg = await self.ws.receive(timeout=5)
+            assert msg.type is aiohttp.WSMsgType.BINARY, f"got {msg.type} {msg.data}"
+            if msg.data[0] == kind:
+                return msg.data[1:]
+            if msg.data[0] == p2p.KIND_GET_PEERS:
+                await self.ws.send_bytes(p2p.frame(p2p.KIND_PEERS, p2p.encode_peers([])))
+
+    async def closed_by_peer(self) -> int | None:
+        """Read until the node closes the connection; returns its close code."""
+        assert self.ws is not None
+        while not self.ws.closed:
+            msg = await self.ws.receive(timeout=5)
+            if msg.type in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSED,
+                aiohttp.WSMsgType.CLOSING,
+            ):
+                break
+        return self.ws.close_code
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        await self.session.close()
+
+
+async def raw_peer(body: Callable[[RawPeer], Awaitable[None]], **options) -> None:
+    peer = RawPeer(**options)
+    try:
+        await body(peer)
+    finally:
+        await peer.close()
+
+
+def mesh_formed(nodes: list[Node]) -> bool:
+    return all(n.peer_ids() == {m.id for m in nodes} - {n.id} for n in nodes)
+
+
+def told_connected(node: Node) -> set[str]:
+    """The peers the node was last told are connected, checking the events alternate."""
+    state: dict[str, bool] = {}
+    for node_id, connected in node.events:
+        assert state.get(node_id, False) != connected, "on_peer repeated itself"
+        state[node_id] = connected
+    return {node_id for node_id, connected in state.items() if connected}
+
+
+def directions_agree(a: Node, b: Node) -> bool:
+    """Each pair keeps one connection: one side dialled it, the other accepted it."""
+    mine = {p.node_id: p.outbound for p in a.net.peers()}
+    theirs = {p.node_id: p.outbound for p in b.net.peers()}
+    return b.id in mine and a.id in theirs and mine[b.id] != theirs[a.id]
+
+
+# ---- scenarios -----------------------------------------------------------------------------
+def test_nodes_find_each_other_authenticate_and_exchange_messages() -> None:
+    async def scenario(c: Cluster) -> None:
+        hub = await c.start(node_type="super", region="eu")
+        others = [
+            await c.start(seeds=(hub.address,), node_type=t, region=r)
+            for t, r in (("full", "na"), ("light", "ap"), ("full", "eu"))
+        ]
+        nodes = [hub, *others]
+        await until(lambda: mesh_formed(nodes), "a full mesh via peer exchange")
+        for n in nodes:
+            for info in n.net.peers():
+                peer = next(m for m in nodes if m.id == info.node_id)
+                assert info.public_key == peer.net.key.public_key
+                assert (info.node_type, info.region, info.listen) == (
+                    peer.net.node_type,
+                    peer.net.region,
+                    peer.address,
+                )
+            assert all(directions_agree(n, m) for m in nodes if m is not n)
+            assert told_connected(n) == n.peer_ids()
+
+        sender = others[0]
+        assert await sender.net.broadcast(APP, b"to all") == 3
+        await until(lambda: all(n.received for n in nodes if n is not sender), "the broadcast")
+        await asyncio.sleep(0.2)
+        for n in nodes:
+            assert n.received == ([] if n is sender else [(sender.id, APP, b"to all")])
+
+        assert await others[1].net.send(others[2].id, APP + 1, b"just you")
+        await until(lambda: len(others[2].received) == 2, "the direct message")
+        assert others[2].received[-1] == (others[1].id, APP + 1, b"just you")
+        assert len(hub.received) == 1 and len(others[0].received) == 0
+        assert not await others[1].net.send(crypto.KeyPair.generate().node_id, APP, b"?")
+
+        sent = sender.net.registry.get_sample_value(
+            "qnet_p2p_messages_total", {"direction": "out", "kind": str(APP)}
+        )
+        assert sent == 3
+        gauge = sum(
+            hub.net.registry.get_sample_value("qnet_peers_connected", {"direction": d})
+            for d in ("in", "out")
+        )
+        assert gauge == 3
+        with pytest.raises(ValueError):
+            await sender.net.broadcast(p2p.KIND_PEERS, b"")  # reserved for the layer
+
+    run(scenario)
+
+
+def test_peer_exchange_finds_a_peer_known_only_to_a_neighbour() -> None:
+    async def scenario(c: Cluster) -> None:
+        b = await c.start()
+        a = await c.start(seeds=(b.address,))
+        await until(lambda: a.peer_ids() == {b.id}, "a to reach its seed")
+        late = await c.start(seeds=(b.address,))  # a has never heard of it
+        await until(lambda: late.id in a.peer_ids(), "a to learn of the new node through b")
+        assert {p.node_id: p.listen for p in a.net.peers()}[late.id] == late.address
+
+    run(scenario)
+
+
+def test_simultaneous_dials_collapse_to_one_connection() -> None:
+    async def scenario(c: Cluster) -> None:
+        port_a, port_b = free_port(), free_port()
+        key_a, key_b = crypto.KeyPair.generate(), crypto.KeyPair.generate()
+        a, b = await asyncio.gather(
+            c.start(key=key_a, port=port_a, seeds=(f"127.0.0.1:{port_b}",)),
+            c.start(key=key_b, port=port_b, seeds=(f"127.0.0.1:{port_a}",)),
+        )
+        await until(lambda: directions_agree(a, b), "one connection between a and b")
+        await stays(
+            lambda: directions_agree(a, b) and len(a.net.peers()) == 1,
+            "the connection stays single and stable",
+            1.0,
+        )
+        smaller = a if key_a.public_key < key_b.public_key else b
+        assert smaller.net.peers()[0].outbound  # the rule both sides apply alike
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("differs", ["genesis", "chain"])
+def test_a_node_of_another_chain_is_refused_with_a_warning_on_both_sides(
+    differs: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="qnet.p2p")
+    other_genesis = crypto.digest(b"some other genesis")
+    theirs = {"genesis_hash": other_genesis} if differs == "genesis" else {"chain_id": "other"}
+    ours_text, theirs_text = (
+        (GENESIS.hex(), other_genesis.hex())
+        if differs == "genesis"
+        else (repr(CHAIN), repr("other"))
+    )
+    what = "genesis hash" if differs == "genesis" else "chain id"
+
+    def warned(about: Node, at: str, theirs: str, ours: str) -> bool:
+        return any(
+            r.levelno == logging.WARNING
+            and r.getMessage().startswith(f"refusing peer {about.id} at {at}")
+            and r.getMessage().endswith(f": {what} {theirs} differs from ours {ours}")
+            for r in caplog.records
+        )
+
+    async def scenario(c: Cluster) -> None:
+        ours = await c.start()
+        stranger = await c.start(seeds=(ours.address,), **theirs)
+        await until(
+            lambda: (
+                warned(ours, ours.address, ours_text, theirs_text)  # by stranger
+                and warned(stranger, "127.0.0.1:", theirs_text, ours_text)
+            ),  # by ours
+            "both refusals",
+        )
+        assert ours.net.peers() == [] and stranger.net.peers() == []
+        assert ours.dropped("wrong_chain") >= 1 and stranger.dropped("wrong_chain") >= 1
+
+    run(scenario)
+
+
+def test_an_impostor_cannot_pass_as_another_node(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="qnet.p2p")
+    victim = crypto.KeyPair.generate()
+
+    async def scenario(c: Cluster) -> None:
+        node = await c.start()
+
+        async def impersonate(peer: RawPeer) -> None:
+            await peer.handshake(node)  # the node answers before it checks our signature
+            assert await peer.closed_by_peer() == aiohttp.WSCloseCode.POLICY_VIOLATION
+
+        await raw_peer(impersonate, key=victim, sign_with=crypto.KeyPair.generate())
+        assert node.net.peers() == []
+        assert node.dropped("handshake") == 1
+        assert f"refusing peer {victim.node_id} at 127.0.0.1:" in caplog.text
+        assert "did not prove its key (bad signature)" in caplog.text
+
+        async def be_yourself(peer: RawPeer) -> None:  # the real owner is not banned for it
+            await peer.handshake(node)
+            await until(lambda: node.peer_ids() == {victim.node_id}, "the real node")
+
+        await raw_peer(be_yourself, key=victim)
+
+    run(scenario)
+
+
+def test_a_silent_dialler_is_dropped_after_the_handshake_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="qnet.p2p")
+
+    async def scenario(c: Cluster) -> None:
+        node = await c.start(handshake_timeout_s=0.5)
+
+        async def say_nothing(peer: RawPeer) -> None:
+            await peer.connect(node)
+            assert await peer.closed_by_peer() == aiohttp.WSCloseCode.POLICY_VIOLATION
+
+        await raw_peer(say_nothing)
+        assert node.dropped("handshake") == 1
+        assert "no handshake within 0.5 s" in caplog.text
+
+    run(scenario)
+
+
+def test_connecting_to_yourself_is_detected_and_not_repeated(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="qnet.p2p")
+
+    async def scenario(c: Cluster) -> None:
+        port = free_port()
+        node = await c.start(port=port, seeds=(f"localhost:{port}",))
+        await until(lambda: "seed localhost:" in caplog.text, "the seed loop to give up")
+        assert node.net.peers() == [] and node.dropped("self") >= 1
+        assert "is this node; not dialling it" in caplog.text
+
+    run(scenario)
+
+
+def test_a_stopped_peer_is_noticed_and_redialled_when_it_returns() -> None:
+    async def scenario(c: Cluster) -> None:
+        key, port = crypto.KeyPair.generate(), free_port()
+        seed = await c.start(key=key, port=port)
+        node = await c.start(seeds=(seed.address,))
+        await until(lambda: node.peer_ids() == {seed.id}, "the first connection")
+        await c.stop(seed)
+        await until(lambda: node.net.peers() == [], "the loss to be noticed", timeout=1.0)
+        await asyncio.sleep(1.0)  # several failed redials: the backoff has grown
+        await c.start(key=key, port=port)
+        took = await until(lambda: node.peer_ids() == {seed.id}, "the redial", timeout=5.0)
+        assert took < 2.5  # backoff so far is 0.2+0.4+0.8 s: the next try is within 1.6 s
+        assert node.events == [(seed.id, True), (seed.id, False), (seed.id, True)]
+
+    run(scenario)
+
+
+def test_a_peer_that_stops_answering_is_dropped_by_the_heartbeat() -> None:
+    async def scenario(c: Cluster) -> None:
+        node = await c.start(heartbeat_s=0.5)
+
+        async def go_silent(peer: RawPeer) -> None:
+            await peer.handshake(node)
+            await until(lambda: len(node.net.peers()) == 1, "the raw peer to be admitted")
+            # Never reading again means never answering a ping.
+            await until(lambda: node.net.peers() == [], "the heartbeat to notice", timeout=3.0)
+
+        await raw_peer(go_silent)
+        assert node.dropped("timeout") == 1
+        assert node.events[-1][1] is False
+
+    run(scenario)
+
+
+def test_a_flooding_peer_is_dropped_and_banned(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="qnet.p2p")
+
+    flooder = crypto.KeyPair.generate()
+
+    async def scenario(c: Cluster) -> None:
+        node = await c.start(rate_limit_per_s=5, burst=10)
+
+        async def flood(peer: RawPeer) -> None:
+            await peer.handshake(node)
+            for i in range(50):
+                await peer.ws.send_bytes(p2p.frame(APP, bytes([i])))
+            assert await peer.closed_by_peer() == aiohttp.WSCloseCode.POLICY_VIOLATION
+            assert peer.ws.close_code == aiohttp.WSCloseCode.POLICY_VIOLATION
+
+        await raw_peer(flood, key=flooder)
+        assert node.dropped("rate_limit") == 1
+        assert len(node.received) <= 10
+        assert (
+            f"dropping peer {flooder.node_id} at 127.0.0.1:" in caplog.text
+            and "and banning it for 60 s: more than 5 messages/s" in caplog.text
+        )
+
+        async def come_back(peer: RawPeer) -> None:
+            await peer.handshake(node)  # the handshake proves the key, then the ban applies
+            assert await peer.closed_by_peer() == aiohttp.WSCloseCode.POLICY_VIOLATION
+
+        await raw_peer(come_back, key=flooder)
+        assert node.dropped("banned") == 1
+        assert node.net.peers() == []
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    "data,reason",
+    [
+        (b"", "malformed"),
+        (bytes([9]), "unknown_kind"),
+        (p2p.frame(p2p.KIND_HELLO, b"again"), "unknown_kind"),
+        (p2p.frame(p2p.KIND_PEERS, b"\x00\x01"), "malformed"),
+        (p2p.frame(APP, bytes(2000)), "oversize"),
+    ],
+)
+def test_protocol_violations_drop_and_ban_the_peer(data: bytes, reason: str) -> None:
+    async def scenario(c: Cluster) -> None:
+        node = await c.start(max_message_bytes=1024)
+
+        async def misbehave(peer: RawPeer) -> None:
+            await peer.handshake(node)
+            await peer.ws.send_bytes(data)
+            assert await peer.closed_by_peer() in (
+                aiohttp.WSCloseCode.POLICY_VIOLATION,
+                aiohttp.WSCloseCode.MESSAGE_TOO_BIG,
+            )
+
+        await raw_peer(misbehave)
+        assert node.dropped(reason) == 1
+        assert node.net.peers() == [] and node.received == []
+        with pytest.raises(ValueError):
+            await node.net.broadcast(APP, bytes(1024))  # the sender checks the same limit
+
+    run(scenario)
+
+
+def test_a_slow_peer_is_dropped_without_holding_up_the_others() -> None:
+    async def scenario(c: Cluster) -> None:
+        size = 256 * 1024
+        node = await c.start(max_message_bytes=size + 1, max_queue_bytes=4 * size, heartbeat_s=30.0)
+        fast = await c.start(seeds=(node.address,))
+        await until(lambda: len(fast.net.peers()) == 1, "the fast peer")
+
+        async def never_read(peer: RawPeer) -> None:
+            await peer.handshake(node)
+            await until(lambda: len(node.net.peers()) == 2, "the slow peer")
+            sent = 0
+            while node.dropped("queue_full") == 0:
+                assert sent < 400, "the slow peer was never dropped"
+                await node.net.broadcast(APP, sent.to_bytes(4, "big") + bytes(size - 4))
+                sent += 1
+                await asyncio.sleep(0.005)  # the fast peer keeps up; the slow one cannot
+            assert node.peer_ids() == {fast.id}
+            await until(lambda: len(fast.received) == sent, "every frame at the fast peer")
+            assert [int.from_bytes(p[:4], "big") for _, _, p in fast.received] == list(range(sent))
+
+        await raw_peer(never_read)
+
+    run(scenario)
+
+
+def test_ban_drops_a_peer_and_refuses_it_until_the_ban_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="qnet.p2p")
+
+    async def scenario(c: Cluster) -> None:
+        node = await c.start()
+        other = await c.start(seeds=(node.address,))
+        await until(lambda: node.peer_ids() == {other.id}, "the connection")
+        node.net.ban(other.id, "sent an invalid block", seconds=1.0)
+        await until(lambda: node.net.peers() == [], "the ban to drop it")
+        assert f"banning peer {other.id} for 1 s: sent an invalid block" in caplog.text
+        await until(lambda: node.dropped("banned") >= 2, "a refused redial")
+        await until(lambda: node.peer_ids() == {other.id}, "the redial after the ban")
+
+    run(scenario)
+
+
+def test_max_peers_refuses_more_inbound_peers() -> None:
+    async def scenario(c: Cluster) -> None:
+        node = await c.start(max_peers=1)
+        first = await c.start(seeds=(node.address,))
+        await until(lambda: node.peer_ids() == {first.id}, "the first peer")
+        await c.start(seeds=(node.address,))
+        await until(lambda: node.dropped("max_peers") >= 1, "the refusal")
+        assert node.peer_ids() == {first.id}
+
+    run(scenario)
+
+
+def test_a_taken_port_fails_start_without_leaving_anything_running() -> None:
+    async def scenario(c: Cluster) -> None:
+        taken = await c.start()
+        with pytest.raises(OSError):
+            await c.start(port=taken.net.listen_port)
+
+    run(scenario)
