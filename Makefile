@@ -37,7 +37,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check node tests loadtest
 
 bench: $(STAMP)
-	$(BIN)/python loadtest/bench.py
+	$(BIN)/python loadtest/bench.py --validators 1 --rate 12000 --target 10000
+	$(BIN)/python loadtest/bench.py --validators 4 --rate 5000 --target 4000
 
 devnet: $(STAMP)
 	$(BIN)/python -m qnet.devnet up --data-dir $(DEVNET_DIR) --validators $(VALIDATORS)

@@ -1,6 +1,7 @@
-"""Single-node throughput benchmark (``make bench``).
+"""Committed-throughput benchmark of one node or a network of validators (``make bench``).
 
-Per run: a fresh node process with a genesis funding N senders; transfers are signed before
+Per run: fresh node processes (one, or N validators meshed on loopback) with a genesis
+funding many senders; transfers are signed before
 the timed window; they are sent through the batch endpoint at a requested rate; committed
 TPS is read from the chain (block contents over block times) over the measured window.
 The same run measures one core's PyNaCl verifications per second, the node's ceiling per
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from qnet import __version__, crypto, loadgen
 from qnet.genesis import Params
-from qnet.localnode import LocalNode, http
+from qnet.localnode import CHAIN_ID, LocalNode, http, local_net
 
 FEE = 1_000
 FUNDS = 10**15
@@ -109,17 +110,28 @@ def metric_sums(text: str) -> dict[str, float]:
     return out
 
 
-async def one_run(args, senders, txs, workdir: Path) -> dict:
-    node = LocalNode.single(
-        workdir,
-        {k.address: FUNDS for k in senders},
-        Params(
-            block_interval_ms=args.block_interval_ms, max_block_txs=args.max_block_txs, min_fee=FEE
-        ),
-        {"mempool_capacity": args.mempool},
+def start_network(args, senders, workdir: Path) -> list[LocalNode]:
+    funded = {k.address: FUNDS for k in senders}
+    params = Params(
+        block_interval_ms=args.block_interval_ms, max_block_txs=args.max_block_txs, min_fee=FEE
     )
-    node.start()
+    config = {"mempool_capacity": args.mempool}
+    nodes = local_net(workdir, args.validators, funded, params, config)
+    for node in nodes:
+        node.start()
+    deadline = time.monotonic() + 30
+    while not all(node.status()["peers"] == len(nodes) - 1 for node in nodes):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the validators did not connect to each other within 30 s")
+        time.sleep(0.1)  # waiting for the mesh to form before the timed window
+    return nodes
+
+
+async def one_run(args, senders, txs, workdir: Path) -> dict:
+    nodes = start_network(args, senders, workdir)
+    node = nodes[0]  # the chain is read, the commit watched and the profile taken here
     profiler = None
+    watcher = loadgen.CommitWatcher(node.url)
     try:
         before = metric_sums(http("GET", node.url + "/metrics")[1])
         if args.profile:
@@ -141,21 +153,27 @@ async def one_run(args, senders, txs, workdir: Path) -> dict:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-        report = await loadgen.send_at_rate(node.url, txs, args.rate, args.batch)
-        # Let the mempool drain so late commits count toward latency, not toward the window.
+        watcher.start()
+        report = await loadgen.send_at_rate([n.url for n in nodes], txs, args.rate, args.batch)
+        # Let the mempools drain so late commits count toward latency, not toward the window.
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and node.status()["mempool_size"]:
+        while time.monotonic() < deadline and any(n.status()["mempool_size"] for n in nodes):
             await asyncio.sleep(0.2)
+        await watcher.stop()
         after = metric_sums(http("GET", node.url + "/metrics")[1])
         head = node.status()["height"]
         blocks = await loadgen.fetch_blocks(node.url, 1, head)
     finally:
+        await watcher.stop()
         if profiler is not None:
             profiler.wait(30)
-        node.stop()
+        for n in nodes:
+            n.stop()
     profile = profile_summary(workdir / "profile.txt") if args.profile else []
     t0 = report.started + args.warmup
-    figures = loadgen.chain_figures(blocks, t0, t0 + args.duration, report.send_times)
+    figures = loadgen.chain_figures(
+        blocks, t0, t0 + args.duration, report.send_times, watcher.seen
+    )
     window = figures.per_second[:-1] or figures.per_second
     stages = {
         name: round(
@@ -188,8 +206,10 @@ async def one_run(args, senders, txs, workdir: Path) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--validators", type=int, default=1, help="validator processes")
     p.add_argument("--senders", type=int, default=2000)
     p.add_argument("--rate", type=float, default=12_000, help="requested sends per second")
+    p.add_argument("--target", type=float, default=10_000, help="committed TPS to reach")
     p.add_argument("--duration", type=float, default=30, help="measured window, seconds")
     p.add_argument("--warmup", type=float, default=3)
     p.add_argument("--runs", type=int, default=3)
@@ -202,11 +222,13 @@ def main() -> int:
         action="store_true",
         help="sample the node with py-spy and print where its time goes",
     )
-    p.add_argument("--out", type=Path, default=Path("bench-results/single-node.json"))
+    p.add_argument("--out", type=Path, help="JSON report (default bench-results/<n>v.json)")
     args = p.parse_args()
+    args.out = args.out or Path(f"bench-results/{args.validators}-validator.json")
+    label = f"{args.validators}-validator" if args.validators > 1 else "single-node"
 
     print(
-        f"QNet single-node benchmark: {args.senders} senders, {args.rate:.0f} tx/s requested, "
+        f"QNet {label} benchmark: {args.senders} senders, {args.rate:.0f} tx/s requested, "
         f"{args.duration:.0f} s window after {args.warmup:.0f} s warm-up, {args.runs} runs"
     )
     ceiling = verify_rate()
@@ -214,7 +236,7 @@ def main() -> int:
     senders = [crypto.KeyPair.generate() for _ in range(args.senders)]
     count = int(args.rate * (args.duration + args.warmup + 1))
     started = time.perf_counter()
-    txs = loadgen.presign(senders, "qnet-local", count, FEE, crypto.KeyPair.generate().address)
+    txs = loadgen.presign(senders, CHAIN_ID, count, FEE, crypto.KeyPair.generate().address)
     print(
         f"signed {count:,} transfers before the timed window in "
         f"{time.perf_counter() - started:.1f} s"
@@ -237,7 +259,7 @@ def main() -> int:
             print(f"    {pct:5.1f}%  {name}")
     tps = [r["committed_tps"] for r in runs]
     summary = {
-        "benchmark": "single-node committed throughput",
+        "benchmark": f"{label} committed throughput",
         "machine": machine(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "verify_per_second_one_core": round(ceiling),
@@ -246,8 +268,10 @@ def main() -> int:
         "runs": runs,
     }
     print(
-        f"median committed TPS over {len(runs)} runs: {summary['median_committed_tps']:,.1f} "
-        f"(target 10,000); verify ceiling one core {ceiling:,.0f}/s"
+        f"{label}: median committed TPS over {len(runs)} runs "
+        f"{summary['median_committed_tps']:,.1f} (target {args.target:,.0f}), median p99 commit "
+        f"latency {summary['median_latency_p99_ms']} ms; verify ceiling one core "
+        f"{ceiling:,.0f}/s"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")

@@ -46,6 +46,7 @@ _LEN = struct.Struct(">I")
 SYNC_BATCH = 64  # blocks per GET_BLOCKS
 SYNC_BYTES = 8 * 2**20  # what one BLOCKS answer may carry
 SYNC_TIMEOUT_S = 5.0
+SYNC_GRACE_S = 1.5
 STATUS_EVERY_S = 2.0
 TX_FLUSH_S = 0.01
 TX_BATCH = 5_000
@@ -189,6 +190,7 @@ class BftConsensus:
         self._sent: list[bytes] = []  # own messages of the height in progress
         self._peer_heights: dict[str, int] = {}
         self._syncing_until = 0.0
+        self._behind_since: tuple[int, float] | None = None  # (our height, since when)
         self._relay: list[Transaction] = []
         self._height = 0  # the height the core was last started at
         self._started_at = time.time()
@@ -444,13 +446,25 @@ class BftConsensus:
         self.metrics.sync_lag.set(self._network_status()["sync_lag_blocks"])
 
     def _maybe_sync(self) -> None:
-        """Ask the most advanced peer for the next blocks, one request at a time."""
+        """Ask the most advanced peer for the next blocks, one request at a time.
+
+        A peer one block ahead is normal while a height's precommits are still arriving;
+        consensus catches up by itself then, so sync waits unless the gap is two blocks or
+        lasts longer than SYNC_GRACE_S.
+        """
         ours = self.node.state.height
         if not self._peer_heights or time.monotonic() < self._syncing_until:
             return
         peer, height = max(self._peer_heights.items(), key=lambda kv: kv[1])
         if height <= ours:
+            self._behind_since = None
             return
+        if height == ours + 1:
+            now = time.monotonic()
+            if self._behind_since is None or self._behind_since[0] != ours:
+                self._behind_since = (ours, now)
+            if now - self._behind_since[1] < SYNC_GRACE_S:
+                return
         self._syncing_until = time.monotonic() + SYNC_TIMEOUT_S
         last = min(height, ours + SYNC_BATCH)
         self._spawn(self.net.send(peer, KIND_GET_BLOCKS, _RANGE.pack(ours + 1, last)))
@@ -459,11 +473,9 @@ class BftConsensus:
         last = min(last, first + SYNC_BATCH - 1, self.node.state.height)
         items, size = [], 0
         for height in range(first, last + 1):
-            got = await asyncio.to_thread(self.node.storage.block, height)
-            if got is None:
+            item = await asyncio.to_thread(self.node.storage.encoded_block, height)
+            if item is None:
                 break
-            block, cert = got
-            item = (block.encode(), cert.encode())
             size += len(item[0]) + len(item[1])
             if items and size > SYNC_BYTES:
                 break

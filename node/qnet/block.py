@@ -176,8 +176,11 @@ class Block:
 
     def encode(self) -> bytes:
         """header_len:u16 signature(64) header body: how blocks travel between nodes."""
-        header = self.header.encode()
-        return _BLOCK.pack(len(header), self.signature) + header + self.body()
+        return self.encode_parts(self.header.encode(), self.signature, self.body())
+
+    @staticmethod
+    def encode_parts(header: bytes, signature: bytes, body: bytes) -> bytes:
+        return _BLOCK.pack(len(header), signature) + header + body
 
     @staticmethod
     def decode_header(data: bytes) -> Header:

@@ -5,6 +5,7 @@ transactions in committed blocks over the blocks' own times, never from the send
 """
 
 import asyncio
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -53,15 +54,20 @@ class SendReport:
 
 
 async def send_at_rate(
-    url: str, txs: list[Transaction], rate: float, batch_size: int = 500, concurrency: int = 4
+    urls: list[str],
+    txs: list[Transaction],
+    rate: float,
+    batch_size: int = 500,
+    concurrency: int = 4,
 ) -> SendReport:
-    """Open loop: batch k leaves at start + k*batch/rate; late batches go as soon as they can."""
+    """Open loop: batch k leaves at start + k*batch/rate for node k mod len(urls); late
+    batches go as soon as they can."""
     report = SendReport(requested_rate=rate)
     batches = [txs[i : i + batch_size] for i in range(0, len(txs), batch_size)]
     bodies = [encode_batch(b) for b in batches]
     # A bounded queue: a node that cannot take the load shows up as a missed send rate.
     queue: asyncio.Queue[int] = asyncio.Queue(maxsize=concurrency)
-    endpoint = f"{url}/api/v1/transactions/batch"
+    endpoints = [f"{url}/api/v1/transactions/batch" for url in urls]
     headers = {"Content-Type": "application/octet-stream"}
 
     async def worker(session: aiohttp.ClientSession) -> None:
@@ -71,6 +77,7 @@ async def send_at_rate(
             for t in batches[k]:
                 report.send_times[t.id] = sent_at
             try:
+                endpoint = endpoints[k % len(endpoints)]
                 async with session.post(endpoint, data=bodies[k], headers=headers) as resp:
                     body = await resp.json()
                 if resp.status != 200:
@@ -129,23 +136,63 @@ class ChainFigures:
     blocks: int
 
 
+class CommitWatcher:
+    """Records when each height is first seen committed on a node (polling its status), so
+    commit latency is the time a client could learn of the commit minus the send time."""
+
+    def __init__(self, url: str, every_s: float = 0.02):
+        self.url = url
+        self.every_s = every_s
+        self.seen: dict[int, float] = {}
+        self._task: asyncio.Task | None = None
+
+    async def _run(self) -> None:
+        last = 0
+        async with aiohttp.ClientSession() as session:
+            while True:
+                try:
+                    async with session.get(f"{self.url}/api/v1/status") as resp:
+                        height = (await resp.json())["height"]
+                    now = time.time()
+                    for h in range(last + 1, height + 1):
+                        self.seen[h] = now
+                    last = max(last, height)
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(self.every_s)  # the polling period is the resolution
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 def chain_figures(
-    blocks: list[dict], t0: float, t1: float, send_times: dict[bytes, float]
+    blocks: list[dict],
+    t0: float,
+    t1: float,
+    send_times: dict[bytes, float],
+    commit_times: dict[int, float],
 ) -> ChainFigures:
     """Committed TPS from block contents over block times within [t0, t1] (wall seconds).
 
-    Latency is block time minus send time for every transaction sent by us, which is a
-    lower bound of what a client sees by the time it learns of the commit.
+    Latency is, for every transaction we sent, the time its block was first seen committed
+    (``commit_times`` by height) minus its send time.
     """
     per_second = [0] * max(1, int(t1 - t0 + 0.999))
     committed, latencies = 0, []
     in_window = 0
     for b in blocks:
         bt = b["header"]["time_ms"] / 1000
+        seen = commit_times.get(b["header"]["height"])
         for tx_id in b["transactions"]:
             sent = send_times.get(bytes.fromhex(tx_id))
-            if sent is not None:
-                latencies.append((bt - sent) * 1000)
+            if sent is not None and seen is not None:
+                latencies.append((seen - sent) * 1000)
         if t0 <= bt < t1:
             n = b["header"]["tx_count"]
             committed += n

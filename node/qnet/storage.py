@@ -160,6 +160,16 @@ class Storage:
         header, signature, body, cert = rows[0]
         return Block.from_parts(header, signature, body), CommitCertificate.decode(cert)
 
+    def encoded_block(self, height: int) -> tuple[bytes, bytes] | None:
+        """(``Block.encode()`` bytes, certificate bytes) straight from disk, for sync."""
+        rows = self._read(
+            "SELECT header, signature, body, certificate FROM blocks WHERE height=?", (height,)
+        )
+        if not rows:
+            return None
+        header, signature, body, cert = rows[0]
+        return Block.encode_parts(header, signature, body), cert
+
     def headers(self, first: int, last: int) -> list[Header]:
         rows = self._read(
             "SELECT header FROM blocks WHERE height BETWEEN ? AND ? ORDER BY height", (first, last)

@@ -44,11 +44,14 @@ Design decisions:
 - Restart. The driver persists the SigningState before a signed message leaves the process
   and passes it to the new core, which then never signs at or before that step again (no
   double signing) and keeps its lock and valid value. Liveness after a crash also needs the
-  messages of the unfinished height: without them a validator may hold a lock whose polka
-  nobody can show any more. So the driver keeps a write-ahead log of the consensus messages
-  of the heights it has not committed (those it sent and those it received) and, after
-  start_height, feeds them back through on_message. A validator restarts at its last
-  committed height + 1 with empty round state otherwise; line 55 brings it to the others.
+  messages of the unfinished height: without them, validators that restarted stay silent in
+  the rounds they already signed, each waiting for votes lost with the others' memory, and a
+  lock may outlive the only copies of the polka that would release it (the simulation
+  stalls in most seeds without them). So the driver keeps a write-ahead log of the
+  consensus messages of the heights it has not committed (those it sent and those it
+  received) and, after start_height, feeds them back through on_message. Otherwise a
+  validator restarts at its last committed height + 1 with empty round state; line 55
+  brings it to the others' round.
 - The proposer also schedules timeoutPropose (the paper does so only for the others, line
   21) because its value arrives asynchronously; without it a proposer whose driver never
   answers, or whose signing state forbids proposing again, would wait forever.
@@ -482,7 +485,12 @@ class _HeightLog:
 # ---- the core ----------------------------------------------------------------------------
 
 class Core:
-    """One validator's Tendermint state machine (Algorithm 1), heights driven by the driver."""
+    """One validator's Tendermint state machine (Algorithm 1), heights driven by the driver.
+
+    ``dropped`` counts ignored messages by reason: not_started, wrong_chain, not_validator,
+    past_height, far_future, not_proposer, malformed_value (value_id raised ValueError),
+    duplicate, bad_signature, round_limit, proposal_limit, vote_limit.
+    """
 
     def __init__(self, *, chain_id: str, validators: ValidatorSet, me: bytes, sign: Signer,
                  verify: Verifier, value_id: ValueId, timeouts: Timeouts | None = None,
@@ -495,7 +503,7 @@ class Core:
         self.timeouts = timeouts or Timeouts()
         self.limits = limits or Limits()
         self.signing_state = signing_state
-        self.dropped: Counter[str] = Counter()  # ignored messages by reason, for metrics
+        self.dropped: Counter[str] = Counter()
         self._sign = sign
         self._verify = verify
         self._value_id = value_id
