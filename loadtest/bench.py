@@ -171,9 +171,7 @@ async def one_run(args, senders, txs, workdir: Path) -> dict:
             n.stop()
     profile = profile_summary(workdir / "profile.txt") if args.profile else []
     t0 = report.started + args.warmup
-    figures = loadgen.chain_figures(
-        blocks, t0, t0 + args.duration, report.send_times, watcher.seen
-    )
+    figures = loadgen.chain_figures(blocks, t0, t0 + args.duration, report.send_times, watcher.seen)
     window = figures.per_second[:-1] or figures.per_second
     stages = {
         name: round(

@@ -187,7 +187,9 @@ class BftConsensus:
         self._timers: set[asyncio.TimerHandle] = set()
         # Blocks of this height built or checked here, with their diffs, by block hash.
         self._checked: dict[bytes, tuple[Block, object]] = {}
-        self._sent: list[bytes] = []  # own messages of the height in progress
+        # Consensus messages (own and received) of the height in progress and the next, by
+        # digest: re-sent when a round stalls and to peers that connect, logged for restarts.
+        self._messages: dict[int, dict[bytes, bytes]] = {}
         self._peer_heights: dict[str, int] = {}
         self._syncing_until = 0.0
         self._behind_since: tuple[int, float] | None = None  # (our height, since when)
@@ -267,8 +269,7 @@ class BftConsensus:
                     await asyncio.to_thread(self.signing_state.save, state)
                 case tendermint.Broadcast(message=message):
                     data = message.encode()
-                    self.log.append(data)
-                    self._sent.append(data)
+                    self._remember(message.height, data)
                     await self.net.broadcast(KIND_CONSENSUS, data)
                     if isinstance(message, tendermint.Proposal):
                         self.metrics.proposals.labels("sent").inc()
@@ -282,8 +283,12 @@ class BftConsensus:
                     await self._decide(effect)
                 case tendermint.Equivocation(first=first):
                     offender = crypto.encode_node_id(tendermint.sender(first))
-                    log.warning("validator %s equivocated at height %d round %d",
-                                offender, first.height, first.round)
+                    log.warning(
+                        "validator %s equivocated at height %d round %d",
+                        offender,
+                        first.height,
+                        first.round,
+                    )
                     self.metrics.equivocations.labels(offender).inc()
 
     def _schedule(self, timeout: tendermint.Timeout, delay_ms: int) -> None:
@@ -299,9 +304,9 @@ class BftConsensus:
     async def _on_timeout(self, timeout: tendermint.Timeout) -> None:
         core = self.core
         if timeout.height == core.height and timeout.round == core.round:
-            # Nothing moved for a whole timeout: peers may have missed our messages while
-            # disconnected (delivery is at most once), so send them again.
-            for data in self._sent:
+            # Nothing moved for a whole timeout: peers may have missed messages while
+            # disconnected (delivery is at most once), so send this height's again.
+            for data in list(self._messages.get(core.height, {}).values()):
                 await self.net.broadcast(KIND_CONSENSUS, data)
         await self._carry_out(core.on_timeout(timeout))
         self._note_round()
@@ -317,20 +322,33 @@ class BftConsensus:
         if height <= self._height:
             return
         self._height = height
-        logged = self.log.read()
-        self._sent = []
         self._checked.clear()
+        logged = []
+        for data in self.log.read():
+            with contextlib.suppress(tendermint.MessageError):
+                logged.append((tendermint.decode_message(data), data))
+        self._messages = {h: m for h, m in self._messages.items() if h >= height}
+        self.log.reset()
+        for message, data in logged:
+            if message.height >= height:
+                self._remember(message.height, data)
         await self._carry_out(core.start_height(height))
-        for data in logged:
-            try:
-                message = tendermint.decode_message(data)
-            except tendermint.MessageError:
-                continue
+        for message, _data in logged:
             if message.height == height:
-                if tendermint.sender(message) == self.node.key.public_key:
-                    self._sent.append(data)
                 await self._carry_out(core.on_message(message))
         self._note_round()
+
+    def _remember(self, height: int, data: bytes) -> bool:
+        """Keep and log a message of this height or the next; False if already known."""
+        if not self._height <= height <= self._height + 1:
+            return False
+        known = self._messages.setdefault(height, {})
+        key = crypto.digest(data)
+        if key in known:
+            return False
+        known[key] = data
+        self.log.append(data)
+        return True
 
     async def _build_value(self, height: int, round_: int) -> None:
         """Propose as soon as there is work, but not faster than the block interval and not
@@ -381,7 +399,6 @@ class BftConsensus:
 
     async def _commit(self, block: Block, cert: CommitCertificate, diff) -> None:
         await self.node.commit(block, cert, diff)
-        self.log.reset()
         signed = {pk for pk, _ in cert.signatures}
         for pk in self.validators.powers:
             if pk not in signed:
@@ -397,8 +414,8 @@ class BftConsensus:
             self._update_lag()
             return
         await self.net.send(peer.node_id, KIND_STATUS, _HEIGHT.pack(self.node.state.height))
-        for data in self._sent:  # what it may have missed of the height in progress
-            await self.net.send(peer.node_id, KIND_CONSENSUS, data)
+        for data in list(self._messages.get(self._height, {}).values()):
+            await self.net.send(peer.node_id, KIND_CONSENSUS, data)  # what it may have missed
 
     async def _on_message(self, peer: PeerInfo, kind: int, payload: bytes) -> None:
         try:
@@ -411,7 +428,7 @@ class BftConsensus:
             if self.core is not None:
                 message = tendermint.decode_message(payload)
                 self._count_received(message)
-                self._enqueue(lambda: self._consensus_message(message, payload))
+                self._enqueue(lambda: self._consensus_message(peer, message, payload))
         elif kind == KIND_TXS:
             await self.node.submit_raw(split_batch(payload), relay=False)
         elif kind == KIND_STATUS:
@@ -435,9 +452,15 @@ class BftConsensus:
             validator = crypto.encode_node_id(message.validator)
             self.metrics.votes_received.labels(validator, message.kind.name.lower()).inc()
 
-    async def _consensus_message(self, message: tendermint.Message, data: bytes) -> None:
-        if message.height == self.core.height:
-            self.log.append(data)
+    async def _consensus_message(
+        self, peer: PeerInfo, message: tendermint.Message, data: bytes
+    ) -> None:
+        new = self._remember(message.height, data)
+        if new and isinstance(message, tendermint.Vote) and message.height == self._height:
+            # Relay votes: with an equivocating validator, or a validator some others cannot
+            # reach, correct ones still need to see every vote (blocks are not relayed here,
+            # only re-sent when a round stalls).
+            await self.net.broadcast(KIND_CONSENSUS, data, exclude=peer.node_id)
         await self._carry_out(self.core.on_message(message))
         self._note_round()
 
@@ -493,11 +516,14 @@ class BftConsensus:
             except InvalidBlock as exc:
                 self.net.ban(peer.node_id, f"served an invalid block: {exc}")
                 break
-            self.log.reset()
             applied += 1
         if applied:
-            log.info("synced %d block(s) from %s, now at height %d", applied, peer.node_id,
-                     self.node.state.height)
+            log.info(
+                "synced %d block(s) from %s, now at height %d",
+                applied,
+                peer.node_id,
+                self.node.state.height,
+            )
             await self.net.broadcast(KIND_STATUS, _HEIGHT.pack(self.node.state.height))
             if self.core is not None:
                 await self._start_height()

@@ -22,7 +22,7 @@ class BlockError(ValueError):
     """A block or certificate that does not verify."""
 
 
-def _tagged(tag: int, chain_id: str, payload: bytes) -> bytes:
+def tagged(tag: int, chain_id: str, payload: bytes) -> bytes:
     cid = chain_id.encode()
     return bytes((tag, len(cid))) + cid + payload
 
@@ -52,7 +52,7 @@ class Header:
     proposer: bytes  # public key
 
     def encode(self) -> bytes:
-        return _tagged(
+        return tagged(
             TAG_HEADER,
             self.chain_id,
             _HEADER.pack(
@@ -97,7 +97,7 @@ class Header:
 
 
 def precommit_message(chain_id: str, height: int, round_: int, block_hash: bytes) -> bytes:
-    return _tagged(TAG_PRECOMMIT, chain_id, _VOTE.pack(height, round_, block_hash))
+    return tagged(TAG_PRECOMMIT, chain_id, _VOTE.pack(height, round_, block_hash))
 
 
 @dataclass(frozen=True, slots=True)

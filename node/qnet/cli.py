@@ -255,8 +255,13 @@ def write_local_configs(dirs: list[Path], host: str, first_port: int) -> list[di
     for i, data_dir in enumerate(dirs):
         api_port, p2p_port = ports[i]
         peers = [f"{host}:{p2p}" for j, (_, p2p) in enumerate(ports) if j != i]
-        values = {"api_host": host, "api_port": api_port, "p2p_host": host,
-                  "p2p_port": p2p_port, "peers": peers}
+        values = {
+            "api_host": host,
+            "api_port": api_port,
+            "p2p_host": host,
+            "p2p_port": p2p_port,
+            "peers": peers,
+        }
         write_config(data_dir / "config.toml", values)
         configs.append(values)
     return configs

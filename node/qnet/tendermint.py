@@ -64,7 +64,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
-from .block import TAG_PRECOMMIT, CommitCertificate, _tagged, precommit_message
+from .block import TAG_PRECOMMIT, CommitCertificate, precommit_message, tagged
 
 TAG_PREVOTE = 0x21
 TAG_PROPOSAL = 0x23
@@ -105,8 +105,7 @@ class VoteKind(IntEnum):
         return Step.PREVOTE if self is VoteKind.PREVOTE else Step.PRECOMMIT
 
 
-def _check_common(chain_id: str, height: int, round_: int, signer: bytes,
-                  signature: bytes) -> None:
+def _check_common(chain_id: str, height: int, round_: int, signer: bytes, signature: bytes) -> None:
     if not 1 <= len(chain_id.encode()) <= 255:
         raise MessageError("chain id must be 1..255 bytes")
     if not 0 <= height < 2**64 or not 0 <= round_ <= MAX_ROUND:
@@ -150,19 +149,27 @@ class Proposal:
             raise MessageError("valid round must be -1 or below the proposal's round")
 
     def signing_bytes(self, value_id: bytes) -> bytes:
-        return proposal_signing_bytes(self.chain_id, self.height, self.round,
-                                      self.valid_round, value_id)
+        return proposal_signing_bytes(
+            self.chain_id, self.height, self.round, self.valid_round, value_id
+        )
 
     def encode(self) -> bytes:
-        return _tagged(TAG_PROPOSAL, self.chain_id, _PROPOSAL_WIRE.pack(
-            self.height, self.round, self.valid_round, self.proposer, self.signature)
-            + self.value)
+        return tagged(
+            TAG_PROPOSAL,
+            self.chain_id,
+            _PROPOSAL_WIRE.pack(
+                self.height, self.round, self.valid_round, self.proposer, self.signature
+            )
+            + self.value,
+        )
 
 
-def proposal_signing_bytes(chain_id: str, height: int, round_: int, valid_round: int,
-                           value_id: bytes) -> bytes:
-    return _tagged(TAG_PROPOSAL, chain_id,
-                   _PROPOSAL_SIGNED.pack(height, round_, valid_round, value_id))
+def proposal_signing_bytes(
+    chain_id: str, height: int, round_: int, valid_round: int, value_id: bytes
+) -> bytes:
+    return tagged(
+        TAG_PROPOSAL, chain_id, _PROPOSAL_SIGNED.pack(height, round_, valid_round, value_id)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,24 +193,23 @@ class Vote:
         _check_common(self.chain_id, self.height, self.round, self.validator, self.signature)
         if not isinstance(self.kind, VoteKind):
             raise MessageError("a vote's kind is a VoteKind")
-        if self.value_id is not None and (len(self.value_id) != ID_LEN
-                                          or self.value_id == NIL_ID):
+        if self.value_id is not None and (len(self.value_id) != ID_LEN or self.value_id == NIL_ID):
             raise MessageError("a vote's value id is 32 bytes and not all zero")
 
     def signing_bytes(self) -> bytes:
-        return vote_signing_bytes(self.kind, self.chain_id, self.height, self.round,
-                                  self.value_id)
+        return vote_signing_bytes(self.kind, self.chain_id, self.height, self.round, self.value_id)
 
     def encode(self) -> bytes:
         return self.signing_bytes() + _SIGNER.pack(self.validator, self.signature)
 
 
-def vote_signing_bytes(kind: VoteKind, chain_id: str, height: int, round_: int,
-                       value_id: bytes | None) -> bytes:
+def vote_signing_bytes(
+    kind: VoteKind, chain_id: str, height: int, round_: int, value_id: bytes | None
+) -> bytes:
     target = value_id or NIL_ID
     if kind is VoteKind.PRECOMMIT:
         return precommit_message(chain_id, height, round_, target)
-    return _tagged(TAG_PREVOTE, chain_id, _VOTE.pack(height, round_, target))
+    return tagged(TAG_PREVOTE, chain_id, _VOTE.pack(height, round_, target))
 
 
 Message = Proposal | Vote
@@ -233,6 +239,7 @@ def sender(message: Message) -> bytes:
 
 
 # ---- effects and other inputs ------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Timeout:
@@ -265,17 +272,30 @@ class SigningState:
         return (height, round_, step) > (self.height, self.round, self.step)
 
     def encode(self) -> bytes:
-        return _STATE.pack(self.height, self.round, self.step, self.locked_round,
-                           self.locked_value_id or NIL_ID, self.valid_round,
-                           self.valid_value_id or NIL_ID)
+        return _STATE.pack(
+            self.height,
+            self.round,
+            self.step,
+            self.locked_round,
+            self.locked_value_id or NIL_ID,
+            self.valid_round,
+            self.valid_value_id or NIL_ID,
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> "SigningState":
         if len(data) != _STATE.size:
             raise MessageError("signing state has the wrong length")
         height, round_, step, locked_round, locked, valid_round, valid = _STATE.unpack(data)
-        return cls(height, round_, Step(step), locked_round, None if locked == NIL_ID else locked,
-                   valid_round, None if valid == NIL_ID else valid)
+        return cls(
+            height,
+            round_,
+            Step(step),
+            locked_round,
+            None if locked == NIL_ID else locked,
+            valid_round,
+            None if valid == NIL_ID else valid,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,11 +341,19 @@ class Equivocation:
     second: Message
 
 
-Effect = (Broadcast | ScheduleTimeout | RequestValue | ValidateValue | PersistSigningState
-          | Decide | Equivocation)
+Effect = (
+    Broadcast
+    | ScheduleTimeout
+    | RequestValue
+    | ValidateValue
+    | PersistSigningState
+    | Decide
+    | Equivocation
+)
 
 
 # ---- configuration -----------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
@@ -385,11 +413,11 @@ class ValidatorSet:
         return self._cycle[(height + round_) % len(self._cycle)]
 
     def is_quorum(self, power: int) -> bool:
-        """"2f+1": more than 2/3 of the voting power."""
+        """ "2f+1": more than 2/3 of the voting power."""
         return 3 * power > 2 * self.total
 
     def has_a_correct_one(self, power: int) -> bool:
-        """"f+1": more than 1/3 of the voting power, so not all of it Byzantine."""
+        """ "f+1": more than 1/3 of the voting power, so not all of it Byzantine."""
         return 3 * power > self.total
 
 
@@ -401,8 +429,10 @@ def _proposer_cycle(powers: dict[bytes, int]) -> tuple[bytes, ...]:
     weights = {key: power // g for key, power in powers.items()}
     total = sum(weights.values())
     if total > MAX_PROPOSER_CYCLE:
-        raise ValueError(f"voting powers need a proposer cycle of {total} > "
-                         f"{MAX_PROPOSER_CYCLE}; use smaller powers")
+        raise ValueError(
+            f"voting powers need a proposer cycle of {total} > "
+            f"{MAX_PROPOSER_CYCLE}; use smaller powers"
+        )
     priority = dict.fromkeys(weights, 0)
     cycle = []
     for _ in range(total):
@@ -415,6 +445,7 @@ def _proposer_cycle(powers: dict[bytes, int]) -> tuple[bytes, ...]:
 
 
 # ---- the message log ---------------------------------------------------------------------
+
 
 class _Tally:
     """The votes of one kind in one round.
@@ -484,6 +515,7 @@ class _HeightLog:
 
 # ---- the core ----------------------------------------------------------------------------
 
+
 class Core:
     """One validator's Tendermint state machine (Algorithm 1), heights driven by the driver.
 
@@ -492,9 +524,19 @@ class Core:
     duplicate, bad_signature, round_limit, proposal_limit, vote_limit.
     """
 
-    def __init__(self, *, chain_id: str, validators: ValidatorSet, me: bytes, sign: Signer,
-                 verify: Verifier, value_id: ValueId, timeouts: Timeouts | None = None,
-                 limits: Limits | None = None, signing_state: SigningState | None = None):
+    def __init__(
+        self,
+        *,
+        chain_id: str,
+        validators: ValidatorSet,
+        me: bytes,
+        sign: Signer,
+        verify: Verifier,
+        value_id: ValueId,
+        timeouts: Timeouts | None = None,
+        limits: Limits | None = None,
+        signing_state: SigningState | None = None,
+    ):
         if me not in validators:
             raise ValueError("the core's key is not a validator")
         self.chain_id = chain_id
@@ -560,8 +602,12 @@ class Core:
         return self._settle()
 
     def on_timeout(self, timeout: Timeout) -> list[Effect]:
-        if (self._started and self.decision is None and timeout.height == self.height
-                and timeout.round == self.round):
+        if (
+            self._started
+            and self.decision is None
+            and timeout.height == self.height
+            and timeout.round == self.round
+        ):
             if timeout.step is Step.PROPOSE and self.step is Step.PROPOSE:  # line 57
                 self._vote(VoteKind.PREVOTE, None)
                 self.step = Step.PREVOTE
@@ -574,8 +620,13 @@ class Core:
 
     def on_value(self, height: int, round_: int, value: bytes) -> list[Effect]:
         """The value asked for by RequestValue (line 18); too late once the step moved on."""
-        if (self._started and self.decision is None and self.step is Step.PROPOSE
-                and (height, round_) == (self.height, self.round) and self._is_proposer()):
+        if (
+            self._started
+            and self.decision is None
+            and self.step is Step.PROPOSE
+            and (height, round_) == (self.height, self.round)
+            and self._is_proposer()
+        ):
             self._propose(value, -1)
         return self._settle()
 
@@ -608,8 +659,7 @@ class Core:
         if reason is not None:
             return reason
         round_log = self._log(vote.height).rounds.get(vote.round)
-        if round_log is not None and round_log.tally(vote.kind).find(vote.validator,
-                                                                     vote.value_id):
+        if round_log is not None and round_log.tally(vote.kind).find(vote.validator, vote.value_id):
             return "duplicate"  # a retransmission: no need to check its signature again
         return self._signed_refusal(vote, vote.signing_bytes())
 
@@ -621,8 +671,9 @@ class Core:
             return "wrong_chain"
         if sender(message) not in self.validators:
             return "not_validator"
-        if message.height < self.height or (message.height == self.height
-                                            and self.decision is not None):
+        if message.height < self.height or (
+            message.height == self.height and self.decision is not None
+        ):
             return "past_height"
         if message.height > self.height + self.limits.future_heights:
             return "far_future"
@@ -651,8 +702,9 @@ class Core:
     def _evict(self, log: _HeightLog, validator: bytes, round_: int) -> None:
         round_log = log.rounds[round_]
         weight = self.validators.powers[validator]
-        round_log.proposals = {i: p for i, p in round_log.proposals.items()
-                               if p.proposer != validator}
+        round_log.proposals = {
+            i: p for i, p in round_log.proposals.items() if p.proposer != validator
+        }
         round_log.prevotes.remove(validator, weight)
         round_log.precommits.remove(validator, weight)
         if validator in round_log.senders:
@@ -723,36 +775,54 @@ class Core:
         return self._take_effects()
 
     def _fire_one_rule(self) -> bool:
-        return (self._decide() or self._skip_round() or self._prevote_on_proposal()
-                or self._lock_on_polka() or self._precommit_nil_on_polka()
-                or self._schedule_prevote_timeout() or self._schedule_precommit_timeout())
+        return (
+            self._decide()
+            or self._skip_round()
+            or self._prevote_on_proposal()
+            or self._lock_on_polka()
+            or self._precommit_nil_on_polka()
+            or self._schedule_prevote_timeout()
+            or self._schedule_precommit_timeout()
+        )
 
     def _decide(self) -> bool:
         """Line 49: a proposal from proposer(h, r) and 2f+1 precommits for its id, any r."""
         for round_, round_log in self._log().rounds.items():
             for value_id, power in round_log.precommits.power_for.items():
                 proposal = round_log.proposals.get(value_id) if value_id else None
-                if (proposal is not None and self.validators.is_quorum(power)
-                        and self._validity.get(value_id)):  # line 50
+                if (
+                    proposal is not None
+                    and self.validators.is_quorum(power)
+                    and self._validity.get(value_id)
+                ):  # line 50
                     self._emit_decision(round_, round_log, proposal, value_id)
                     return True
         return False
 
-    def _emit_decision(self, round_: int, round_log: _RoundLog, proposal: Proposal,
-                       value_id: bytes) -> None:
+    def _emit_decision(
+        self, round_: int, round_log: _RoundLog, proposal: Proposal, value_id: bytes
+    ) -> None:
         """Line 51; lines 52-54 wait for the driver to commit and call start_height."""
         self.decision = proposal.value
-        signatures = tuple(sorted((v.validator, v.signature)
-                                  for votes in round_log.precommits.votes.values()
-                                  for v in votes if v.value_id == value_id))
+        signatures = tuple(
+            sorted(
+                (v.validator, v.signature)
+                for votes in round_log.precommits.votes.values()
+                for v in votes
+                if v.value_id == value_id
+            )
+        )
         certificate = CommitCertificate(self.height, round_, value_id, signatures)
         self._effects.append(Decide(self.height, round_, proposal.value, certificate))
 
     def _skip_round(self) -> bool:
         """Line 55: f+1 power has messages in a higher round, so a correct validator is
         there; go to the highest such round."""
-        higher = [r for r, round_log in self._log().rounds.items()
-                  if r > self.round and self.validators.has_a_correct_one(round_log.sender_power)]
+        higher = [
+            r
+            for r, round_log in self._log().rounds.items()
+            if r > self.round and self.validators.has_a_correct_one(round_log.sender_power)
+        ]
         if not higher:
             return False
         self._start_round(max(higher))
@@ -811,8 +881,12 @@ class Core:
     def _schedule_prevote_timeout(self) -> bool:
         """Line 34: 2f+1 prevotes for anything in this round, the first time."""
         round_log = self._log().rounds.get(self.round)
-        if (self.step is not Step.PREVOTE or (34, self.round) in self._fired
-                or round_log is None or not self.validators.is_quorum(round_log.prevotes.power)):
+        if (
+            self.step is not Step.PREVOTE
+            or (34, self.round) in self._fired
+            or round_log is None
+            or not self.validators.is_quorum(round_log.prevotes.power)
+        ):
             return False
         self._fired.add((34, self.round))
         self._schedule(Step.PREVOTE)  # line 35
@@ -821,8 +895,11 @@ class Core:
     def _schedule_precommit_timeout(self) -> bool:
         """Line 47: 2f+1 precommits for anything in this round, the first time."""
         round_log = self._log().rounds.get(self.round)
-        if ((47, self.round) in self._fired or round_log is None
-                or not self.validators.is_quorum(round_log.precommits.power)):
+        if (
+            (47, self.round) in self._fired
+            or round_log is None
+            or not self.validators.is_quorum(round_log.precommits.power)
+        ):
             return False
         self._fired.add((47, self.round))
         self._schedule(Step.PRECOMMIT)  # line 48
@@ -846,10 +923,12 @@ class Core:
             return
         value_id = self._value_id(value)
         self._validity[value_id] = True
-        message = proposal_signing_bytes(self.chain_id, self.height, self.round, valid_round,
-                                         value_id)
-        proposal = Proposal(self.chain_id, self.height, self.round, valid_round, value,
-                            self.me, self._sign(message))
+        message = proposal_signing_bytes(
+            self.chain_id, self.height, self.round, valid_round, value_id
+        )
+        proposal = Proposal(
+            self.chain_id, self.height, self.round, valid_round, value, self.me, self._sign(message)
+        )
         self._send(proposal, Step.PROPOSE)
         self._store_proposal(proposal, value_id)
 
@@ -857,8 +936,9 @@ class Core:
         if not self._may_sign(kind.step):
             return
         message = vote_signing_bytes(kind, self.chain_id, self.height, self.round, value_id)
-        vote = Vote(kind, self.chain_id, self.height, self.round, value_id, self.me,
-                    self._sign(message))
+        vote = Vote(
+            kind, self.chain_id, self.height, self.round, value_id, self.me, self._sign(message)
+        )
         self._send(vote, kind.step)
         self._store_vote(vote)
 
@@ -882,9 +962,15 @@ class Core:
             height, round_, step = last.height, last.round, last.step
         else:
             height, round_, step = self.height, self.round, signed
-        self.signing_state = SigningState(height, round_, step, self.locked_round,
-                                          self.locked_value_id, self.valid_round,
-                                          self.valid_value_id)
+        self.signing_state = SigningState(
+            height,
+            round_,
+            step,
+            self.locked_round,
+            self.locked_value_id,
+            self.valid_round,
+            self.valid_value_id,
+        )
         self._effects.append(PersistSigningState(self.signing_state))
 
     def _schedule(self, step: Step) -> None:
@@ -907,7 +993,8 @@ class Core:
         """2f+1 prevotes for ``value_id`` (nil when None) in ``round_``."""
         round_log = self._log().rounds.get(round_)
         return round_log is not None and self.validators.is_quorum(
-            round_log.prevotes.power_for.get(value_id, 0))
+            round_log.prevotes.power_for.get(value_id, 0)
+        )
 
     def _is_proposer(self) -> bool:
         return self.validators.proposer(self.height, self.round) == self.me

@@ -56,8 +56,13 @@ class Load:
                 return
             node = self.nodes[k % len(self.nodes)]
             try:
-                code, body = http("POST", node.url + "/api/v1/transactions/batch",
-                                  encode_batch(batch), "application/octet-stream", timeout=3)
+                code, body = http(
+                    "POST",
+                    node.url + "/api/v1/transactions/batch",
+                    encode_batch(batch),
+                    "application/octet-stream",
+                    timeout=3,
+                )
                 if code == 200:
                     self.accepted += body["accepted"]
             except OSError:
@@ -111,13 +116,21 @@ def run_fault_scenario(nodes, senders, fault, recover) -> None:
             after = max(height(n) for n in others)
             assert after >= before + 3, f"three validators stalled at {before}..{after}"
             recover(victim)
-            wait_for(lambda: height(victim) >= max(height(n) for n in others) - 1, 30,
-                     "the victim to catch up")
+            wait_for(
+                lambda: height(victim) >= max(height(n) for n in others) - 1,
+                30,
+                "the victim to catch up",
+            )
             # It takes part again: its precommit is in a certificate made after it returned.
             rejoined = height(victim)
-            wait_for(lambda: any(victim.key.node_id in signers(others[0], h)
-                                 for h in range(rejoined + 1, height(others[0]) + 1)),
-                     30, "the victim's precommits")
+            wait_for(
+                lambda: any(
+                    victim.key.node_id in signers(others[0], h)
+                    for h in range(rejoined + 1, height(others[0]) + 1)
+                ),
+                30,
+                "the victim's precommits",
+            )
         assert load.accepted > 0
         assert_same_chain(nodes)
     finally:
@@ -135,13 +148,19 @@ def test_sigkill_one_of_four_then_restart(tmp_path, senders):
     assert "synced" in nodes[-1].log()
 
 
-@pytest.mark.skipif(bool(can_run()) and os.environ.get("CI") != "true",
-                    reason=can_run() or "")
+@pytest.mark.skipif(bool(can_run()) and os.environ.get("CI") != "true", reason=can_run() or "")
 def test_cut_off_one_of_four_then_heal(tmp_path, senders):
     bridge = Bridge(4)
     try:
-        nodes = local_net(tmp_path, 4, {k.address: 10**15 for k in senders}, PARAMS, FAST,
-                          hosts=bridge.addresses, netns=bridge.namespaces)
+        nodes = local_net(
+            tmp_path,
+            4,
+            {k.address: 10**15 for k in senders},
+            PARAMS,
+            FAST,
+            hosts=bridge.addresses,
+            netns=bridge.namespaces,
+        )
         run_fault_scenario(nodes, senders, lambda v: bridge.cut(3), lambda v: bridge.heal(3))
     finally:
         bridge.close()
@@ -154,8 +173,11 @@ def test_peer_with_another_genesis_is_refused(tmp_path):
     for n in (*nodes, stray):
         n.start()
     try:
-        wait_for(lambda: "refusing peer" in nodes[0].log() and "refusing peer" in stray.log(),
-                 15, "both sides to refuse")
+        wait_for(
+            lambda: "refusing peer" in nodes[0].log() and "refusing peer" in stray.log(),
+            15,
+            "both sides to refuse",
+        )
         line = next(x for x in nodes[0].log().splitlines() if "refusing peer" in x)
         assert stray.key.node_id in line and "genesis hash" in line, line
         assert stray.status()["height"] == 0 or stray.status()["chain_id"] == CHAIN_ID

@@ -338,8 +338,16 @@ def test_block_wire_encoding_round_trips_and_refuses_garbage():
     key = crypto.KeyPair.generate()
     sender = crypto.KeyPair.generate()
     txs = tuple(tx.make_transfer(sender, "qnet-wire", n, 1_000, key.address, 5) for n in range(3))
-    header = Header("qnet-wire", 7, 1_000, b"\1" * 32, tx_root([t.id for t in txs]), 3,
-                    b"\2" * 32, key.public_key)
+    header = Header(
+        "qnet-wire",
+        7,
+        1_000,
+        b"\1" * 32,
+        tx_root([t.id for t in txs]),
+        3,
+        b"\2" * 32,
+        key.public_key,
+    )
     block = Block(header, key.sign(header.encode()), txs)
     again = Block.decode(block.encode())
     assert again.hash == block.hash and [t.id for t in again.txs] == [t.id for t in txs]
