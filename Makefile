@@ -7,13 +7,18 @@ STAMP := $(VENV)/.installed
 DEVNET_DIR ?= .devnet
 VALIDATORS ?= 4
 
-.PHONY: help venv test unit integration lint bench devnet devnet-down clean
+.PHONY: help system-deps venv test unit integration lint bench devnet devnet-down clean
 
 help:
 	@echo "make test     install what is needed and run the whole test suite"
 	@echo "make devnet   VALIDATORS (default 4) local validators with a funded faucet wallet"
 	@echo "make bench    throughput benchmark (prints figures, writes bench-results/)"
 	@echo "make lint     ruff"
+
+# System packages the tests use: iproute2 (network namespaces for partition tests).
+system-deps:
+	@command -v ip >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +28,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+test: system-deps $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider tests
 
 unit: $(STAMP)

@@ -358,11 +358,17 @@ class BftConsensus:
         last = max(node.state.block_time_ms / 1000, self._started_at)
         earliest = last + params.block_interval_ms / 1000
         latest = last + self.config.empty_block_interval_ms / 1000
-        while time.time() < latest and not (len(node.mempool) and time.time() >= earliest):
-            wake = max(min(latest, earliest) - time.time(), 0.005)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(node.work.wait(), wake)
+        while (now := time.time()) < latest and not (len(node.mempool) and now >= earliest):
+            # Before the interval: sleep until it ends. After it: wait for work or the
+            # empty-block deadline, whichever comes first.
+            if now < earliest:
+                await asyncio.sleep(earliest - now)
+                continue
             node.work.clear()
+            if len(node.mempool):
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(node.work.wait(), latest - now)
         if node.state.height != height - 1:
             return  # the height moved on while we waited
         node.expire_mempool()
