@@ -403,8 +403,28 @@ class BftConsensus:
         self.metrics.rounds_per_height.observe(decision.round + 1)
         await self._start_height()
 
+    async def _push_committed(
+        self, block: Block, cert: CommitCertificate, exclude: str | None = None
+    ) -> None:
+        """Hand a committed block to peers that follow without voting; otherwise they learn
+        of it only from a STATUS and then ask, which costs a round trip per hop."""
+        height = block.header.height
+        followers = [
+            p.node_id
+            for p in self.net.peers()
+            if p.public_key not in self.validators
+            and p.node_id != exclude
+            and self._peer_heights.get(p.node_id, 0) < height
+        ]
+        if not followers:
+            return
+        payload = encode_blocks([(block.encode(), cert.encode())])
+        for node_id in followers:
+            await self.net.send(node_id, KIND_BLOCKS, payload)
+
     async def _commit(self, block: Block, cert: CommitCertificate, diff) -> None:
         await self.node.commit(block, cert, diff)
+        await self._push_committed(block, cert)
         signed = {pk for pk, _ in cert.signatures}
         for pk in self.validators.powers:
             if pk not in signed:
@@ -515,7 +535,10 @@ class BftConsensus:
     async def _apply_synced(self, peer: PeerInfo, blocks: list) -> None:
         applied = 0
         for block, cert in blocks:
-            if block.header.height != self.node.state.height + 1:
+            height = block.header.height
+            known = self._peer_heights.get(peer.node_id, 0)
+            self._peer_heights[peer.node_id] = max(known, height)
+            if height != self.node.state.height + 1:
                 continue
             try:
                 await self.node.apply_certified(block, cert)
@@ -523,8 +546,10 @@ class BftConsensus:
                 self.net.ban(peer.node_id, f"served an invalid block: {exc}")
                 break
             applied += 1
+            await self._push_committed(block, cert, exclude=peer.node_id)
         if applied:
-            log.info(
+            log.log(
+                logging.INFO if applied > 1 else logging.DEBUG,
                 "synced %d block(s) from %s, now at height %d",
                 applied,
                 peer.node_id,

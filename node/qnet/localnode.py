@@ -25,10 +25,19 @@ CHAIN_ID = "qnet-local"
 NO_EMPTY_BLOCKS = {"empty_block_interval_ms": 3_600_000, "timeout_propose_ms": 7_200_000}
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now and that this process has not handed out before (nodes
+    bind their ports only when they start, so the kernel could offer one twice)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def http(

@@ -87,7 +87,9 @@ def assert_same_chain(nodes: list[LocalNode]) -> None:
         assert len(hashes) == 1, f"nodes disagree at height {h}: {hashes}"
     target = max(height(n) for n in nodes)
     wait_for(lambda: all(height(n) >= target for n in nodes), 30, "all at one height")
-    headers = [n.get(f"/api/v1/blocks/{target}")[1]["header"] for n in nodes]
+    answers = [n.get(f"/api/v1/blocks/{target}") for n in nodes]
+    assert all(code == 200 for code, _ in answers), answers
+    headers = [body["header"] for _, body in answers]
     assert len({h["hash"] for h in headers}) == 1
     assert len({h["state_digest"] for h in headers}) == 1
 
@@ -183,4 +185,27 @@ def test_peer_with_another_genesis_is_refused(tmp_path):
         assert stray.status()["height"] == 0 or stray.status()["chain_id"] == CHAIN_ID
     finally:
         for n in (*nodes, stray):
+            n.stop()
+
+
+def test_a_follower_gets_every_block_pushed(tmp_path, senders):
+    """A node outside the validator set follows the chain from blocks its peers push."""
+    nodes = local_net(tmp_path, 2, {k.address: 10**15 for k in senders}, PARAMS, FAST)
+    key = crypto.KeyPair.generate()
+    follower = LocalNode(tmp_path / "follower", nodes[0].genesis, key, {"region": "eu", **FAST})
+    follower.set_peers([nodes[0].p2p_address])
+    for n in (*nodes, follower):
+        n.start()
+    try:
+        with Load(nodes, senders):
+            time.sleep(4)
+        gaps = []
+        for _ in range(20):
+            gaps.append(height(nodes[0]) - height(follower))
+            time.sleep(0.1)
+        assert max(gaps) <= 1, f"the follower lagged by {gaps}"
+        assert_same_chain([*nodes, follower])
+        assert follower.status()["sync_lag_blocks"] <= 1
+    finally:
+        for n in (*nodes, follower):
             n.stop()
