@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from . import crypto
 from .amounts import format_qnc
 from .errors import Rejected
+from .genesis import NODE_TYPES, REGIONS
 from .node import Node
 from .tx import DecodeError, from_json, split_batch
 
@@ -247,6 +248,46 @@ async def blocks(request: web.Request) -> web.Response:
     )
 
 
+async def node_record(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    try:
+        node_key = crypto.decode_node_id(request.match_info["node_id"])
+    except crypto.EncodingError as exc:
+        return error(400, "malformed", str(exc))
+    found = node.node_info(node_key)
+    if found is None:
+        return error(404, "not_found", f"node {request.match_info['node_id']} is not activated")
+    return web.json_response(found)
+
+
+def _choice_param(request: web.Request, name: str, choices: tuple[str, ...]) -> str | None:
+    value = request.query.get(name)
+    if value is not None and value not in choices:
+        raise _Refusal(
+            400, "malformed", f"{name} must be one of {', '.join(choices)}, not {value[:40]!r}"
+        )
+    return value
+
+
+async def nodes(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    owner = request.query.get("owner")
+    try:
+        owner_address = None if owner is None else crypto.decode_address(owner)
+    except crypto.EncodingError as exc:
+        return error(400, "malformed", str(exc))
+    stats = node.node_stats(
+        _choice_param(request, "type", NODE_TYPES),
+        _choice_param(request, "region", REGIONS),
+        owner_address,
+    )
+    return web.json_response(stats)
+
+
+async def current_epoch(request: web.Request) -> web.Response:
+    return web.json_response(request.app[NODE].epoch_info())
+
+
 def create_app(node: Node) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=node.config.max_batch_bytes)
     app[NODE] = node
@@ -261,6 +302,9 @@ def create_app(node: Node) -> web.Application:
         ("GET", "/api/v1/accounts/{address}", account),
         ("GET", "/api/v1/blocks", blocks),
         ("GET", "/api/v1/blocks/{height}", block),
+        ("GET", "/api/v1/nodes", nodes),
+        ("GET", "/api/v1/nodes/{node_id}", node_record),
+        ("GET", "/api/v1/epochs/current", current_epoch),
     ):
         app.router.add_route(method, path, handler)
     return app

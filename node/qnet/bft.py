@@ -568,6 +568,18 @@ class BftConsensus:
             await asyncio.sleep(STATUS_EVERY_S)  # periodic: a lost STATUS heals by itself
             await self.net.broadcast(KIND_STATUS, _HEIGHT.pack(self.node.state.height))
             self._maybe_sync()
+            await self._send_heartbeat()
+
+    async def _send_heartbeat(self) -> None:
+        """An activated node proves it is alive once per epoch (DESIGN §6)."""
+        epoch = self.node.heartbeat_due()
+        if epoch is None:
+            return
+        (refused,) = await self.node.submit([self.node.heartbeat_tx(epoch)])
+        if refused is None:
+            log.info("heartbeat for epoch %d submitted", epoch)
+        else:
+            log.warning("heartbeat for epoch %d refused: %s", epoch, refused.message)
 
     async def _tx_flush_loop(self) -> None:
         """Relay transactions admitted through the API to peers, in batches."""

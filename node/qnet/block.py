@@ -8,6 +8,7 @@ import struct
 from dataclasses import dataclass
 
 from . import crypto
+from .crypto import tagged
 from .tx import DecodeError, Transaction, decode, encode_batch, split_batch
 
 TAG_HEADER = 0x20
@@ -20,11 +21,6 @@ _BLOCK = struct.Struct(">H64s")
 
 class BlockError(ValueError):
     """A block or certificate that does not verify."""
-
-
-def tagged(tag: int, chain_id: str, payload: bytes) -> bytes:
-    cid = chain_id.encode()
-    return bytes((tag, len(cid))) + cid + payload
 
 
 def tx_root(tx_ids: list[bytes]) -> bytes:

@@ -1,4 +1,5 @@
-"""``qnet-cli``: create a chain, run a node, manage wallets and send QNC.
+"""``qnet-cli``: create a chain, run and activate a node, manage wallets, send QNC and claim
+node rewards.
 
 Commands are thin click wrappers over plain functions (``init_genesis``, ``start_node``,
 ``stop_node``, ``verify_chain``) so ``qnet.devnet`` reuses exactly the same steps. Every
@@ -22,12 +23,13 @@ from . import crypto
 from .amounts import AmountError, format_qnc, parse_qnc
 from .client import DEFAULT_URL, ApiError, Client
 from .config import NODE_TYPES, ConfigError, NodeConfig, load_config, write_config
+from .genesis import NODE_TYPES as ACTIVATION_TYPES  # config.NODE_TYPES: what a process runs
 from .genesis import REGIONS, Genesis, GenesisError, Params, make_genesis
 from .keystore import NAME_RE, Keystore, KeystoreError
 from .main import pid_alive, read_pid
 from .node import StateDivergence, load_node_key, replay, write_secret
 from .storage import Storage, StorageError
-from .tx import DecodeError, make_transfer
+from .tx import DecodeError, Transaction, make_activate, make_claim, make_transfer, prove_node
 
 PASSWORD_ENV = "QNET_WALLET_PASSWORD"
 DEFAULT_CHAIN_ID = "qnet-dev"
@@ -422,6 +424,48 @@ def verify_chain(data_dir: Path) -> tuple[int, bytes]:
     return stored.height, stored.digest
 
 
+# ---- transactions ------------------------------------------------------------------
+
+
+def submit_and_wait(client: Client, tx: Transaction, wait: bool, timeout: float) -> dict:
+    """Submit ``tx`` and, with ``wait``, poll until it is committed; a rejection is an error."""
+    result = {"id": tx.id.hex(), **client.submit(tx)}
+    if wait:
+        result.update(client.wait_committed(tx.id.hex(), timeout))
+    if result["status"] == "rejected":
+        raise CliError(
+            f"transaction {tx.id.hex()} was rejected: {result['reason']}: {result['message']}"
+        )
+    return result
+
+
+def tx_rows(result: dict) -> list[tuple]:
+    height = [("height", result["height"])] if "height" in result else []
+    return [("tx id", result["id"]), ("status", result["status"]), *height]
+
+
+def spendable(client: Client, wallet: str, address: str, needed: int, what: str) -> dict:
+    """The wallet's account, if its balance covers ``needed`` units."""
+    account = client.account(address)
+    balance = int(account["balance"])
+    if needed > balance:
+        raise CliError(
+            f"insufficient funds: {wallet} has {format_qnc(balance)} QNC, the "
+            f"{what} needs {format_qnc(needed)} QNC"
+        )
+    return account
+
+
+def wait_options(command):
+    """``--no-wait`` and ``--timeout`` of the commands that submit a transaction."""
+    command = click.option(
+        "--timeout", default=30.0, show_default=True, help="Seconds to wait for commit."
+    )(command)
+    return click.option("--no-wait", is_flag=True, help="Return once the node accepted it.")(
+        command
+    )
+
+
 # ---- commands --------------------------------------------------------------------------
 
 DATA_DIR = click.option(
@@ -450,7 +494,7 @@ DATA_DIR = click.option(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
 @click.pass_context
 def cli(ctx: click.Context, node_url: str, keystore: Path | None, as_json: bool) -> None:
-    """QNet command line: chains, nodes and wallets."""
+    """QNet command line: chains, nodes, wallets and rewards."""
     ctx.obj = Settings(node_url, Keystore.locate(keystore), as_json)
 
 
@@ -651,6 +695,86 @@ def node_verify(settings: Settings, data_dir: Path) -> None:
     )
 
 
+@node.command("activate")
+@DATA_DIR
+@click.option(
+    "--owner",
+    required=True,
+    metavar="WALLET",
+    help="Wallet that pays (the activation fee is burned) and owns the node's rewards.",
+)
+@click.option(
+    "--type", "node_type", type=click.Choice(ACTIVATION_TYPES), default="full", show_default=True
+)
+@click.option("--region", type=click.Choice(REGIONS), help="Default: DATA_DIR's configured one.")
+@click.option("--fee", default=DEFAULT_FEE_QNC, show_default=True, metavar="QNC")
+@wait_options
+@pass_settings
+def node_activate(
+    settings: Settings,
+    data_dir: Path,
+    owner: str,
+    node_type: str,
+    region: str | None,
+    fee: str,
+    no_wait: bool,
+    timeout: float,
+) -> None:
+    """Register the node of DATA_DIR on chain (through --node): signed by wallet --owner,
+    proven by the node key in DATA_DIR; burns the activation fee of its type."""
+    config = load_config(data_dir)
+    node_key = load_node_key(config.key_path)
+    region = region or config.region
+    if region not in REGIONS:
+        raise CliError(f"give --region: {config.data_dir}/config.toml names no region code")
+    client = settings.client()
+    status = client.status()
+    known = config.genesis_path.exists() and Genesis.load(config.genesis_path)
+    if known and known.hash.hex() != status["genesis_hash"]:
+        raise CliError(f"{settings.node_url} serves another chain than {config.genesis_path}")
+    burn = int(client.epoch()["activation_fees"][node_type])
+    fee_units = parse_qnc(fee)
+    key = settings.keystore.load(owner, wallet_password())
+    owner_address = crypto.encode_address(key.address)
+    account = spendable(client, owner, owner_address, burn + fee_units, "activation (fee + burn)")
+    chain_id = status["chain_id"]
+    proof = prove_node(node_key, chain_id, key.address)
+    tx = make_activate(
+        key,
+        chain_id,
+        account["next_nonce"],
+        fee_units,
+        node_key.public_key,
+        node_type,
+        region,
+        burn,
+        proof,
+    )
+    result = submit_and_wait(client, tx, not no_wait, timeout)
+    result.update(
+        {
+            "node_id": node_key.node_id,
+            "node_type": node_type,
+            "region": region,
+            "owner": owner_address,
+            "burned": str(burn),
+            "fee": str(fee_units),
+        }
+    )
+    settings.emit(
+        result,
+        [
+            *tx_rows(result),
+            ("node id", node_key.node_id),
+            ("type", node_type),
+            ("region", region),
+            ("owner", owner_address),
+            ("burned", f"{format_qnc(burn)} QNC"),
+            ("fee", f"{format_qnc(fee_units)} QNC"),
+        ],
+    )
+
+
 @cli.group()
 def wallet() -> None:
     """Create wallets, check balances, send QNC."""
@@ -761,8 +885,7 @@ def wallet_balance(settings: Settings, wallet_or_address: str) -> None:
 @click.argument("to")
 @click.argument("amount", metavar="AMOUNT_QNC")
 @click.option("--fee", default=DEFAULT_FEE_QNC, show_default=True, metavar="QNC")
-@click.option("--no-wait", is_flag=True, help="Return once the node accepted it.")
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for commit.")
+@wait_options
 @pass_settings
 def wallet_send(
     settings: Settings, sender: str, to: str, amount: str, fee: str, no_wait: bool, timeout: float
@@ -774,35 +897,119 @@ def wallet_send(
     client = settings.client()
     chain_id = client.status()["chain_id"]
     from_address = crypto.encode_address(key.address)
-    account = client.account(from_address)
-    balance = int(account["balance"])
-    if units + fee_units > balance:
-        raise CliError(
-            f"insufficient funds: {sender} has {format_qnc(balance)} QNC, the "
-            f"transfer needs {format_qnc(units + fee_units)} QNC (amount + fee)"
-        )
+    account = spendable(client, sender, from_address, units + fee_units, "transfer (amount + fee)")
     tx = make_transfer(
         key, chain_id, account["next_nonce"], fee_units, crypto.decode_address(to_address), units
     )
-    result = {"id": tx.id.hex(), **client.submit(tx)}
-    if not no_wait:
-        result.update(client.wait_committed(tx.id.hex(), timeout))
-    if result["status"] == "rejected":
-        raise CliError(
-            f"transaction {tx.id.hex()} was rejected: {result['reason']}: {result['message']}"
-        )
+    result = submit_and_wait(client, tx, not no_wait, timeout)
     result.update(
         {"from": from_address, "to": to_address, "amount": str(units), "fee": str(fee_units)}
     )
     settings.emit(
         result,
         [
-            ("tx id", tx.id.hex()),
-            ("status", result["status"]),
-            *([("height", result["height"])] if "height" in result else []),
+            *tx_rows(result),
             ("from", from_address),
             ("to", to_address),
             ("amount", f"{format_qnc(units)} QNC"),
             ("fee", f"{format_qnc(fee_units)} QNC"),
         ],
     )
+
+
+@cli.group()
+def rewards() -> None:
+    """Check and claim the rewards of activated nodes."""
+
+
+def _node_id(text: str) -> str:
+    return crypto.encode_node_id(crypto.decode_node_id(text))
+
+
+def reward_rows(info: dict) -> list[tuple]:
+    """One row per unclaimed eligible epoch of a node."""
+    return [
+        (
+            info["node_id"],
+            e["epoch"],
+            "closed" if e["closed"] else "open",
+            format_qnc(int(e["reward"])) if e["closed"] else "(after it closes)",
+        )
+        for e in info["epochs"]
+    ]
+
+
+@rewards.command("check")
+@click.option("--node", "node_id", metavar="ID", help="A node id.")
+@click.option("--owner", metavar="WALLET", help="A wallet name or address: all nodes it owns.")
+@pass_settings
+def rewards_check(settings: Settings, node_id: str | None, owner: str | None) -> None:
+    """Per-epoch breakdown of unclaimed rewards and the total claimable now."""
+    if node_id is None and owner is None:
+        raise CliError("give --node ID, --owner WALLET or both")
+    client = settings.client()
+    owner_address = resolve_address(settings.keystore, owner)[0] if owner else None
+    if node_id is not None:
+        ids = [_node_id(node_id)]
+    else:
+        ids = client.node_stats(owner=owner_address)["node_ids"]
+    infos = [client.node(i) for i in ids]
+    for info in infos:
+        if owner_address is not None and info["owner"] != owner_address:
+            raise CliError(f"node {info['node_id']} is owned by {info['owner']}, not {owner}")
+    total = sum(int(info["unclaimed"]) for info in infos)
+    if not infos and not settings.as_json:
+        click.echo(f"{owner} owns no activated node", err=True)
+    rows = [row for info in infos for row in reward_rows(info)]
+    rows.append(("total claimable", "", "", f"{format_qnc(total)} QNC"))
+    settings.emit(
+        {"nodes": infos, "claimable": str(total)},
+        rows,
+        ("NODE", "EPOCH", "STATUS", "REWARD (QNC)"),
+    )
+
+
+def credited_by(client: Client, node_id: str, height: int, timeout: float) -> int:
+    """The amount the claim committed at ``height`` paid: the node's last claim, once the
+    node's state shows that block (its transaction index may be a moment ahead)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        claim = client.node(node_id)["last_claim"]
+        if claim is not None and claim["height"] == height:
+            return int(claim["amount"])
+        if time.monotonic() > deadline:
+            raise CliError(f"node {node_id} shows no claim at height {height}")
+        time.sleep(0.05)
+
+
+@rewards.command("claim")
+@click.option("--node", "node_id", required=True, metavar="ID", help="The node's id.")
+@click.option("--owner", required=True, metavar="WALLET", help="The wallet that owns it.")
+@click.option("--fee", default=DEFAULT_FEE_QNC, show_default=True, metavar="QNC")
+@wait_options
+@pass_settings
+def rewards_claim(
+    settings: Settings, node_id: str, owner: str, fee: str, no_wait: bool, timeout: float
+) -> None:
+    """Credit wallet --owner with the node's unclaimed rewards of closed epochs."""
+    node_id = _node_id(node_id)
+    fee_units = parse_qnc(fee)
+    key = settings.keystore.load(owner, wallet_password())
+    owner_address = crypto.encode_address(key.address)
+    client = settings.client()
+    info = client.node(node_id)
+    if info["owner"] != owner_address:
+        raise CliError(f"node {node_id} is owned by {info['owner']}, not {owner}")
+    account = spendable(client, owner, owner_address, fee_units, "claim's fee")
+    chain_id = client.status()["chain_id"]
+    node_key = crypto.decode_node_id(node_id)
+    tx = make_claim(key, chain_id, account["next_nonce"], fee_units, node_key)
+    result = submit_and_wait(client, tx, not no_wait, timeout)
+    result.update({"node_id": node_id, "owner": owner_address, "fee": str(fee_units)})
+    rows = [*tx_rows(result), ("node id", node_id), ("owner", owner_address)]
+    if result["status"] == "committed":
+        credited = credited_by(client, node_id, result["height"], timeout)
+        result["credited"] = str(credited)
+        rows.append(("credited", f"{format_qnc(credited)} QNC"))
+    rows.append(("fee", f"{format_qnc(fee_units)} QNC"))
+    settings.emit(result, rows)

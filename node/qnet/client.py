@@ -9,6 +9,7 @@ problems), so the CLI can print one line and exit non-zero.
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from .tx import Transaction
@@ -76,6 +77,17 @@ class Client:
 
     def account(self, address: str) -> dict:
         return self.request("GET", f"/api/v1/accounts/{address}")
+
+    def node(self, node_id: str) -> dict:
+        return self.request("GET", f"/api/v1/nodes/{node_id}")
+
+    def node_stats(self, **filters: str | None) -> dict:
+        """``type``, ``region`` and ``owner`` filters; None leaves one out."""
+        query = urllib.parse.urlencode({k: v for k, v in filters.items() if v is not None})
+        return self.request("GET", "/api/v1/nodes" + (f"?{query}" if query else ""))
+
+    def epoch(self) -> dict:
+        return self.request("GET", "/api/v1/epochs/current")
 
     def submit(self, tx: Transaction) -> dict:
         return self.request("POST", "/api/v1/transactions", tx.to_json())

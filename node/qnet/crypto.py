@@ -27,6 +27,13 @@ def digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=32).digest()
 
 
+def tagged(tag: int, chain_id: str, payload: bytes) -> bytes:
+    """A message to sign: tag byte, chain id, payload. Tags are 0x20 and up, so no tagged
+    message is ever a transaction body (those start with the version byte, 1)."""
+    cid = chain_id.encode()
+    return bytes((tag, len(cid))) + cid + payload
+
+
 def address_bytes(public_key: bytes) -> bytes:
     return hashlib.blake2b(public_key, digest_size=ADDRESS_LEN).digest()
 

@@ -16,6 +16,13 @@ class Rejected(Exception):
         "mempool_full",
         "sender_limit",
         "expired",
+        "activation_fee",
+        "already_active",
+        "unknown_node",
+        "wrong_epoch",
+        "heartbeat_done",
+        "not_owner",
+        "nothing_to_claim",
     )
 
     def __init__(self, code: str, message: str):

@@ -5,9 +5,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import crypto
-from .amounts import MAX_SUPPLY
+from .amounts import MAX_AMOUNT, MAX_SUPPLY, UNITS_PER_QNC
 
 REGIONS = ("na", "sa", "eu", "af", "ap", "me", "oc")
+NODE_TYPES = ("super", "full", "light")
 
 
 class GenesisError(ValueError):
@@ -16,9 +17,20 @@ class GenesisError(ValueError):
 
 @dataclass(frozen=True)
 class Params:
+    """Chain parameters; amounts in base units. Epochs are cut by block time (see ledger)."""
+
     block_interval_ms: int = 200  # minimum time between blocks
     max_block_txs: int = 20_000
-    min_fee: int = 1_000  # base units
+    min_fee: int = 1_000
+    epoch_ms: int = 3_600_000
+    epoch_emission: int = 1_000 * UNITS_PER_QNC  # minted per epoch, shared by eligible nodes
+    super_fee_percent: int = 70  # of an epoch's fees to super nodes; the rest to full nodes
+    activation_fee_super: int = 10_000 * UNITS_PER_QNC  # burned by the activate transaction
+    activation_fee_full: int = 1_000 * UNITS_PER_QNC
+    activation_fee_light: int = 100 * UNITS_PER_QNC
+
+    def activation_fee(self, node_type: str) -> int:
+        return getattr(self, f"activation_fee_{node_type}")
 
 
 @dataclass(frozen=True)
@@ -120,8 +132,15 @@ class Genesis:
         if self.total_supply > MAX_SUPPLY:
             raise GenesisError(f"total supply exceeds {MAX_SUPPLY} base units")
         p = self.params
-        if p.block_interval_ms < 0 or p.max_block_txs <= 0 or p.min_fee < 0:
+        if not all(type(value) is int for value in asdict(p).values()):
+            raise GenesisError("params must be integers")
+        if p.block_interval_ms < 0 or p.max_block_txs <= 0 or p.min_fee < 0 or p.epoch_ms <= 0:
             raise GenesisError("params out of range")
+        fees = [p.activation_fee(t) for t in NODE_TYPES]
+        if not all(0 <= units <= MAX_AMOUNT for units in [p.min_fee, p.epoch_emission, *fees]):
+            raise GenesisError("fees and emission must fit an unsigned 64-bit integer")
+        if not 0 <= p.super_fee_percent <= 100:
+            raise GenesisError("super_fee_percent must be 0..100")
 
 
 def make_genesis(

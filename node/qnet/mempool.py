@@ -3,9 +3,10 @@
 Each shard holds, per sender, a run of transactions with consecutive nonces starting at the
 sender's next nonce on chain, so every queued transaction can execute in order. A shard has
 a capacity; when it is full, a transaction with a higher fee evicts the lowest-fee tail of
-another sender in the shard. Entries expire after a time to live. Signatures are checked
-before admission (once per node, see ``Node``); the mempool checks nonce order, fees and
-that the sender can pay for everything it has queued.
+another sender in the shard; heartbeats rank above every fee (``Transaction.priority``).
+Entries expire after a time to live. Signatures are checked before admission (once per node,
+see ``Node``); the mempool checks nonce order, fees and that the sender can pay for
+everything it has queued.
 """
 
 import heapq
@@ -125,11 +126,11 @@ class Mempool:
         return [old]
 
     def _make_room(self, shard: Shard, tx: Transaction) -> list[Entry]:
-        victim_sender, victim_fee = None, tx.fee
+        victim_sender, victim_rank = None, tx.priority
         for sender, queue in shard.senders.items():
-            tail_fee = queue.entries[-1].tx.fee
-            if sender != tx.sender and tail_fee < victim_fee:
-                victim_sender, victim_fee = sender, tail_fee
+            tail_rank = queue.entries[-1].tx.priority
+            if sender != tx.sender and tail_rank < victim_rank:
+                victim_sender, victim_rank = sender, tail_rank
         if victim_sender is None:
             raise Rejected(
                 "mempool_full",
@@ -149,12 +150,13 @@ class Mempool:
             del shard.senders[sender]
 
     def select(self, max_txs: int) -> list[Transaction]:
-        """Executable transactions for the next block, highest fee first, nonce order kept."""
+        """Executable transactions for the next block, highest priority (fee, heartbeats
+        first) first, nonce order kept."""
         heads = []
         for shard in self.shards:
             for queue in shard.senders.values():
                 first = queue.entries[0]
-                heads.append((-first.tx.fee, first.seq, 0, queue))
+                heads.append((-first.tx.priority, first.seq, 0, queue))
         heapq.heapify(heads)
         chosen: list[Transaction] = []
         while heads and len(chosen) < max_txs:
@@ -162,7 +164,7 @@ class Mempool:
             chosen.append(queue.entries[index].tx)
             if index + 1 < len(queue.entries):
                 nxt = queue.entries[index + 1]
-                heapq.heappush(heads, (-nxt.tx.fee, nxt.seq, index + 1, queue))
+                heapq.heappush(heads, (-nxt.tx.priority, nxt.seq, index + 1, queue))
         return chosen
 
     def on_committed(self, senders: set[bytes], nonce_of) -> list[Entry]:

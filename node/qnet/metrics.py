@@ -97,6 +97,32 @@ class Metrics:
         self.sync_lag = Gauge(
             "qnet_sync_lag_blocks", "Blocks the best known peer is ahead of this node", registry=r
         )
+        self.epoch = Gauge("qnet_epoch", "Epoch of the last committed block", registry=r)
+        self.eligible_nodes = Gauge(
+            "qnet_epoch_eligible_nodes",
+            "Nodes whose heartbeat for the current epoch is on chain, by type",
+            ["type"],
+            registry=r,
+        )
+        self.nodes_activated = Gauge(
+            "qnet_nodes_activated",
+            "Activated nodes, by type and region",
+            ["type", "region"],
+            registry=r,
+        )
+        self.supply = Gauge(
+            "qnet_supply_units",
+            "Supply counters in base units (emitted: rewards minted; unclaimed: recorded, "
+            "not yet claimed)",
+            ["counter"],
+            registry=r,
+        )
+        self.heartbeats = Counter(
+            "qnet_heartbeats_committed", "Heartbeats in committed blocks", registry=r
+        )
+        self.rewards_claimed = Counter(
+            "qnet_rewards_claimed_units", "Rewards paid to owners by claims", registry=r
+        )
         for outcome in ("sent", "received", "invalid"):
             self.proposals.labels(outcome)
         for reason in Rejected.CODES:  # export zeroes so alerts see every reason from start

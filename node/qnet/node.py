@@ -9,20 +9,21 @@ import asyncio
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import __version__, crypto, ledger
+from .amounts import format_qnc
 from .block import Block, BlockError, CommitCertificate, Header, precommit_message, tx_root
 from .config import NodeConfig
 from .errors import Rejected
-from .genesis import Genesis
+from .genesis import NODE_TYPES, REGIONS, Genesis
 from .mempool import Mempool
 from .metrics import Metrics
 from .storage import Storage, StorageError
-from .tx import DecodeError, Transaction, decode
+from .tx import KIND_ACTIVATE, DecodeError, Transaction, decode, make_heartbeat
 
 log = logging.getLogger("qnet.node")
 
@@ -55,11 +56,10 @@ class Node:
         self.key = key
         self.chain_id = genesis.chain_id
         self.params = genesis.params
+        self.rules = ledger.Rules.from_genesis(genesis)
         self.metrics = Metrics()
         self.storage = Storage(config.db_path)
-        self.storage.initialise(
-            self.chain_id, genesis.hash, ledger.State.from_genesis(genesis.account_balances())
-        )
+        self.storage.initialise(self.chain_id, genesis.hash, ledger.genesis_state(genesis))
         self.state = self.storage.load_state()
         self.mempool = Mempool(
             config.mempool_shards,
@@ -93,6 +93,7 @@ class Node:
             }
         )
         m.height.set(self.state.height)
+        self._update_ledger_gauges()
         self._check_head()
 
     def _check_head(self) -> None:
@@ -124,17 +125,22 @@ class Node:
                 self.rejected.popitem(last=False)
         return exc
 
-    def _precheck(self, tx: Transaction) -> None:
+    def epoch_now(self) -> int:
+        """The epoch the next block will be in, by this node's clock."""
+        return max(self.state.epoch, self.rules.epoch_of(int(time.time() * 1000)))
+
+    def _precheck(self, tx: Transaction, view: ledger.Overlay) -> None:
+        """Refuse early what cannot pass in the next block (``view``; the block path checks
+        again): chain, duplicates, fee and the rules of the kind, such as one heartbeat per
+        node and epoch, so free heartbeats cannot flood the mempool."""
         if tx.chain_id != self.chain_id:
             raise Rejected(
                 "wrong_chain", f"transaction is for chain {tx.chain_id!r}, not {self.chain_id!r}"
             )
         if tx.id in self.mempool:
             raise Rejected("duplicate", "transaction is already pending")
-        if tx.fee < self.params.min_fee:
-            raise Rejected(
-                "fee_too_low", f"fee {tx.fee} is below the minimum {self.params.min_fee}"
-            )
+        ledger.check_fee(tx, self.rules)
+        ledger.check_kind(view, tx, self.rules)
 
     async def _verify(self, txs: list[Transaction]) -> list[bool]:
         """Verify signatures on the thread pool; PyNaCl releases the GIL, so they overlap."""
@@ -157,12 +163,13 @@ class Node:
         """Admit decoded transactions in order; returns None or the refusal for each."""
         outcome: list[Rejected | None] = [None] * len(txs)
         to_verify: list[tuple[int, Transaction]] = []
+        view = ledger.begin_block(self.state, self.rules, self.epoch_now())
         for i, tx in enumerate(txs):
             if isinstance(tx, DecodeError):
                 outcome[i] = self.refuse(None, Rejected("malformed", str(tx)))
                 continue
             try:
-                self._precheck(tx)
+                self._precheck(tx, view)
             except Rejected as exc:
                 outcome[i] = self.refuse(tx, exc)
             else:
@@ -173,10 +180,7 @@ class Node:
         for (i, tx), ok in zip(to_verify, verified, strict=True):
             try:
                 if not ok:
-                    raise Rejected(
-                        "bad_signature",
-                        "signature does not verify for the transaction's public key",
-                    )
+                    raise Rejected("bad_signature", _bad_signature_message(tx))
                 for gone in self.mempool.admit(tx, self.state.account(tx.sender), now):
                     self.refuse(
                         gone.tx, Rejected("mempool_full", "evicted by a higher-fee transaction")
@@ -216,17 +220,16 @@ class Node:
     def build_block(self, time_ms: int) -> tuple[Block, ledger.Diff]:
         """Select from the mempool, apply to an overlay, sign the header. Changes nothing."""
         started = time.perf_counter()
+        time_ms = max(time_ms, self.state.block_time_ms + 1)
         candidates = self.mempool.select(self.params.max_block_txs)
-        diff, included, refused = ledger.apply_transactions(
-            self.state, candidates, self.chain_id, self.params.min_fee
-        )
+        diff, included, refused = ledger.apply_block(self.state, candidates, self.rules, time_ms)
         for tx, exc in refused:  # a sender whose head cannot run blocks its whole queue
             for entry in self.mempool.drop_sender(tx.sender):
                 self.refuse(entry.tx, exc)
         header = Header(
             chain_id=self.chain_id,
             height=self.state.height + 1,
-            time_ms=max(time_ms, self.state.block_time_ms + 1),
+            time_ms=time_ms,
             parent=self.state.block_hash,
             tx_root=tx_root([t.id for t in included]),
             tx_count=len(included),
@@ -248,7 +251,7 @@ class Node:
         if not all(await self._verify(unknown)):
             raise InvalidBlock(f"block {block.header.height} holds a badly signed transaction")
         known.update(t.id for t in unknown)
-        return check_block(self.state, block, self.chain_id, self.params.min_fee, known)
+        return check_block(self.state, block, self.rules, known)
 
     async def apply_certified(self, block: Block, cert: CommitCertificate) -> None:
         """Sync: verify a committed block's certificate and contents, then commit it."""
@@ -289,9 +292,43 @@ class Node:
         m.blocks.inc()
         m.committed.inc(len(block.txs))
         m.block_txs.observe(len(block.txs))
+        m.heartbeats.inc(len(diff.heartbeats))
+        m.rewards_claimed.inc(
+            sum(r.last_claim_amount for r in diff.nodes.values() if r.last_claim_height == h.height)
+        )
         self._update_mempool_gauges()
+        self._update_ledger_gauges()
         self.committed_event.set()
         self.committed_event = asyncio.Event()
+
+    def _update_ledger_gauges(self) -> None:
+        m, s = self.metrics, self.state
+        m.epoch.set(s.epoch)
+        for node_type, eligible in zip(NODE_TYPES, s.epoch_record(s.epoch).eligible, strict=True):
+            m.eligible_nodes.labels(node_type).set(eligible)
+        for (node_type, region), count in s.node_counts.items():
+            m.nodes_activated.labels(node_type, region).set(count)
+        for name in ("emitted", "burned", "fee_pool", "unclaimed"):
+            m.supply.labels(name).set(getattr(s.supply, name))
+
+    # ---- heartbeats: the network driver sends one per epoch -----------------------------
+    def heartbeat_due(self) -> int | None:
+        """The epoch this node should send its heartbeat for now; None when it is not
+        activated, its heartbeat for that epoch is on chain, or one is pending here."""
+        record = self.state.node(self.key.public_key)
+        epoch = self.epoch_now()
+        if record is None or record.last_heartbeat == epoch:
+            return None
+        if self.mempool.pending_count(self.key.address):
+            return None
+        return epoch
+
+    def heartbeat_tx(self, epoch: int) -> Transaction:
+        """This node's heartbeat for ``epoch``, signed with its key, with the next nonce of
+        the node key's account (committed plus pending here)."""
+        address = self.key.address
+        nonce = self.state.account(address)[1] + self.mempool.pending_count(address)
+        return make_heartbeat(self.key, self.chain_id, nonce, epoch)
 
     # ---- queries -----------------------------------------------------------------------
     def tx_status(self, tx_id: bytes) -> dict | None:
@@ -310,6 +347,101 @@ class Node:
             }
         return None
 
+    def node_info(self, node_key: bytes) -> dict | None:
+        """A registered node and its unclaimed eligible epochs (the open one has no reward
+        yet); ``unclaimed`` is what a claim pays now, the sum of the closed ones."""
+        s = self.state
+        record = s.node(node_key)
+        if record is None:
+            return None
+        epochs = []
+        for epoch in self.storage.heartbeat_epochs(node_key, record.claimed_before):
+            closed = epoch < s.epoch
+            entry = s.epoch_record(epoch)
+            epochs.append(
+                {
+                    "epoch": epoch,
+                    "closed": closed,
+                    "eligible": dict(zip(NODE_TYPES, entry.eligible, strict=True)),
+                    "reward": str(entry.reward_of(record.node_type)) if closed else None,
+                }
+            )
+        unclaimed = ledger.claimable(s, record)
+        last_claim = {"height": record.last_claim_height, "amount": str(record.last_claim_amount)}
+        return {
+            "node_id": crypto.encode_node_id(node_key),
+            "node_type": record.node_type,
+            "region": record.region,
+            "owner": crypto.encode_address(record.owner),
+            "activated_at": record.activated_at,
+            "last_heartbeat_epoch": record.last_heartbeat,
+            "unclaimed": str(unclaimed),
+            "unclaimed_qnc": format_qnc(unclaimed),
+            "epochs": epochs,
+            "last_claim": last_claim if record.last_claim_height else None,
+        }
+
+    def epoch_info(self) -> dict:
+        """The epoch the next block will be in, and the rewards of the last closed one."""
+        s, p = self.state, self.params
+        epoch = self.epoch_now()
+        start = self.rules.epoch_start_ms(epoch)
+        last = s.last_closed_epoch()
+        closed = None
+        if last is not None:
+            entry = s.epoch_record(last)
+            closed = {
+                "epoch": last,
+                "eligible": dict(zip(NODE_TYPES, entry.eligible, strict=True)),
+                "reward": {t: str(r) for t, r in zip(NODE_TYPES, entry.reward, strict=True)},
+            }
+        eligible = s.epoch_record(epoch).eligible
+        return {
+            "epoch": epoch,
+            "chain_epoch": s.epoch,
+            "start_ms": start,
+            "end_ms": start + p.epoch_ms,
+            "time_left_ms": max(0, start + p.epoch_ms - int(time.time() * 1000)),
+            "eligible": dict(zip(NODE_TYPES, eligible, strict=True)),
+            "emission": str(p.epoch_emission),
+            "carried_emission": str(s.clock.carried_emission),
+            "fee_pool": str(s.supply.fee_pool),
+            "super_fee_percent": p.super_fee_percent,
+            "activation_fees": {t: str(p.activation_fee(t)) for t in NODE_TYPES},
+            "last_closed": closed,
+        }
+
+    def node_stats(
+        self, node_type: str | None = None, region: str | None = None, owner: bytes | None = None
+    ) -> dict:
+        """Activated nodes by type and region, among those matching the filters given; with
+        ``owner``, also their ids."""
+        s = self.state
+        if owner is None:
+            counts = s.node_counts
+        else:
+            owned = [(k, s.nodes[k]) for k in s.owned.get(owner, [])]
+            counts = Counter((r.node_type, r.region) for _, r in owned)
+        matching = {
+            (t, r): n
+            for (t, r), n in counts.items()
+            if node_type in (None, t) and region in (None, r)
+        }
+        by_type, by_region = Counter(), Counter()
+        for (t, r), n in matching.items():
+            by_type[t] += n
+            by_region[r] += n
+        stats = {
+            "total": sum(matching.values()),
+            "by_type": {t: by_type[t] for t in NODE_TYPES},
+            "by_region": {r: by_region[r] for r in REGIONS},
+        }
+        if owner is not None:
+            stats["node_ids"] = [
+                crypto.encode_node_id(k) for k, r in owned if (r.node_type, r.region) in matching
+            ]
+        return stats
+
     def status(self) -> dict:
         s = self.state
         return {
@@ -327,6 +459,12 @@ class Node:
             "uptime_s": round(time.time() - self.started_at, 3),
             **self.network_status(),
         }
+
+
+def _bad_signature_message(tx: Transaction) -> str:
+    if tx.kind == KIND_ACTIVATE:
+        return "the owner's signature or the node key's proof does not verify"
+    return "signature does not verify for the transaction's public key"
 
 
 def _verify_chunk(txs: list[Transaction]) -> list[bool]:
@@ -351,8 +489,7 @@ def check_certificate(
 def check_block(
     state: ledger.State,
     block: Block,
-    chain_id: str,
-    min_fee: int,
+    rules: ledger.Rules,
     verified: set[bytes] | frozenset = frozenset(),
 ) -> ledger.Diff:
     """Every rule a block must pass on top of ``state``; returns its diff, changes nothing.
@@ -361,7 +498,7 @@ def check_block(
     node); the others are checked here.
     """
     h = block.header
-    if h.chain_id != chain_id:
+    if h.chain_id != rules.chain_id:
         raise InvalidBlock(f"block {h.height} is for chain {h.chain_id!r}")
     if h.height != state.height + 1 or h.parent != state.block_hash:
         raise InvalidBlock(f"block {h.height} does not extend block {state.height}")
@@ -373,7 +510,7 @@ def check_block(
         raise InvalidBlock(str(exc)) from None
     if not all(t.verify_signature() for t in block.txs if t.id not in verified):
         raise InvalidBlock(f"block {h.height} holds a badly signed transaction")
-    diff, _included, refused = ledger.apply_transactions(state, list(block.txs), chain_id, min_fee)
+    diff, _included, refused = ledger.apply_block(state, list(block.txs), rules, h.time_ms)
     if refused:
         raise InvalidBlock(f"block {h.height}: {refused[0][1].message}")
     if diff.digest != h.state_digest:
@@ -386,12 +523,13 @@ def check_block(
 
 def replay(storage: Storage, genesis: Genesis) -> ledger.State:
     """Re-apply every stored block from genesis, checking certificates and state digests."""
-    state = ledger.State.from_genesis(genesis.account_balances())
+    state = ledger.genesis_state(genesis)
+    rules = ledger.Rules.from_genesis(genesis)
     powers = {v.public_key: v.power for v in genesis.validators}
     for block, cert in storage.iter_blocks():
         try:
             check_certificate(block, cert, genesis.chain_id, powers)
-            diff = check_block(state, block, genesis.chain_id, genesis.params.min_fee)
+            diff = check_block(state, block, rules)
         except InvalidBlock as exc:
             raise StateDivergence(f"stored chain does not replay: {exc}") from None
         state.merge(diff, block.header.height, block.hash, block.header.time_ms)

@@ -1,8 +1,9 @@
 """Durable chain storage in SQLite (WAL, synchronous=FULL).
 
 A committed block, its transaction index, its commit certificate and the state change it
-makes are written in one SQLite transaction: after a crash the database holds either all
-of a block or none of it, and restart resumes at the last committed block.
+makes (accounts, node and epoch records, counters) are written in one SQLite transaction:
+after a crash the database holds either all of a block or none of it, and restart resumes
+at the last committed block.
 """
 
 import json
@@ -12,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .block import Block, CommitCertificate, Header
-from .ledger import EMPTY, Diff, State, Supply
+from .ledger import EMPTY, Diff, EpochClock, EpochRecord, NodeRecord, State, Supply
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -23,6 +24,12 @@ CREATE TABLE IF NOT EXISTS tx_index (
     id BLOB PRIMARY KEY, height INTEGER NOT NULL, idx INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS accounts (
     address BLOB PRIMARY KEY, balance INTEGER NOT NULL, nonce INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nodes (node_key BLOB PRIMARY KEY, record BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS epochs (epoch INTEGER PRIMARY KEY, record BLOB NOT NULL);
+-- Which epochs each node was eligible in: an index for the API, like tx_index, derived from
+-- the blocks; the ledger itself needs only the node and epoch records.
+CREATE TABLE IF NOT EXISTS heartbeats (
+    node_key BLOB NOT NULL, epoch INTEGER NOT NULL, PRIMARY KEY (node_key, epoch)) WITHOUT ROWID;
 """
 
 
@@ -72,6 +79,7 @@ class Storage:
                 "INSERT INTO accounts VALUES (?,?,?)",
                 [(a, b, n) for a, (b, n) in state.accounts.items()],
             )
+            self._put_records(cur, state.nodes, state.epochs)
             self._put_meta(cur, {"chain_id": chain_id, "genesis_hash": genesis_hash.hex()})
             self._put_head(
                 cur,
@@ -79,6 +87,7 @@ class Storage:
                 state.block_hash,
                 state.block_time_ms,
                 state.supply,
+                state.clock,
                 state.accumulator,
             )
 
@@ -87,16 +96,26 @@ class Storage:
             a: (b, n)
             for a, b, n in self._writer.execute("SELECT address, balance, nonce FROM accounts")
         }
-        supply = Supply(**json.loads(self.get_meta("supply")))
+        nodes = {
+            k: NodeRecord.decode(r)
+            for k, r in self._writer.execute("SELECT node_key, record FROM nodes")
+        }
+        epochs = {
+            e: EpochRecord.decode(r)
+            for e, r in self._writer.execute("SELECT epoch, record FROM epochs")
+        }
         state = State(
             accounts,
-            supply,
+            Supply(**json.loads(self.get_meta("supply"))),
             int(self.get_meta("height")),
             bytes.fromhex(self.get_meta("block_hash")),
             int(self.get_meta("block_time_ms")),
+            nodes,
+            epochs,
+            EpochClock(**json.loads(self.get_meta("clock"))),
         )
         if state.accumulator != int(self.get_meta("accumulator")):
-            raise StorageError("stored accounts do not match the stored state accumulator")
+            raise StorageError("stored state entries do not match the stored accumulator")
         return state
 
     # ---- commit ------------------------------------------------------------------------
@@ -117,9 +136,24 @@ class Storage:
                 "INSERT OR REPLACE INTO accounts VALUES (?,?,?)",
                 [(a, b, n) for a, (b, n) in diff.accounts.items() if (b, n) != EMPTY],
             )
-            self._put_head(cur, h.height, block.hash, h.time_ms, diff.supply, diff.accumulator)
+            self._put_records(cur, diff.nodes, diff.epochs)
+            cur.executemany("INSERT INTO heartbeats VALUES (?,?)", diff.heartbeats)
+            self._put_head(
+                cur, h.height, block.hash, h.time_ms, diff.supply, diff.clock, diff.accumulator
+            )
 
-    def _put_head(self, cur, height, block_hash, time_ms, supply, accumulator) -> None:
+    @staticmethod
+    def _put_records(cur, nodes: dict[bytes, NodeRecord], epochs: dict[int, EpochRecord]) -> None:
+        cur.executemany(
+            "INSERT OR REPLACE INTO nodes VALUES (?,?)",
+            [(k, r.encode()) for k, r in nodes.items()],
+        )
+        cur.executemany(
+            "INSERT OR REPLACE INTO epochs VALUES (?,?)",
+            [(e, r.encode()) for e, r in epochs.items()],
+        )
+
+    def _put_head(self, cur, height, block_hash, time_ms, supply, clock, accumulator) -> None:
         self._put_meta(
             cur,
             {
@@ -127,6 +161,7 @@ class Storage:
                 "block_hash": block_hash.hex(),
                 "block_time_ms": str(time_ms),
                 "supply": json.dumps(asdict(supply)),
+                "clock": json.dumps(asdict(clock)),
                 "accumulator": str(accumulator),
             },
         )
@@ -175,6 +210,14 @@ class Storage:
             "SELECT header FROM blocks WHERE height BETWEEN ? AND ? ORDER BY height", (first, last)
         )
         return [Header.decode(r[0]) for r in rows]
+
+    def heartbeat_epochs(self, node_key: bytes, first: int) -> list[int]:
+        """Epochs from ``first`` on in which the node's heartbeat is on chain, ascending."""
+        rows = self._read(
+            "SELECT epoch FROM heartbeats WHERE node_key=? AND epoch>=? ORDER BY epoch",
+            (node_key, first),
+        )
+        return [r[0] for r in rows]
 
     def tx_location(self, tx_id: bytes) -> tuple[int, int] | None:
         rows = self._read("SELECT height, idx FROM tx_index WHERE id=?", (tx_id,))

@@ -362,10 +362,15 @@ def api(tmp_path_factory):
     node = LocalNode.single(
         tmp_path_factory.mktemp("contract"),
         {w.address: FUNDS for w in wallets},
-        Params(block_interval_ms=2500),
+        Params(block_interval_ms=2500, epoch_ms=10**12),  # no epoch ends during the module
         {"mempool_shards": 1, "mempool_capacity": 1, **NO_EMPTY_BLOCKS},
     )
     node.start()
+    # The validator's own heartbeat for the epoch takes the one slot first: let it commit.
+    deadline = time.monotonic() + 20
+    while node.get(f"/api/v1/nodes/{node.key.node_id}")[1]["last_heartbeat_epoch"] is None:
+        assert time.monotonic() < deadline, "the validator's heartbeat never committed"
+        time.sleep(0.1)
     yield Api(node, wallets)
     node.stop()
 
@@ -438,6 +443,103 @@ def test_request_schema_describes_what_the_node_accepts(exercise):
     ):
         assert list(check.iter_errors(bad)), bad
         assert exercise.submit(bad).status == 400, bad
+
+
+def test_request_schema_covers_every_kind(exercise):
+    check = schema_validator("/components/schemas/TransactionIn")
+    owner, node = exercise.wallets[0], crypto.KeyPair.generate()
+    proof = tx.prove_node(node, CHAIN_ID, owner.address)
+    activate = tx.make_activate(owner, CHAIN_ID, 0, FEE, node.public_key, "full", "eu", 5, proof)
+    heartbeat = tx.make_heartbeat(node, CHAIN_ID, 0, 7)
+    claim = tx.make_claim(owner, CHAIN_ID, 0, FEE, node.public_key)
+    for t in (activate, heartbeat, claim):
+        assert list(check.iter_errors(t.to_json())) == [], t.to_json()
+    for bad in (
+        {**heartbeat.to_json(), "fee": "1000"},
+        {**heartbeat.to_json(), "epoch": "7"},
+        {**claim.to_json(), "to": crypto.encode_address(owner.address)},
+        {**activate.to_json(), "node_type": "mega"},
+        {**activate.to_json(), "region": "xx"},
+        {k: v for k, v in activate.to_json().items() if k != "node_proof"},
+        {**claim.to_json(), "node_id": crypto.encode_address(owner.address)},
+    ):
+        assert list(check.iter_errors(bad)), bad
+        assert exercise.submit(bad).status == 400, bad
+
+
+def _next_nonce(api: Api, key: crypto.KeyPair) -> int:
+    return api.call("GET", f"/api/v1/accounts/{crypto.encode_address(key.address)}").body[
+        "next_nonce"
+    ]
+
+
+def _refusal(answer: Answer) -> tuple[int, str]:
+    return answer.status, answer.body["error"]["code"]
+
+
+def test_op_nodes_and_epochs(exercise):
+    """Activate a light node, send its heartbeat, read it back; refusals of each kind."""
+    api = exercise
+    api.settle()
+    owner, stranger, node = api.wallets[0], api.wallets[1], crypto.KeyPair.generate()
+    epoch = api.call("GET", "/api/v1/epochs/current").body
+    assert epoch["epoch"] == epoch["chain_epoch"] and epoch["last_closed"] is None
+    burn = int(epoch["activation_fees"]["light"])
+
+    def activation(proof: bytes, nonce: int) -> tx.Transaction:
+        return tx.make_activate(
+            owner, CHAIN_ID, nonce, FEE, node.public_key, "light", "ap", burn, proof
+        )
+
+    forged = activation(tx.prove_node(stranger, CHAIN_ID, owner.address), _next_nonce(api, owner))
+    assert _refusal(api.submit(forged.to_json())) == (422, "bad_signature")
+    proof = tx.prove_node(node, CHAIN_ID, owner.address)
+    activate = activation(proof, _next_nonce(api, owner))
+    assert api.submit(activate.to_json()).status == 202
+    api.wait(activate.id)
+    again = activation(proof, _next_nonce(api, owner))
+    assert _refusal(api.submit(again.to_json())) == (422, "already_active")
+
+    heartbeat = tx.make_heartbeat(node, CHAIN_ID, 0, epoch["epoch"])
+    late = tx.make_heartbeat(node, CHAIN_ID, 0, epoch["epoch"] - 1)
+    assert _refusal(api.submit(late.to_json())) == (422, "wrong_epoch")
+    assert api.submit(heartbeat.to_json()).status == 202
+    api.wait(heartbeat.id)
+    twice = tx.make_heartbeat(node, CHAIN_ID, 1, epoch["epoch"])
+    assert _refusal(api.submit(twice.to_json())) == (422, "heartbeat_done")
+    outsider = tx.make_heartbeat(stranger, CHAIN_ID, _next_nonce(api, stranger), epoch["epoch"])
+    assert _refusal(api.submit(outsider.to_json())) == (422, "unknown_node")
+    claim = tx.make_claim(owner, CHAIN_ID, _next_nonce(api, owner), FEE, node.public_key)
+    assert _refusal(api.submit(claim.to_json())) == (422, "nothing_to_claim")
+    theft = tx.make_claim(stranger, CHAIN_ID, _next_nonce(api, stranger), FEE, node.public_key)
+    assert _refusal(api.submit(theft.to_json())) == (422, "not_owner")
+
+    got = api.call("GET", f"/api/v1/nodes/{node.node_id}").body
+    assert (got["node_type"], got["region"], got["unclaimed"]) == ("light", "ap", "0")
+    assert got["owner"] == crypto.encode_address(owner.address)
+    assert got["last_heartbeat_epoch"] == epoch["epoch"]
+    assert [(e["epoch"], e["closed"], e["reward"]) for e in got["epochs"]] == [
+        (epoch["epoch"], False, None)
+    ]
+    assert api.call("GET", f"/api/v1/nodes/{node.node_id.upper()}").status == 200
+    assert api.call("GET", f"/api/v1/nodes/{stranger.node_id}").status == 404
+    assert api.call("GET", "/api/v1/nodes/qnode1xyz").status == 400
+    assert api.call("GET", f"/api/v1/nodes/{crypto.encode_address(owner.address)}").status == 400
+    now = api.call("GET", "/api/v1/epochs/current").body
+    assert now["eligible"]["light"] == 1
+
+    everyone = api.call("GET", "/api/v1/nodes").body
+    assert (everyone["total"], everyone["by_type"]["super"]) == (2, 1)
+    assert "node_ids" not in everyone
+    light_ap = api.call("GET", "/api/v1/nodes?type=light&region=ap").body
+    assert light_ap["total"] == light_ap["by_region"]["ap"] == 1
+    assert light_ap["by_region"]["eu"] == 0
+    mine = api.call("GET", f"/api/v1/nodes?owner={crypto.encode_address(owner.address)}").body
+    assert mine["node_ids"] == [node.node_id]
+    assert api.call("GET", "/api/v1/nodes?type=mega").status == 400
+    assert api.call("GET", "/api/v1/nodes?region=moon").status == 400
+    assert api.call("GET", "/api/v1/nodes?owner=qnc1nope").status == 400
+    assert api.call("POST", "/api/v1/epochs/current", b"{}", "application/json").status == 405
 
 
 def test_op_submit_batch(exercise):

@@ -182,10 +182,10 @@ CASES: dict[str, tuple[Callable[[Chain], Request], int, str, str]] = {
         r"from is not the address of public_key",
     ),
     "unknown_kind": (
-        lambda c: post_json(c.tx_json(kind="claim")),
+        lambda c: post_json(c.tx_json(kind="mint")),
         400,
         "malformed",
-        r"unknown transaction kind 'claim'",
+        r"unknown transaction kind 'mint'",
     ),
     "id_does_not_match": (
         lambda c: post_json(c.tx_json(id="00" * 32)),

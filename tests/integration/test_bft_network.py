@@ -209,3 +209,25 @@ def test_a_follower_gets_every_block_pushed(tmp_path, senders):
     finally:
         for n in (*nodes, follower):
             n.stop()
+
+
+def test_validators_send_a_heartbeat_every_epoch(tmp_path):
+    """Genesis validators are active from genesis; each proves liveness once per epoch."""
+    nodes = local_net(tmp_path, 2, {}, Params(block_interval_ms=100, epoch_ms=2_000), FAST)
+    for n in nodes:
+        n.start()
+    try:
+
+        def heartbeats() -> list[int | None]:
+            return [
+                nodes[0].get(f"/api/v1/nodes/{n.key.node_id}")[1]["last_heartbeat_epoch"]
+                for n in nodes
+            ]
+
+        wait_for(lambda: None not in heartbeats(), 20, "a heartbeat from each validator")
+        first = max(heartbeats())
+        wait_for(lambda: min(heartbeats()) > first, 20, "heartbeats of the next epoch")
+        assert nodes[0].get("/api/v1/epochs/current")[1]["epoch"] > first
+    finally:
+        for n in nodes:
+            n.stop()

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from qnet import crypto, ledger, tx
 from qnet.amounts import MAX_SUPPLY
+from qnet.genesis import Params
 from qnet.ledger import State, Supply
 
 CHAIN = "qnet-test"
@@ -16,6 +17,12 @@ MIN_FEE = 1_000
 KEYS = [crypto.KeyPair(bytes([i + 1]) * 32) for i in range(5)]
 FRESH = [bytes([0xA0 + i]) * 20 for i in range(2)]  # recipients nobody holds a key for
 RECIPIENTS = [k.address for k in KEYS] + FRESH
+RULES = ledger.Rules(CHAIN, Params(min_fee=MIN_FEE))
+
+
+def apply(state: State, txs: list[tx.Transaction]):
+    """``txs`` as the next block, in the epoch of the state's last block."""
+    return ledger.apply_block(state, txs, RULES, state.block_time_ms + 1)
 
 
 def transfer(key, nonce, amount, fee=MIN_FEE, to=FRESH[0], chain=CHAIN) -> tx.Transaction:
@@ -106,14 +113,14 @@ def test_blocks_follow_the_rules_and_conserve_supply(genesis_balances, data):
 
         before_accounts, before_digest = dict(state.accounts), state.digest
         before_supply = state.supply
-        diff, included, refused = ledger.apply_transactions(state, txs, CHAIN, MIN_FEE)
+        diff, included, refused = apply(state, txs)
         assert [t.id for t in included] == want_included
         assert [(t.id, exc.code) for t, exc in refused] == want_refused
         # Applying changes nothing until the diff is merged.
         assert state.accounts == before_accounts and state.digest == before_digest
 
         # A refused transaction changes nothing: the included ones alone give the same diff.
-        alone, again, none = ledger.apply_transactions(state, included, CHAIN, MIN_FEE)
+        alone, again, none = apply(state, included)
         assert none == [] and [t.id for t in again] == want_included
         assert (alone.accounts, alone.supply, alone.digest) == (
             diff.accounts,
@@ -168,7 +175,7 @@ def state() -> State:
 )
 def test_each_rule_refuses_and_changes_nothing(state, make, code):
     digest = state.digest
-    diff, included, refused = ledger.apply_transactions(state, [make()], CHAIN, MIN_FEE)
+    diff, included, refused = apply(state, [make()])
     assert included == [] and [exc.code for _, exc in refused] == [code]
     assert diff.accounts == {} and diff.digest == digest
 
@@ -176,21 +183,21 @@ def test_each_rule_refuses_and_changes_nothing(state, make, code):
 def test_a_used_nonce_is_stale(state):
     first = transfer(KEYS[0], 0, 10)
     again = transfer(KEYS[0], 0, 11)
-    _, included, refused = ledger.apply_transactions(state, [first, again], CHAIN, MIN_FEE)
+    _, included, refused = apply(state, [first, again])
     assert included == [first]
     assert [(t, exc.code) for t, exc in refused] == [(again, "stale_nonce")]
 
 
 def test_spending_the_whole_balance_is_allowed(state):
     t = transfer(KEYS[0], 0, 100_000 - MIN_FEE, to=KEYS[1].address)
-    diff, included, _ = ledger.apply_transactions(state, [t], CHAIN, MIN_FEE)
+    diff, included, _ = apply(state, [t])
     assert included == [t]
     assert diff.accounts[KEYS[0].address] == (0, 1)  # keeps its nonce, so it is not EMPTY
 
 
 def test_transfer_to_self_costs_only_the_fee(state):
     t = transfer(KEYS[0], 0, 60_000, to=KEYS[0].address)
-    diff, included, _ = ledger.apply_transactions(state, [t], CHAIN, MIN_FEE)
+    diff, included, _ = apply(state, [t])
     assert included == [t]
     assert diff.accounts == {KEYS[0].address: (100_000 - MIN_FEE, 1)}
     assert diff.supply.fee_pool == MIN_FEE
@@ -198,7 +205,7 @@ def test_transfer_to_self_costs_only_the_fee(state):
 
 def test_transfer_to_a_new_account_creates_it(state):
     t = transfer(KEYS[0], 0, 7, to=FRESH[1])
-    diff, _, _ = ledger.apply_transactions(state, [t], CHAIN, MIN_FEE)
+    diff, _, _ = apply(state, [t])
     state.merge(diff, 1, block_hash(1), 1)
     assert state.account(FRESH[1]) == (7, 0)
     assert ledger.supply_holds(state)
@@ -208,9 +215,9 @@ def test_funds_received_earlier_in_the_block_can_be_spent(state):
     a, c = KEYS[0], KEYS[2]
     fund = transfer(a, 0, 5_000, to=c.address)
     spend = transfer(c, 0, 4_000, to=FRESH[0])
-    _, included, refused = ledger.apply_transactions(state, [spend, fund], CHAIN, MIN_FEE)
+    _, included, refused = apply(state, [spend, fund])
     assert included == [fund] and refused[0][0] is spend  # order matters
-    diff, included, _ = ledger.apply_transactions(state, [fund, spend], CHAIN, MIN_FEE)
+    diff, included, _ = apply(state, [fund, spend])
     assert included == [fund, spend]
     assert diff.accounts[c.address] == (0, 1)
 
@@ -256,7 +263,7 @@ def test_digest_after_merges_equals_a_rebuilt_state():
             transfer(k, height - 1, 1_000 * (i + 1), to=RECIPIENTS[(i + height) % 7])
             for i, k in enumerate(KEYS)
         ]
-        diff, included, _ = ledger.apply_transactions(state, txs, CHAIN, MIN_FEE)
+        diff, included, _ = apply(state, txs)
         assert included == txs
         state.merge(diff, height, block_hash(height), height)
         rebuilt = State(dict(state.accounts), state.supply)

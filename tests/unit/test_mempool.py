@@ -7,11 +7,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from qnet import crypto, ledger, tx
 from qnet.errors import Rejected
+from qnet.genesis import Params
 from qnet.mempool import Mempool
 
 CHAIN = "qnet-test"
 MIN_FEE = 1_000
 RICH = (10**12, 0)
+RULES = ledger.Rules(CHAIN, Params(min_fee=MIN_FEE))
 
 
 def key_in_shard(shard: int, shards: int, skip: int = 0) -> crypto.KeyPair:
@@ -308,7 +310,7 @@ class MempoolMachine(RuleBasedStateMachine):
         chosen = self.pool.select(max_txs)
         assert len(chosen) == min(max_txs, len(self.pool))
         self.check_greedy_order(chosen)
-        diff, included, refused = ledger.apply_transactions(self.state, chosen, CHAIN, MIN_FEE)
+        diff, included, refused = ledger.apply_block(self.state, chosen, RULES, self.height + 1)
         assert refused == []  # whatever the mempool offers can run, in that order
         self.height += 1
         self.state.merge(diff, self.height, crypto.digest(b"%d" % self.height), self.height)

@@ -19,6 +19,7 @@ VALIDATOR = crypto.KeyPair(b"\x70" * 32)
 OUTSIDER = crypto.KeyPair(b"\x6f" * 32)
 WALLETS = [crypto.KeyPair(bytes([0x71 + i]) * 32) for i in range(3)]
 FRESH = b"\xee" * 20
+RULES = ledger.Rules(CHAIN, Params(min_fee=MIN_FEE))
 
 
 def make_genesis(chain_id: str = CHAIN, balances: dict[bytes, int] | None = None):
@@ -33,14 +34,20 @@ def make_genesis(chain_id: str = CHAIN, balances: dict[bytes, int] | None = None
 
 
 def build_block(
-    state: ledger.State, txs: list[tx.Transaction], signer=VALIDATOR, **header_changes
+    state: ledger.State,
+    txs: list[tx.Transaction],
+    signer=VALIDATOR,
+    rules: ledger.Rules = RULES,
+    step_ms: int = 200,
+    **header_changes,
 ) -> tuple[Block, CommitCertificate, ledger.Diff]:
     """What ``Node.build_block`` and a one-validator commit do, without the node around them."""
-    diff, included, _ = ledger.apply_transactions(state, txs, CHAIN, MIN_FEE)
+    time_ms = state.block_time_ms + step_ms
+    diff, included, _ = ledger.apply_block(state, txs, rules, time_ms)
     header = Header(
         chain_id=CHAIN,
         height=state.height + 1,
-        time_ms=state.block_time_ms + 200,
+        time_ms=time_ms,
         parent=state.block_hash,
         tx_root=tx_root([t.id for t in included]),
         tx_count=len(included),
@@ -66,13 +73,14 @@ class Chain:
         self.storage.initialise(
             self.genesis.chain_id,
             self.genesis.hash,
-            ledger.State.from_genesis(self.genesis.account_balances()),
+            ledger.genesis_state(self.genesis),
         )
         self.state = self.storage.load_state()
+        self.rules = ledger.Rules.from_genesis(self.genesis)
         self.blocks: list[Block] = []
 
     def commit(self, txs: list[tx.Transaction], **build) -> Block:
-        block, cert, diff = build_block(self.state, txs, **build)
+        block, cert, diff = build_block(self.state, txs, rules=self.rules, **build)
         self.storage.commit_block(block, cert, diff)
         self.state.merge(diff, block.header.height, block.hash, block.header.time_ms)
         self.blocks.append(block)
@@ -108,6 +116,7 @@ def chain(tmp_path):
 
 def same_state(got: ledger.State, want: ledger.State) -> None:
     assert got.accounts == want.accounts
+    assert (got.nodes, got.epochs, got.clock) == (want.nodes, want.epochs, want.clock)
     assert got.supply == want.supply
     assert (got.height, got.block_hash, got.block_time_ms) == (
         want.height,
@@ -178,6 +187,51 @@ def test_load_state_detects_accounts_changed_behind_its_back(chain):
         chain.storage.load_state()
 
 
+def test_nodes_epochs_and_rewards_survive_storage_and_replay(tmp_path):
+    params = Params(min_fee=MIN_FEE, epoch_ms=1_000, epoch_emission=10**6)
+    balances = {crypto.encode_address(w.address): 10**15 for w in WALLETS}
+    genesis = single_validator_genesis(CHAIN, VALIDATOR.node_id, "eu", balances, params)
+    chain = Chain(tmp_path / "chain.sqlite", genesis)
+    owner, node = WALLETS[0], crypto.KeyPair(b"\x7e" * 32)
+    proof = tx.prove_node(node, CHAIN, owner.address)
+    burn = params.activation_fee_full
+    chain.commit(
+        [tx.make_activate(owner, CHAIN, 0, MIN_FEE, node.public_key, "full", "sa", burn, proof)]
+    )
+
+    def next_epoch_block(txs_for) -> None:
+        epoch = chain.rules.epoch_of(chain.state.block_time_ms + 1_000)
+        chain.commit(txs_for(epoch), step_ms=1_000)
+
+    for n in range(2):  # eligible in epochs 1 and 2, beside the validator
+        next_epoch_block(
+            lambda e, n=n: [
+                tx.make_heartbeat(node, CHAIN, n, e),
+                tx.make_heartbeat(VALIDATOR, CHAIN, n, e),
+            ]
+        )
+    next_epoch_block(lambda e: [tx.make_claim(owner, CHAIN, 1, MIN_FEE, node.public_key)])
+    next_epoch_block(lambda e: [tx.make_heartbeat(node, CHAIN, 2, e)])
+    assert [len(b.txs) for b in chain.blocks] == [1, 2, 2, 1, 1]
+
+    record = chain.state.node(node.public_key)
+    rewards = [chain.state.epochs[e].reward_of("full") for e in (1, 2)]
+    assert record.last_claim_amount == sum(rewards) > 0
+    assert (record.claimed_before, record.last_heartbeat) == (3, 4)
+    assert ledger.supply_holds(chain.state)
+    storage = chain.reopen()
+    same_state(storage.load_state(), chain.state)
+    same_state(replay(storage, genesis), chain.state)
+    assert storage.heartbeat_epochs(node.public_key, 0) == [1, 2, 4]
+    assert storage.heartbeat_epochs(node.public_key, record.claimed_before) == [4]
+    assert storage.heartbeat_epochs(VALIDATOR.public_key, 0) == [1, 2]
+    chain.storage.close()
+    with sqlite3.connect(chain.path) as conn:  # a record changed behind the ledger's back
+        conn.execute("UPDATE epochs SET record = ? WHERE epoch = 1", (bytes(48),))
+    with pytest.raises(StorageError):
+        Storage(chain.path).load_state()
+
+
 # ---- replay refuses what does not verify -------------------------------------------------
 
 
@@ -204,7 +258,7 @@ def test_replay_refuses_a_certificate_not_signed_by_the_validators(tmp_path):
 def test_initialise_refuses_a_data_dir_of_another_genesis(chain):
     storage = chain.reopen()
     other = make_genesis(chain_id="qnet-other")
-    fresh = ledger.State.from_genesis(other.account_balances())
+    fresh = ledger.genesis_state(other)
     with pytest.raises(StorageError):
         storage.initialise(other.chain_id, other.hash, fresh)
     richer = make_genesis(balances={w.address: 10**12 + 1 for w in WALLETS})
@@ -215,9 +269,7 @@ def test_initialise_refuses_a_data_dir_of_another_genesis(chain):
 
 def test_initialise_with_the_same_genesis_keeps_the_chain(chain):
     storage = chain.reopen()
-    storage.initialise(
-        CHAIN, chain.genesis.hash, ledger.State.from_genesis(chain.genesis.account_balances())
-    )
+    storage.initialise(CHAIN, chain.genesis.hash, ledger.genesis_state(chain.genesis))
     same_state(storage.load_state(), chain.state)
 
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from qnet import crypto, tx
 from qnet.amounts import MAX_AMOUNT
+from qnet.genesis import NODE_TYPES, REGIONS
 
 u64 = st.integers(min_value=0, max_value=MAX_AMOUNT)
 chain_ids = st.text(st.characters(codec="utf-8"), min_size=1, max_size=64).filter(
@@ -31,6 +32,35 @@ def transfers(draw) -> tx.Transaction:
     )
 
 
+@st.composite
+def activations(draw) -> tx.Transaction:
+    owner, node, chain_id = draw(keys), draw(keys), draw(chain_ids)
+    return tx.make_activate(
+        owner,
+        chain_id,
+        nonce=draw(u64),
+        fee=draw(u64),
+        node_key=node.public_key,
+        node_type=draw(st.sampled_from(NODE_TYPES)),
+        region=draw(st.sampled_from(REGIONS)),
+        amount=draw(u64),
+        node_proof=tx.prove_node(node, chain_id, owner.address),
+    )
+
+
+@st.composite
+def heartbeats(draw) -> tx.Transaction:
+    return tx.make_heartbeat(draw(keys), draw(chain_ids), nonce=draw(u64), epoch=draw(u64))
+
+
+@st.composite
+def claims(draw) -> tx.Transaction:
+    return tx.make_claim(
+        draw(keys), draw(chain_ids), nonce=draw(u64), fee=draw(u64), node_key=draw(keys).public_key
+    )
+
+
+transactions = st.one_of(transfers(), activations(), heartbeats(), claims())
 FAST = settings(max_examples=60, deadline=None)
 
 
@@ -48,6 +78,11 @@ def same_fields(a: tx.Transaction, b: tx.Transaction) -> bool:
         "raw",
         "id",
         "sender",
+        "node_key",
+        "node_type",
+        "region",
+        "node_proof",
+        "epoch",
     )
     return all(getattr(a, n) == getattr(b, n) for n in names)
 
@@ -79,7 +114,7 @@ def test_raw_follows_the_documented_layout_and_id_is_its_hash():
 
 
 @FAST
-@given(transfers())
+@given(transactions)
 def test_decode_reproduces_every_field(t):
     got = tx.decode(t.raw)
     assert same_fields(got, t)
@@ -87,7 +122,7 @@ def test_decode_reproduces_every_field(t):
 
 
 @FAST
-@given(transfers())
+@given(transactions)
 def test_json_round_trip(t):
     obj = t.to_json()
     got = tx.from_json(json.loads(json.dumps(obj)))
@@ -97,7 +132,7 @@ def test_json_round_trip(t):
 
 
 @FAST
-@given(transfers(), st.data())
+@given(transactions, st.data())
 def test_any_single_byte_mutation_is_refused_or_breaks_the_signature(t, data):
     pos = data.draw(st.integers(min_value=0, max_value=len(t.raw) - 1))
     flip = data.draw(st.integers(min_value=1, max_value=255))
@@ -112,7 +147,7 @@ def test_any_single_byte_mutation_is_refused_or_breaks_the_signature(t, data):
 
 
 @FAST
-@given(transfers(), st.data())
+@given(transactions, st.data())
 def test_truncation_is_refused(t, data):
     cut = data.draw(st.integers(min_value=0, max_value=len(t.raw) - 1))
     with pytest.raises(tx.DecodeError):
@@ -120,7 +155,7 @@ def test_truncation_is_refused(t, data):
 
 
 @FAST
-@given(transfers(), st.binary(min_size=1, max_size=tx.MAX_TX_BYTES))
+@given(transactions, st.binary(min_size=1, max_size=tx.MAX_TX_BYTES))
 def test_extension_is_refused(t, extra):
     with pytest.raises(tx.DecodeError):
         tx.decode(t.raw + extra)
@@ -143,6 +178,44 @@ def test_out_of_range_fields_are_refused_when_signing(field, value):
     fields = {"chain_id": "c", "nonce": 0, "fee": 0, "amount": 1} | {field: value}
     with pytest.raises(tx.DecodeError):
         tx.make_transfer(crypto.KeyPair(b"\1" * 32), to=b"\2" * 20, **fields)
+
+
+def test_payload_layouts_follow_the_documented_encoding():
+    owner, node = crypto.KeyPair(bytes(range(32))), crypto.KeyPair(b"\x09" * 32)
+    proof = tx.prove_node(node, "c", owner.address)
+    assert proof == node.sign(bytes((0x40, 1)) + b"c" + owner.address + node.public_key)
+    activate = tx.make_activate(owner, "c", 0, 5, node.public_key, "light", "oc", 7, proof)
+    payload = node.public_key + bytes((2, 6)) + (7).to_bytes(8, "big") + proof
+    assert activate.body[-len(payload) :] == payload and activate.body[1] == tx.KIND_ACTIVATE
+    heartbeat = tx.make_heartbeat(node, "c", 3, 12)
+    assert heartbeat.body[-24:] == (3).to_bytes(8, "big") + bytes(8) + (12).to_bytes(8, "big")
+    assert heartbeat.node_key == node.public_key and heartbeat.cost == 0
+    claim = tx.make_claim(owner, "c", 1, 9, node.public_key)
+    assert claim.body[-32:] == node.public_key and claim.cost == 9
+
+
+@pytest.mark.parametrize(
+    ("pos", "value", "message"),
+    [(-74, 3, "node type"), (-73, 7, "region")],  # the codes just after the node key
+)
+def test_bytes_with_an_unknown_node_type_or_region_are_refused(pos, value, message):
+    owner, node = crypto.KeyPair(b"\x01" * 32), crypto.KeyPair(b"\x02" * 32)
+    proof = tx.prove_node(node, "c", owner.address)
+    t = tx.make_activate(owner, "c", 0, 0, node.public_key, "super", "na", 0, proof)
+    raw = bytearray(t.raw)
+    raw[pos] = value
+    with pytest.raises(tx.DecodeError, match=message):
+        tx.decode(bytes(raw))
+
+
+def test_a_heartbeat_with_a_fee_is_refused():
+    t = tx.make_heartbeat(crypto.KeyPair(b"\x01" * 32), "c", 0, 1)
+    raw = bytearray(t.raw)
+    raw[-9] = 1  # the last byte of the fee
+    with pytest.raises(tx.DecodeError, match="free"):
+        tx.decode(bytes(raw))
+    with pytest.raises(tx.DecodeError, match="free"):
+        tx.from_json({**t.to_json(), "fee": "1"})
 
 
 def test_bytes_for_a_zero_amount_are_refused():
@@ -218,7 +291,7 @@ def test_from_json_refuses_a_from_address_that_is_not_the_signers(sample_json):
 
 
 @FAST
-@given(st.lists(transfers(), max_size=5))
+@given(st.lists(transactions, max_size=5))
 def test_batch_round_trip(txs):
     frames = tx.split_batch(tx.encode_batch(txs))
     assert frames == [t.raw for t in txs]
