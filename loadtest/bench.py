@@ -82,6 +82,9 @@ STAGES = (
     ("submit", "admission bookkeeping"),
     ("commit", "state merge after commit"),
     ("build_block", "block building: header, signature"),
+    ("_carry_out", "consensus driver"),
+    ("_serve", "peer-to-peer transport"),
+    ("_handle_request", "HTTP API"),
 )
 
 
@@ -95,11 +98,18 @@ def profile_summary(raw: Path) -> list[tuple[str, float]]:
             continue
         names = [f.split(" (")[0].rsplit(".", 1)[-1] for f in stack.split(";")]
         stage = next((label for key, label in STAGES if key in names), None)
-        stage = stage or "HTTP server, event loop and the rest"
+        stage = stage or "event loop and the rest"
         shares[stage] = shares.get(stage, 0) + int(count)
         total += int(count)
     ranked = sorted(shares.items(), key=lambda kv: -kv[1])
     return [(name, round(100 * n / total, 1)) for name, n in ranked] if total else []
+
+
+def delta_mean(before: dict, after: dict, name: str) -> float:
+    """Mean of a histogram over the run, from its _sum and _count before and after."""
+    count = after.get(f"{name}_count", 0) - before.get(f"{name}_count", 0)
+    total = after.get(f"{name}_sum", 0) - before.get(f"{name}_sum", 0)
+    return round(total / count, 3) if count else 0.0
 
 
 def metric_sums(text: str) -> dict[str, float]:
@@ -197,6 +207,10 @@ async def one_run(args, senders, txs, workdir: Path) -> dict:
             "p99": figures.latency_p99_ms,
         },
         "node_stage_seconds": stages,
+        "rounds_per_height": delta_mean(before, after, "qnet_consensus_rounds_per_height"),
+        "proposal_to_commit_ms": round(
+            1000 * delta_mean(before, after, "qnet_commit_latency_seconds"), 1
+        ),
         "send_wall_s": round(report.finished - report.started, 2),
         "profile_inclusive_percent": profile,
     }
@@ -251,7 +265,8 @@ def main() -> int:
             f"{run['achieved_send_rate']:,.0f}/s"
             f"{'' if run['reached_send_rate'] else ' (requested rate NOT reached)'}, "
             f"latency p50/p95/p99 {lat['p50']}/{lat['p95']}/{lat['p99']} ms, "
-            f"rejected {run['rejected'] or 0}, node stages {run['node_stage_seconds']}"
+            f"rejected {run['rejected'] or 0}, rounds/height {run['rounds_per_height']}, "
+            f"proposal-to-commit mean {run['proposal_to_commit_ms']} ms"
         )
         for name, pct in run["profile_inclusive_percent"]:
             print(f"    {pct:5.1f}%  {name}")

@@ -501,6 +501,19 @@ def cli(ctx: click.Context, node_url: str, keystore: Path | None, as_json: bool)
 pass_settings = click.make_pass_decorator(Settings)
 
 
+def funding_options(command):
+    """--fund, --faucet and --faucet-amount, shared by the commands that create a chain."""
+    command = click.option(
+        "--faucet-amount", default=DEFAULT_FAUCET_QNC, show_default=True, metavar="QNC"
+    )(command)
+    command = click.option(
+        "--faucet", metavar="NAME", help="Create (or reuse) wallet NAME and fund it."
+    )(command)
+    return click.option(
+        "--fund", multiple=True, metavar="ADDRESS=QNC", help="Fund an address; repeatable."
+    )(command)
+
+
 @cli.group()
 def genesis() -> None:
     """Create a chain."""
@@ -516,9 +529,7 @@ def genesis() -> None:
     show_default=True,
     help="Region of this (the only) validator.",
 )
-@click.option("--fund", multiple=True, metavar="ADDRESS=QNC", help="Fund an address; repeatable.")
-@click.option("--faucet", metavar="NAME", help="Create (or reuse) wallet NAME and fund it.")
-@click.option("--faucet-amount", default=DEFAULT_FAUCET_QNC, show_default=True, metavar="QNC")
+@funding_options
 @pass_settings
 def genesis_init(
     settings: Settings,
@@ -591,9 +602,7 @@ def genesis_init(
     show_default=True,
     help="Validator i gets API port first+2i and peer port first+2i+1.",
 )
-@click.option("--fund", multiple=True, metavar="ADDRESS=QNC", help="Fund an address; repeatable.")
-@click.option("--faucet", metavar="NAME", help="Create (or reuse) wallet NAME and fund it.")
-@click.option("--faucet-amount", default=DEFAULT_FAUCET_QNC, show_default=True, metavar="QNC")
+@funding_options
 @pass_settings
 def genesis_testnet(
     settings: Settings,
