@@ -110,12 +110,15 @@ def test_a_new_node_activates_heartbeats_and_claims_its_reward(chain, tmp_path):
     send_heartbeat(node, node_key, first)
     second = next_epoch(node)
     send_heartbeat(node, node_key, second)
-    next_epoch(node)  # the claim's block closes the second epoch
+    next_epoch(node)  # so that the second epoch is closed by the time of the claim
 
     check = cli.json("rewards", "check", "--node", node_key.node_id)
     (info,) = check["nodes"]
     assert (info["node_type"], info["region"]) == ("full", "sa")
-    assert [(e["epoch"], e["closed"]) for e in info["epochs"]] == [(first, True), (second, False)]
+    # The second epoch is closed by the first block after it: the claim's, or an earlier one
+    # (the validator's own heartbeat for the next epoch), depending on timing.
+    assert [e["epoch"] for e in info["epochs"]] == [first, second]
+    assert info["epochs"][0]["closed"] is True
     # Emission split equally among every node eligible in the epoch (the validator may send
     # heartbeats too); each count is final, as no later block can carry those heartbeats.
     expected = sum(EMISSION // sum(e["eligible"].values()) for e in info["epochs"])
@@ -137,10 +140,15 @@ def test_a_new_node_activates_heartbeats_and_claims_its_reward(chain, tmp_path):
     stats = node.get("/api/v1/nodes?region=sa")[1]
     assert (stats["total"], stats["by_type"]["full"]) == (1, 1)
 
-    digest = node.status()["state_digest"]
-    assert cli.json("node", "verify", "--data-dir", str(node.data_dir))["state_digest"] == digest
+    # Stopped, the stored chain replays to the stored state; restarted, the node resumes
+    # there (blocks keep coming while it runs: epochs are short and validators heartbeat).
     shown = node.get(f"/api/v1/nodes/{node_key.node_id}")[1]
     node.stop()
+    verified = cli.json("node", "verify", "--data-dir", str(node.data_dir))
+    assert verified["ok"] is True
     node.start()
-    assert node.status()["state_digest"] == digest
-    assert node.get(f"/api/v1/nodes/{node_key.node_id}")[1] == shown
+    header = node.get(f"/api/v1/blocks/{verified['height']}")[1]["header"]
+    assert header["state_digest"] == verified["state_digest"]
+    again_shown = node.get(f"/api/v1/nodes/{node_key.node_id}")[1]
+    stable = ("node_id", "node_type", "region", "owner", "activated_at")
+    assert {k: again_shown[k] for k in stable} == {k: shown[k] for k in stable}
