@@ -172,9 +172,9 @@ def test_peer_with_another_genesis_is_refused(tmp_path):
     nodes = local_net(tmp_path / "good", 1, {}, PARAMS, FAST)
     stray = local_net(tmp_path / "stray", 1, {}, PARAMS, FAST)[0]
     stray.set_peers([nodes[0].p2p_address])
-    for n in (*nodes, stray):
-        n.start()
     try:
+        for n in (*nodes, stray):
+            n.start()
         wait_for(
             lambda: "refusing peer" in nodes[0].log() and "refusing peer" in stray.log(),
             15,
@@ -194,9 +194,9 @@ def test_a_follower_gets_every_block_pushed(tmp_path, senders):
     key = crypto.KeyPair.generate()
     follower = LocalNode(tmp_path / "follower", nodes[0].genesis, key, {"region": "eu", **FAST})
     follower.set_peers([nodes[0].p2p_address])
-    for n in (*nodes, follower):
-        n.start()
     try:
+        for n in (*nodes, follower):
+            n.start()
         with Load(nodes, senders):
             time.sleep(4)
         gaps = []
@@ -214,9 +214,9 @@ def test_a_follower_gets_every_block_pushed(tmp_path, senders):
 def test_validators_send_a_heartbeat_every_epoch(tmp_path):
     """Genesis validators are active from genesis; each proves liveness once per epoch."""
     nodes = local_net(tmp_path, 2, {}, Params(block_interval_ms=100, epoch_ms=2_000), FAST)
-    for n in nodes:
-        n.start()
     try:
+        for n in nodes:
+            n.start()
 
         def heartbeats() -> list[int | None]:
             return [
