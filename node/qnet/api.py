@@ -284,6 +284,10 @@ async def nodes(request: web.Request) -> web.Response:
     return web.json_response(stats)
 
 
+async def network_peers(request: web.Request) -> web.Response:
+    return web.json_response({"peers": request.app[NODE].network_peers()})
+
+
 async def current_epoch(request: web.Request) -> web.Response:
     return web.json_response(request.app[NODE].epoch_info())
 
@@ -305,6 +309,7 @@ def create_app(node: Node) -> web.Application:
         ("GET", "/api/v1/nodes", nodes),
         ("GET", "/api/v1/nodes/{node_id}", node_record),
         ("GET", "/api/v1/epochs/current", current_epoch),
+        ("GET", "/api/v1/network/peers", network_peers),
     ):
         app.router.add_route(method, path, handler)
     return app

@@ -14,6 +14,8 @@ Peer message kinds (``p2p`` reserves kinds below 16):
     18 STATUS      height:u64, sent on connect, after every commit and periodically
     19 GET_BLOCKS  first:u64 last:u64
     20 BLOCKS      (block_len:u32 block cert_len:u32 certificate)*
+    21 PING        token:u64, answered by
+    22 PONG        the same token: the round-trip time shown by ``network peers``
 """
 
 import asyncio
@@ -22,6 +24,7 @@ import logging
 import os
 import struct
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -39,6 +42,8 @@ KIND_TXS = 17
 KIND_STATUS = 18
 KIND_GET_BLOCKS = 19
 KIND_BLOCKS = 20
+KIND_PING = 21
+KIND_PONG = 22
 
 _HEIGHT = struct.Struct(">Q")
 _RANGE = struct.Struct(">QQ")
@@ -191,6 +196,8 @@ class BftConsensus:
         # digest: re-sent when a round stalls and to peers that connect, logged for restarts.
         self._messages: dict[int, dict[bytes, bytes]] = {}
         self._peer_heights: dict[str, int] = {}
+        self._pings: dict[str, int] = {}  # node id -> token (perf_counter_ns) of the ping out
+        self._rtt_ms: dict[str, float] = {}
         self._syncing_until = 0.0
         self._behind_since: tuple[int, float] | None = None  # (our height, since when)
         self._relay: list[Transaction] = []
@@ -202,6 +209,7 @@ class BftConsensus:
         node = self.node
         node.relay = self._relay.extend
         node.network_status = self._network_status
+        node.network_peers = self._network_peers
         await self.net.start()
         self._spawn(self._status_loop())
         self._spawn(self._tx_flush_loop())
@@ -246,6 +254,32 @@ class BftConsensus:
             "sync_lag_blocks": max(0, best - self.node.state.height),
             "consensus_round": self.core.round if self.core is not None and self._height else 0,
         }
+
+    def _network_peers(self) -> list[dict]:
+        return [
+            {
+                "node_id": p.node_id,
+                "node_type": p.node_type,
+                "region": p.region,
+                "address": p.listen,
+                "direction": "outbound" if p.outbound else "inbound",
+                "latency_ms": self._rtt_ms.get(p.node_id),
+                "height": self._peer_heights.get(p.node_id),
+                "validator": p.public_key in self.validators,
+            }
+            for p in sorted(self.net.peers(), key=lambda p: p.node_id)
+        ]
+
+    async def _ping(self, node_id: str) -> None:
+        token = time.perf_counter_ns()
+        self._pings[node_id] = token
+        await self.net.send(node_id, KIND_PING, _HEIGHT.pack(token))
+
+    def _count_peers(self) -> None:
+        counts = Counter((p.node_type, p.region) for p in self.net.peers())
+        self.metrics.peers.clear()
+        for (node_type, region), n in counts.items():
+            self.metrics.peers.labels(node_type, region).set(n)
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -435,10 +469,13 @@ class BftConsensus:
 
     # ---- peers ---------------------------------------------------------------------------
     async def _on_peer(self, peer: PeerInfo, connected: bool) -> None:
+        self._count_peers()
         if not connected:
-            self._peer_heights.pop(peer.node_id, None)
+            for known in (self._peer_heights, self._pings, self._rtt_ms):
+                known.pop(peer.node_id, None)
             self._update_lag()
             return
+        await self._ping(peer.node_id)
         await self.net.send(peer.node_id, KIND_STATUS, _HEIGHT.pack(self.node.state.height))
         for data in list(self._messages.get(self._height, {}).values()):
             await self.net.send(peer.node_id, KIND_CONSENSUS, data)  # what it may have missed
@@ -465,6 +502,13 @@ class BftConsensus:
         elif kind == KIND_GET_BLOCKS:
             first, last = _RANGE.unpack(payload)
             await self._serve_blocks(peer, first, last)
+        elif kind == KIND_PING:
+            _HEIGHT.unpack(payload)
+            await self.net.send(peer.node_id, KIND_PONG, payload)
+        elif kind == KIND_PONG:
+            (token,) = _HEIGHT.unpack(payload)
+            if self._pings.pop(peer.node_id, None) == token:
+                self._rtt_ms[peer.node_id] = (time.perf_counter_ns() - token) / 1e6
         elif kind == KIND_BLOCKS:
             blocks = decode_blocks(payload)
             self._enqueue(lambda: self._apply_synced(peer, blocks))
@@ -569,6 +613,8 @@ class BftConsensus:
             await self.net.broadcast(KIND_STATUS, _HEIGHT.pack(self.node.state.height))
             self._maybe_sync()
             await self._send_heartbeat()
+            for peer in self.net.peers():
+                await self._ping(peer.node_id)
 
     async def _send_heartbeat(self) -> None:
         """An activated node proves it is alive once per epoch (DESIGN §6)."""

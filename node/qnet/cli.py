@@ -927,6 +927,84 @@ def wallet_send(
 
 
 @cli.group()
+def network() -> None:
+    """Inspect the network as one node sees it."""
+
+
+@network.command("peers")
+@pass_settings
+def network_peers(settings: Settings) -> None:
+    """The node's connected peers: id, type, region, address, latency, direction."""
+    peers = settings.client().peers()
+    rows = [
+        (
+            p["node_id"],
+            p["node_type"] + (" (validator)" if p["validator"] else ""),
+            p["region"],
+            p["address"] or "-",
+            "-" if p["latency_ms"] is None else f"{p['latency_ms']:.1f} ms",
+            p["direction"],
+            "-" if p["height"] is None else p["height"],
+        )
+        for p in peers
+    ]
+    settings.emit(
+        {"peers": peers},
+        rows or [("no peers connected",)],
+        ("node id", "type", "region", "address", "latency", "direction", "height")
+        if rows
+        else None,
+    )
+
+
+TPS_WINDOW_S = 60
+
+
+def recent_tps(client: Client, head: int) -> float:
+    """Committed transactions per second over the last minute (block times against this
+    machine's clock, so a stalled chain shows 0)."""
+    since = time.time() * 1000 - TPS_WINDOW_S * 1000
+    committed, first = 0, head
+    while first >= 1:  # walk back a page of headers at a time until a minute is covered
+        page = client.headers(max(1, first - 999), first)
+        recent = [h for h in page if h["time_ms"] > since]
+        committed += sum(h["tx_count"] for h in recent)
+        if len(recent) < len(page) or page[0]["height"] == 1:
+            break
+        first = page[0]["height"] - 1
+    return committed / TPS_WINDOW_S
+
+
+@network.command("stats")
+@pass_settings
+def network_stats(settings: Settings) -> None:
+    """Activated nodes by type and region, height, TPS over the last minute, epoch."""
+    client = settings.client()
+    status = client.status()
+    nodes = client.node_stats()
+    epoch = client.epoch()
+    tps = recent_tps(client, status["height"])
+    data = {
+        "height": status["height"],
+        "tps_last_minute": round(tps, 1),
+        "epoch": epoch["epoch"],
+        "epoch_time_left_ms": epoch["time_left_ms"],
+        "peers": status["peers"],
+        "nodes": nodes,
+    }
+    rows = [
+        ("height", status["height"]),
+        ("tps (last minute)", f"{tps:.1f}"),
+        ("epoch", f"{epoch['epoch']} ({format_uptime(epoch['time_left_ms'] / 1000)} left)"),
+        ("peers of this node", status["peers"]),
+        ("active nodes", nodes["total"]),
+        *((f"  {t}", n) for t, n in nodes["by_type"].items()),
+        *((f"  in {r}", n) for r, n in nodes["by_region"].items() if n),
+    ]
+    settings.emit(data, rows)
+
+
+@cli.group()
 def rewards() -> None:
     """Check and claim the rewards of activated nodes."""
 

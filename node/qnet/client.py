@@ -86,6 +86,12 @@ class Client:
         query = urllib.parse.urlencode({k: v for k, v in filters.items() if v is not None})
         return self.request("GET", "/api/v1/nodes" + (f"?{query}" if query else ""))
 
+    def peers(self) -> list[dict]:
+        return self.request("GET", "/api/v1/network/peers")["peers"]
+
+    def headers(self, first: int, last: int) -> list[dict]:
+        return self.request("GET", f"/api/v1/blocks?from={first}&to={last}")["headers"]
+
     def epoch(self) -> dict:
         return self.request("GET", "/api/v1/epochs/current")
 

@@ -94,6 +94,12 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
             registry=r,
         )
+        self.peers = Gauge(
+            "qnet_peers",
+            "Connected peers by node type and region",
+            ["type", "region"],
+            registry=r,
+        )
         self.sync_lag = Gauge(
             "qnet_sync_lag_blocks", "Blocks the best known peer is ahead of this node", registry=r
         )

@@ -75,6 +75,8 @@ class Node:
         self.started_at = time.time()
         # Set by the network driver: receives transactions admitted through the API, to gossip.
         self.relay: Callable[[list[Transaction]], None] | None = None
+        # Set by the network driver: the connected peers, for ``network peers``.
+        self.network_peers: Callable[[], list[dict]] = list
         # Set by the network driver: peers, sync lag and round, for the status endpoint.
         self.network_status: Callable[[], dict] = lambda: {
             "peers": 0,

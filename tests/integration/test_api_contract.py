@@ -616,6 +616,11 @@ def test_op_get_block(exercise):
     assert api.call("GET", "/api/v1/blocks/-1").status == 400
 
 
+def test_op_network_peers(exercise):
+    """The contract node runs alone; peers of a real network: test_bft_network.py."""
+    assert exercise.call("GET", "/api/v1/network/peers").body == {"peers": []}
+
+
 def test_every_documented_response_was_produced(api):
     """Documented answers are real ones: each (operation, status) came up above, except 500."""
     exercises = {name for name in globals() if name.startswith("test_op_")}

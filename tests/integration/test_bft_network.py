@@ -1,8 +1,12 @@
 """Four validator processes reach BFT finality, lose one, get it back, and agree."""
 
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -228,6 +232,46 @@ def test_validators_send_a_heartbeat_every_epoch(tmp_path):
         first = max(heartbeats())
         wait_for(lambda: min(heartbeats()) > first, 20, "heartbeats of the next epoch")
         assert nodes[0].get("/api/v1/epochs/current")[1]["epoch"] > first
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_network_peers_and_stats_through_the_cli(tmp_path, senders):
+    """What an operator sees of a running network: peers with identity and latency, stats."""
+    nodes = local_net(tmp_path, 3, {k.address: 10**15 for k in senders}, PARAMS, FAST)
+    try:
+        for n in nodes:
+            n.start()
+        wait_for(lambda: all(n.status()["peers"] == 2 for n in nodes), 20, "a full mesh")
+        with Load(nodes, senders) as load:
+            time.sleep(3)
+        cli = [str(Path(sys.executable).parent / "qnet-cli"), "--node", nodes[0].url, "--json"]
+
+        def peers() -> list[dict]:
+            out = subprocess.run([*cli, "network", "peers"], capture_output=True, text=True)
+            assert out.returncode == 0, out.stderr
+            return json.loads(out.stdout)["peers"]
+
+        wait_for(lambda: all(p["latency_ms"] is not None for p in peers()), 10, "latencies")
+        seen = {p["node_id"]: p for p in peers()}
+        assert set(seen) == {n.key.node_id for n in nodes[1:]}
+        for n in nodes[1:]:
+            peer = seen[n.key.node_id]
+            assert (peer["node_type"], peer["validator"]) == ("super", True)
+            assert peer["region"] == n.status()["region"]
+            assert peer["direction"] in ("inbound", "outbound")
+            assert 0 < peer["latency_ms"] < 1000
+        shown = subprocess.run(
+            [*cli[:-1], "network", "peers"], capture_output=True, text=True, check=True
+        ).stdout
+        assert nodes[1].key.node_id in shown and "ms" in shown
+
+        out = subprocess.run([*cli, "network", "stats"], capture_output=True, text=True)
+        stats = json.loads(out.stdout)
+        assert stats["height"] >= 1 and stats["peers"] == 2
+        assert stats["nodes"]["by_type"]["super"] == 3  # the genesis validators
+        assert stats["tps_last_minute"] * 60 >= load.accepted * 0.9  # what was sent committed
     finally:
         for n in nodes:
             n.stop()
