@@ -17,7 +17,7 @@ help:
 
 # System packages the tests use: iproute2 (network namespaces for partition tests).
 system-deps:
-	@command -v ip >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	@command -v ip >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2; }
 
 $(STAMP): pyproject.toml
