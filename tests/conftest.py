@@ -6,7 +6,7 @@ import pytest
 from qnet import crypto
 from qnet.localnode import NO_EMPTY_BLOCKS, LocalNode
 
-# Test modules import shared helpers (helpers.py, netns.py, consensus_sim.py) by name.
+# Test modules import shared harness modules (netns.py, consensus_sim.py) by name.
 sys.path.insert(0, str(Path(__file__).parent))
 
 FUNDS = 1_000_000 * 10**9  # 1M QNC per funded wallet

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import free_port
 from qnet.cli import node_running
+from qnet.localnode import free_port
 
 pytestmark = pytest.mark.integration
 
