@@ -25,7 +25,7 @@ from .client import DEFAULT_URL, ApiError, Client
 from .config import NODE_TYPES, ConfigError, NodeConfig, load_config, write_config
 from .genesis import NODE_TYPES as ACTIVATION_TYPES  # config.NODE_TYPES: what a process runs
 from .genesis import REGIONS, Genesis, GenesisError, Params, make_genesis
-from .keystore import NAME_RE, Keystore, KeystoreError
+from .keystore import NAME_RE, Keystore, KeystoreError, WalletInfo
 from .main import pid_alive, read_pid
 from .node import StateDivergence, load_node_key, replay, write_secret
 from .storage import Storage, StorageError
@@ -808,6 +808,13 @@ def _wallet_rows(name: str, address: str, path: Path) -> list[tuple]:
     return [("wallet", name), ("address", address), ("file", str(path))]
 
 
+def show_new_wallet(settings: Settings, info: WalletInfo) -> None:
+    settings.emit(
+        {"name": info.name, "address": info.address, "path": str(info.path)},
+        _wallet_rows(info.name, info.address, info.path),
+    )
+
+
 @wallet.command("create")
 @click.argument("name")
 @pass_settings
@@ -815,11 +822,7 @@ def wallet_create(settings: Settings, name: str) -> None:
     """Create wallet NAME with a new key, encrypted under a password."""
     if settings.keystore.exists(name):  # before asking for a password twice
         raise CliError(f"wallet {name!r} already exists in {settings.keystore.directory}")
-    info = settings.keystore.add(name, wallet_password(confirm=True))
-    settings.emit(
-        {"name": name, "address": info.address, "path": str(info.path)},
-        _wallet_rows(name, info.address, info.path),
-    )
+    show_new_wallet(settings, settings.keystore.add(name, wallet_password(confirm=True)))
 
 
 @wallet.command("import")
@@ -837,11 +840,7 @@ def wallet_import(settings: Settings, name: str) -> None:
         key = crypto.KeyPair(bytes.fromhex(text.strip()))
     except ValueError:
         raise CliError("the seed must be 32 bytes as 64 hex characters") from None
-    info = settings.keystore.add(name, wallet_password(confirm=True), key)
-    settings.emit(
-        {"name": name, "address": info.address, "path": str(info.path)},
-        _wallet_rows(name, info.address, info.path),
-    )
+    show_new_wallet(settings, settings.keystore.add(name, wallet_password(confirm=True), key))
 
 
 @wallet.command("export")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .genesis import REGIONS
+from .p2p import split_address
 
 NODE_TYPES = ("super",)
 
@@ -79,9 +80,10 @@ class NodeConfig:
             if not 0 < getattr(self, name) < 65536:
                 raise ConfigError(f"{name} must be 1..65535")
         for peer in self.peers:
-            host, _, port = peer.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ConfigError(f"peer {peer!r} must be host:port")
+            try:
+                split_address(peer)
+            except ValueError:
+                raise ConfigError(f"peer {peer!r} must be host:port") from None
         if not 0 < self.empty_block_interval_ms < self.timeout_propose_ms:
             raise ConfigError(
                 "empty_block_interval_ms must be below timeout_propose_ms, or validators "

@@ -160,15 +160,3 @@ def make_genesis(
     )
     genesis.validate()
     return genesis
-
-
-def single_validator_genesis(
-    chain_id: str,
-    node_id: str,
-    region: str,
-    balances: dict[str, int],
-    params: Params | None = None,
-    genesis_time_ms: int = 0,
-) -> Genesis:
-    """A development genesis: this node is the only validator; ``balances`` are funded."""
-    return make_genesis(chain_id, [(node_id, region)], balances, params, genesis_time_ms)

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from qnet import crypto
+from qnet.client import Client
 from qnet.config import write_config
 from qnet.genesis import REGIONS, Genesis, Params, make_genesis
 from qnet.node import write_secret
@@ -166,13 +167,7 @@ class LocalNode:
         return self.get("/api/v1/status")[1]
 
     def wait_committed(self, tx_id: bytes, timeout: float = 20.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            code, body = self.get(f"/api/v1/transactions/{tx_id.hex()}")
-            if code == 200 and body["status"] != "pending":
-                return body
-            time.sleep(0.05)
-        raise TimeoutError(f"transaction {tx_id.hex()} still pending")
+        return Client(self.url).wait_committed(tx_id.hex(), timeout)
 
 
 def local_net(

@@ -23,7 +23,7 @@ from qnet import crypto, tx
 from qnet.api import create_app
 from qnet.config import NodeConfig, load_config
 from qnet.errors import Rejected
-from qnet.genesis import Params, single_validator_genesis
+from qnet.genesis import Params, make_genesis
 from qnet.localnode import CHAIN_ID, NO_EMPTY_BLOCKS, LocalNode
 from qnet.node import Node
 
@@ -111,7 +111,7 @@ TEMPLATES = [(t, _template_regex(t)) for t in SPEC["paths"]]
 def in_process_node(tmp_path):
     """A Node that is not serving: enough to build the app and look at its router."""
     key = crypto.KeyPair.generate()
-    genesis = single_validator_genesis("routes", key.node_id, "eu", {})
+    genesis = make_genesis("routes", [(key.node_id, "eu")], {})
     node = Node(load_config(tmp_path, region="eu", max_batch_bytes=1024), genesis, key)
     yield node
     node.close()

@@ -17,7 +17,7 @@ from qnet import crypto, ledger, tx
 from qnet.block import Block, Header, tx_root
 from qnet.config import load_config
 from qnet.errors import Rejected
-from qnet.genesis import NODE_TYPES, REGIONS, Params, single_validator_genesis
+from qnet.genesis import NODE_TYPES, REGIONS, Params, make_genesis
 from qnet.ledger import EpochRecord, NodeRecord, State
 from qnet.node import InvalidBlock, Node, check_block
 
@@ -465,7 +465,7 @@ def test_records_round_trip_their_encoding(record, numbers):
 
 
 def test_a_node_builds_its_heartbeat_for_the_network_driver(tmp_path):
-    genesis = single_validator_genesis(CHAIN, VALIDATOR.node_id, "eu", {}, params(10))
+    genesis = make_genesis(CHAIN, [(VALIDATOR.node_id, "eu")], {}, params(10))
     (tmp_path / "validator").mkdir()
     (tmp_path / "stranger").mkdir()
     node = Node(load_config(tmp_path / "validator", region="eu"), genesis, VALIDATOR)

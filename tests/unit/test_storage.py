@@ -7,9 +7,10 @@ from dataclasses import replace
 import pytest
 
 from qnet import crypto, ledger, tx
+from qnet import genesis as genesis_mod
 from qnet.amounts import MAX_AMOUNT
 from qnet.block import Block, CommitCertificate, Header, precommit_message, tx_root
-from qnet.genesis import GenesisError, Params, single_validator_genesis
+from qnet.genesis import GenesisError, Params
 from qnet.node import StateDivergence, replay
 from qnet.storage import Storage, StorageError
 
@@ -24,10 +25,9 @@ RULES = ledger.Rules(CHAIN, Params(min_fee=MIN_FEE))
 
 def make_genesis(chain_id: str = CHAIN, balances: dict[bytes, int] | None = None):
     balances = balances or {w.address: 10**12 for w in WALLETS}
-    return single_validator_genesis(
+    return genesis_mod.make_genesis(
         chain_id,
-        VALIDATOR.node_id,
-        "eu",
+        [(VALIDATOR.node_id, "eu")],
         {crypto.encode_address(a): units for a, units in balances.items()},
         Params(min_fee=MIN_FEE),
     )
@@ -190,7 +190,7 @@ def test_load_state_detects_accounts_changed_behind_its_back(chain):
 def test_nodes_epochs_and_rewards_survive_storage_and_replay(tmp_path):
     params = Params(min_fee=MIN_FEE, epoch_ms=1_000, epoch_emission=10**6)
     balances = {crypto.encode_address(w.address): 10**15 for w in WALLETS}
-    genesis = single_validator_genesis(CHAIN, VALIDATOR.node_id, "eu", balances, params)
+    genesis = genesis_mod.make_genesis(CHAIN, [(VALIDATOR.node_id, "eu")], balances, params)
     chain = Chain(tmp_path / "chain.sqlite", genesis)
     owner, node = WALLETS[0], crypto.KeyPair(b"\x7e" * 32)
     proof = tx.prove_node(node, CHAIN, owner.address)
