@@ -20,7 +20,7 @@ from .tx import DecodeError, from_json, split_batch
 
 log = logging.getLogger("qnet.api")
 
-NODE: web.AppKey[Node] = web.AppKey("node", Node)
+NODE: web.AppKey[Node] = web.AppKey("node", object)
 MAX_HEADERS_PER_PAGE = 1000
 TX_ID = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -108,8 +108,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 
 
 async def health(request: web.Request) -> web.Response:
-    node = request.app[NODE]
-    return web.json_response({"status": "ok", "height": node.state.height})
+    return web.json_response({"status": "ok", "height": request.app[NODE].height})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -288,13 +287,34 @@ async def network_peers(request: web.Request) -> web.Response:
     return web.json_response({"peers": request.app[NODE].network_peers()})
 
 
+async def arrivals(request: web.Request) -> web.Response:
+    rows = [{"height": h, "time_ms": t} for h, t in request.app[NODE].arrivals]
+    return web.json_response({"arrivals": rows})
+
+
 async def current_epoch(request: web.Request) -> web.Response:
     return web.json_response(request.app[NODE].epoch_info())
 
 
-def create_app(node: Node) -> web.Application:
+async def not_served(request: web.Request) -> web.Response:
+    return error(
+        404,
+        "not_found",
+        f"{request.path} needs ledger state, which a light node does not keep: "
+        "ask a full or super node",
+    )
+
+
+# What a light node answers itself; the other routes answer 404 with a reason.
+LIGHT_ROUTES = {"/health", "/metrics", "/api/v1/status", "/api/v1/network/peers",
+                "/api/v1/network/arrivals"}  # fmt: skip
+
+
+def create_app(node) -> web.Application:
+    """The API of a ``Node``, or of a ``light.LightNode`` (which serves ``LIGHT_ROUTES``)."""
     app = web.Application(middlewares=[json_errors], client_max_size=node.config.max_batch_bytes)
     app[NODE] = node
+    light = node.config.node_type == "light"
     # add_route, not add_get: no implicit HEAD routes beside the documented operations
     for method, path, handler in (
         ("GET", "/health", health),
@@ -310,6 +330,8 @@ def create_app(node: Node) -> web.Application:
         ("GET", "/api/v1/nodes/{node_id}", node_record),
         ("GET", "/api/v1/epochs/current", current_epoch),
         ("GET", "/api/v1/network/peers", network_peers),
+        ("GET", "/api/v1/network/arrivals", arrivals),
     ):
-        app.router.add_route(method, path, handler)
+        served = not light or path in LIGHT_ROUTES
+        app.router.add_route(method, path, handler if served else not_served)
     return app

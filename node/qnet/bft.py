@@ -6,7 +6,13 @@ task, in order, so the core, the committed state and the signing state never rac
 work (building a block, verifying a proposal's signatures) runs in tasks of its own and
 comes back as an input.
 
-A node whose key is not in the validator set follows the chain by sync only.
+A node whose key is not in the validator set (a full node, or a super node acting as a
+relay) runs the same driver without a core: it follows the chain by the committed blocks its
+peers push and by sync, and serves the light nodes attached to it.
+
+Gossip follows the hierarchy (DESIGN §5, ``topology.py``): consensus messages stay among
+validators; committed blocks flow down to followers that are behind (headers only to light
+nodes); transactions flow up, towards the validators.
 
 Peer message kinds (``p2p`` reserves kinds below 16):
     16 CONSENSUS   a proposal (carrying the encoded block) or a vote
@@ -16,6 +22,10 @@ Peer message kinds (``p2p`` reserves kinds below 16):
     20 BLOCKS      (block_len:u32 block cert_len:u32 certificate)*
     21 PING        token:u64, answered by
     22 PONG        the same token: the round-trip time shown by ``network peers``
+    23 HEADERS     (header_len:u32 header cert_len:u32 certificate)*, for light nodes
+    24 GET_HEADERS first:u64 last:u64
+    25 GET_NODE    public_key(32): a light node asks what it needs for its heartbeat
+    26 NODE        public_key(32) ``HeartbeatView.encode()``
 """
 
 import asyncio
@@ -29,10 +39,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from . import crypto, tendermint
-from .block import Block, BlockError, CommitCertificate
+from .block import Block, BlockError, CommitCertificate, Header
 from .config import NodeConfig
 from .node import InvalidBlock, Node
 from .p2p import PeerInfo, PeerNetwork
+from .topology import PeerPolicy
 from .tx import DecodeError, Transaction, encode_batch, split_batch
 
 log = logging.getLogger("qnet.bft")
@@ -44,6 +55,10 @@ KIND_GET_BLOCKS = 19
 KIND_BLOCKS = 20
 KIND_PING = 21
 KIND_PONG = 22
+KIND_HEADERS = 23
+KIND_GET_HEADERS = 24
+KIND_GET_NODE = 25
+KIND_NODE = 26
 
 _HEIGHT = struct.Struct(">Q")
 _RANGE = struct.Struct(">QQ")
@@ -144,10 +159,11 @@ class SigningStateFile:
 
 
 def encode_blocks(items: list[tuple[bytes, bytes]]) -> bytes:
+    """BLOCKS or HEADERS: (block or header, certificate) pairs, each length-prefixed."""
     return b"".join(_LEN.pack(len(b)) + b + _LEN.pack(len(c)) + c for b, c in items)
 
 
-def decode_blocks(data: bytes) -> list[tuple[Block, CommitCertificate]]:
+def _pairs(data: bytes) -> list[tuple[bytes, bytes]]:
     out, pos = [], 0
     while pos < len(data):
         parts = []
@@ -160,8 +176,78 @@ def decode_blocks(data: bytes) -> list[tuple[Block, CommitCertificate]]:
                 raise BlockError("blocks message truncated")
             parts.append(data[pos : pos + n])
             pos += n
-        out.append((Block.decode(parts[0]), CommitCertificate.decode(parts[1])))
+        out.append((parts[0], parts[1]))
     return out
+
+
+def decode_blocks(data: bytes) -> list[tuple[Block, CommitCertificate]]:
+    return [(Block.decode(b), CommitCertificate.decode(c)) for b, c in _pairs(data)]
+
+
+def decode_headers(data: bytes) -> list[tuple[Header, CommitCertificate]]:
+    return [(Header.decode(h), CommitCertificate.decode(c)) for h, c in _pairs(data)]
+
+
+def policy_for(node_type: str, region: str, me: bytes, validators) -> PeerPolicy:
+    return PeerPolicy(me, node_type, region, frozenset(validators))
+
+
+class PeerStats:
+    """What a node knows of its connected peers beyond the handshake: their heights (from
+    STATUS) and round-trip times (PING/PONG), for sync, ``network peers`` and metrics."""
+
+    def __init__(self, net: PeerNetwork, metrics, validators):
+        self.net = net
+        self.metrics = metrics
+        self.validators = validators
+        self.heights: dict[str, int] = {}
+        self._pings: dict[str, int] = {}  # node id -> token (perf_counter_ns) of the ping out
+        self._rtt_ms: dict[str, float] = {}
+
+    async def ping(self, node_id: str) -> None:
+        token = time.perf_counter_ns()
+        self._pings[node_id] = token
+        await self.net.send(node_id, KIND_PING, _HEIGHT.pack(token))
+
+    async def on_ping(self, peer: PeerInfo, payload: bytes) -> None:
+        _HEIGHT.unpack(payload)
+        await self.net.send(peer.node_id, KIND_PONG, payload)
+
+    def on_pong(self, peer: PeerInfo, payload: bytes) -> None:
+        (token,) = _HEIGHT.unpack(payload)
+        if self._pings.pop(peer.node_id, None) == token:
+            self._rtt_ms[peer.node_id] = (time.perf_counter_ns() - token) / 1e6
+
+    def saw(self, peer: PeerInfo, height: int) -> None:
+        self.heights[peer.node_id] = max(self.heights.get(peer.node_id, 0), height)
+
+    def changed(self, peer: PeerInfo, connected: bool) -> None:
+        """A peer came or went: recount qnet_peers{type,region}, forget what went."""
+        counts = Counter((p.node_type, p.region) for p in self.net.peers())
+        self.metrics.peers.clear()
+        for (node_type, region), n in counts.items():
+            self.metrics.peers.labels(node_type, region).set(n)
+        if not connected:
+            for known in (self.heights, self._pings, self._rtt_ms):
+                known.pop(peer.node_id, None)
+
+    def lag(self, ours: int) -> int:
+        return max(0, max(self.heights.values(), default=ours) - ours)
+
+    def rows(self) -> list[dict]:
+        return [
+            {
+                "node_id": p.node_id,
+                "node_type": p.node_type,
+                "region": p.region,
+                "address": p.listen,
+                "direction": "outbound" if p.outbound else "inbound",
+                "latency_ms": self._rtt_ms.get(p.node_id),
+                "height": self.heights.get(p.node_id),
+                "validator": p.public_key in self.validators,
+            }
+            for p in sorted(self.net.peers(), key=lambda p: p.node_id)
+        ]
 
 
 class BftConsensus:
@@ -183,6 +269,9 @@ class BftConsensus:
             on_message=self._on_message,
             on_peer=self._on_peer,
             registry=node.metrics.registry,
+            policy=policy_for(
+                config.node_type, node.region, node.key.public_key, self.validators.powers
+            ),
         )
         self.signing_state = SigningStateFile(config.data_dir / "consensus.state")
         self.log = ConsensusLog(config.data_dir / "consensus.wal")
@@ -195,21 +284,20 @@ class BftConsensus:
         # Consensus messages (own and received) of the height in progress and the next, by
         # digest: re-sent when a round stalls and to peers that connect, logged for restarts.
         self._messages: dict[int, dict[bytes, bytes]] = {}
-        self._peer_heights: dict[str, int] = {}
-        self._pings: dict[str, int] = {}  # node id -> token (perf_counter_ns) of the ping out
-        self._rtt_ms: dict[str, float] = {}
+        self.stats = PeerStats(self.net, self.metrics, self.validators.powers)
+        self._peer_heights = self.stats.heights
         self._syncing_until = 0.0
         self._behind_since: tuple[int, float] | None = None  # (our height, since when)
-        self._relay: list[Transaction] = []
+        self._relay: list[tuple[Transaction, str | None]] = []  # (tx, the peer it came from)
         self._height = 0  # the height the core was last started at
         self._started_at = time.time()
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def run(self) -> None:
         node = self.node
-        node.relay = self._relay.extend
+        node.relay = self._queue_relay
         node.network_status = self._network_status
-        node.network_peers = self._network_peers
+        node.network_peers = self.stats.rows
         await self.net.start()
         self._spawn(self._status_loop())
         self._spawn(self._tx_flush_loop())
@@ -248,38 +336,31 @@ class BftConsensus:
             self.signing_state.close()
 
     def _network_status(self) -> dict:
-        best = max(self._peer_heights.values(), default=self.node.state.height)
         return {
             "peers": len(self.net.peers()),
-            "sync_lag_blocks": max(0, best - self.node.state.height),
+            "sync_lag_blocks": self.stats.lag(self.node.state.height),
             "consensus_round": self.core.round if self.core is not None and self._height else 0,
         }
 
-    def _network_peers(self) -> list[dict]:
-        return [
-            {
-                "node_id": p.node_id,
-                "node_type": p.node_type,
-                "region": p.region,
-                "address": p.listen,
-                "direction": "outbound" if p.outbound else "inbound",
-                "latency_ms": self._rtt_ms.get(p.node_id),
-                "height": self._peer_heights.get(p.node_id),
-                "validator": p.public_key in self.validators,
-            }
-            for p in sorted(self.net.peers(), key=lambda p: p.node_id)
-        ]
+    def _queue_relay(self, txs: list[Transaction], source: str | None) -> None:
+        self._relay.extend((t, source) for t in txs)
 
-    async def _ping(self, node_id: str) -> None:
-        token = time.perf_counter_ns()
-        self._pings[node_id] = token
-        await self.net.send(node_id, KIND_PING, _HEIGHT.pack(token))
+    def _validator_peers(self) -> list[PeerInfo]:
+        return [p for p in self.net.peers() if p.public_key in self.validators]
 
-    def _count_peers(self) -> None:
-        counts = Counter((p.node_type, p.region) for p in self.net.peers())
-        self.metrics.peers.clear()
-        for (node_type, region), n in counts.items():
-            self.metrics.peers.labels(node_type, region).set(n)
+    async def _to_validators(self, kind: int, data: bytes, exclude: str | None = None) -> None:
+        """Consensus traffic stays among validators: followers do not vote."""
+        for peer in self._validator_peers():
+            if peer.node_id != exclude:
+                await self.net.send(peer.node_id, kind, data)
+
+    def _upstream(self) -> list[PeerInfo]:
+        """Where transactions go: to validators if any is a peer (always, for a validator),
+        otherwise to the super and full peers, which pass them on up."""
+        validators = self._validator_peers()
+        if validators or self.is_validator:
+            return validators
+        return [p for p in self.net.peers() if p.node_type != "light"]
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -304,7 +385,7 @@ class BftConsensus:
                 case tendermint.Broadcast(message=message):
                     data = message.encode()
                     self._remember(message.height, data)
-                    await self.net.broadcast(KIND_CONSENSUS, data)
+                    await self._to_validators(KIND_CONSENSUS, data)
                     if isinstance(message, tendermint.Proposal):
                         self.metrics.proposals.labels("sent").inc()
                 case tendermint.ScheduleTimeout(timeout=timeout, delay_ms=delay_ms):
@@ -341,7 +422,7 @@ class BftConsensus:
             # Nothing moved for a whole timeout: peers may have missed messages while
             # disconnected (delivery is at most once), so send this height's again.
             for data in list(self._messages.get(core.height, {}).values()):
-                await self.net.broadcast(KIND_CONSENSUS, data)
+                await self._to_validators(KIND_CONSENSUS, data)
         await self._carry_out(core.on_timeout(timeout))
         self._note_round()
 
@@ -440,11 +521,12 @@ class BftConsensus:
     async def _push_committed(
         self, block: Block, cert: CommitCertificate, exclude: str | None = None
     ) -> None:
-        """Hand a committed block to peers that follow without voting; otherwise they learn
-        of it only from a STATUS and then ask, which costs a round trip per hop."""
+        """Hand a committed block to peers that follow without voting (its header only, to
+        light nodes); otherwise they learn of it only from a STATUS and then ask, which
+        costs a round trip per hop."""
         height = block.header.height
         followers = [
-            p.node_id
+            p
             for p in self.net.peers()
             if p.public_key not in self.validators
             and p.node_id != exclude
@@ -452,9 +534,15 @@ class BftConsensus:
         ]
         if not followers:
             return
-        payload = encode_blocks([(block.encode(), cert.encode())])
-        for node_id in followers:
-            await self.net.send(node_id, KIND_BLOCKS, payload)
+        cert_bytes = cert.encode()
+        blocks = headers = b""
+        for peer in followers:
+            if peer.node_type == "light":
+                headers = headers or encode_blocks([(block.header.encode(), cert_bytes)])
+                await self.net.send(peer.node_id, KIND_HEADERS, headers)
+            else:
+                blocks = blocks or encode_blocks([(block.encode(), cert_bytes)])
+                await self.net.send(peer.node_id, KIND_BLOCKS, blocks)
 
     async def _commit(self, block: Block, cert: CommitCertificate, diff) -> None:
         await self.node.commit(block, cert, diff)
@@ -469,16 +557,15 @@ class BftConsensus:
 
     # ---- peers ---------------------------------------------------------------------------
     async def _on_peer(self, peer: PeerInfo, connected: bool) -> None:
-        self._count_peers()
+        self.stats.changed(peer, connected)
         if not connected:
-            for known in (self._peer_heights, self._pings, self._rtt_ms):
-                known.pop(peer.node_id, None)
             self._update_lag()
             return
-        await self._ping(peer.node_id)
+        await self.stats.ping(peer.node_id)
         await self.net.send(peer.node_id, KIND_STATUS, _HEIGHT.pack(self.node.state.height))
-        for data in list(self._messages.get(self._height, {}).values()):
-            await self.net.send(peer.node_id, KIND_CONSENSUS, data)  # what it may have missed
+        if self.is_validator and peer.public_key in self.validators:
+            for data in list(self._messages.get(self._height, {}).values()):
+                await self.net.send(peer.node_id, KIND_CONSENSUS, data)  # what it missed
 
     async def _on_message(self, peer: PeerInfo, kind: int, payload: bytes) -> None:
         try:
@@ -493,7 +580,11 @@ class BftConsensus:
                 self._count_received(message)
                 self._enqueue(lambda: self._consensus_message(peer, message, payload))
         elif kind == KIND_TXS:
-            await self.node.submit_raw(split_batch(payload), relay=False)
+            # Validators are a mesh: what one relays, the others already got from it.
+            among_validators = self.is_validator and peer.public_key in self.validators
+            await self.node.submit_raw(
+                split_batch(payload), relay=not among_validators, source=peer.node_id
+            )
         elif kind == KIND_STATUS:
             (height,) = _HEIGHT.unpack(payload)
             self._peer_heights[peer.node_id] = height
@@ -503,15 +594,22 @@ class BftConsensus:
             first, last = _RANGE.unpack(payload)
             await self._serve_blocks(peer, first, last)
         elif kind == KIND_PING:
-            _HEIGHT.unpack(payload)
-            await self.net.send(peer.node_id, KIND_PONG, payload)
+            await self.stats.on_ping(peer, payload)
         elif kind == KIND_PONG:
-            (token,) = _HEIGHT.unpack(payload)
-            if self._pings.pop(peer.node_id, None) == token:
-                self._rtt_ms[peer.node_id] = (time.perf_counter_ns() - token) / 1e6
+            self.stats.on_pong(peer, payload)
         elif kind == KIND_BLOCKS:
             blocks = decode_blocks(payload)
             self._enqueue(lambda: self._apply_synced(peer, blocks))
+        elif kind == KIND_GET_HEADERS:
+            first, last = _RANGE.unpack(payload)
+            await self._serve_headers(peer, first, last)
+        elif kind == KIND_GET_NODE:
+            if len(payload) != 32:
+                raise struct.error("GET_NODE carries a 32-byte public key")
+            view = self.node.heartbeat_view(payload)
+            await self.net.send(peer.node_id, KIND_NODE, payload + view.encode())
+        elif kind in (KIND_HEADERS, KIND_NODE):
+            pass  # answers meant for light nodes
         else:
             self.net.ban(peer.node_id, f"unknown message kind {kind}")
 
@@ -530,7 +628,7 @@ class BftConsensus:
             # Relay votes: with an equivocating validator, or a validator some others cannot
             # reach, correct ones still need to see every vote (blocks are not relayed here,
             # only re-sent when a round stalls).
-            await self.net.broadcast(KIND_CONSENSUS, data, exclude=peer.node_id)
+            await self._to_validators(KIND_CONSENSUS, data, exclude=peer.node_id)
         await self._carry_out(self.core.on_message(message))
         self._note_round()
 
@@ -576,12 +674,22 @@ class BftConsensus:
         if items:
             await self.net.send(peer.node_id, KIND_BLOCKS, encode_blocks(items))
 
+    async def _serve_headers(self, peer: PeerInfo, first: int, last: int) -> None:
+        last = min(last, first + SYNC_BATCH - 1, self.node.state.height)
+        items = []
+        for height in range(first, last + 1):
+            item = await asyncio.to_thread(self.node.storage.encoded_header, height)
+            if item is None:
+                break
+            items.append(item)
+        if items:
+            await self.net.send(peer.node_id, KIND_HEADERS, encode_blocks(items))
+
     async def _apply_synced(self, peer: PeerInfo, blocks: list) -> None:
         applied = 0
         for block, cert in blocks:
             height = block.header.height
-            known = self._peer_heights.get(peer.node_id, 0)
-            self._peer_heights[peer.node_id] = max(known, height)
+            self.stats.saw(peer, height)
             if height != self.node.state.height + 1:
                 continue
             try:
@@ -614,23 +722,33 @@ class BftConsensus:
             self._maybe_sync()
             await self._send_heartbeat()
             for peer in self.net.peers():
-                await self._ping(peer.node_id)
+                await self.stats.ping(peer.node_id)
 
     async def _send_heartbeat(self) -> None:
         """An activated node proves it is alive once per epoch (DESIGN §6)."""
-        epoch = self.node.heartbeat_due()
-        if epoch is None:
+        heartbeat = self.node.heartbeat()
+        if heartbeat is None:
             return
-        (refused,) = await self.node.submit([self.node.heartbeat_tx(epoch)])
+        (refused,) = await self.node.submit([heartbeat])
         if refused is None:
-            log.info("heartbeat for epoch %d submitted", epoch)
+            log.info("heartbeat for epoch %d submitted", heartbeat.epoch)
         else:
-            log.warning("heartbeat for epoch %d refused: %s", epoch, refused.message)
+            log.warning("heartbeat for epoch %d refused: %s", heartbeat.epoch, refused.message)
 
     async def _tx_flush_loop(self) -> None:
-        """Relay transactions admitted through the API to peers, in batches."""
+        """Relay newly admitted transactions up the hierarchy in batches, never back to the
+        peer they came from."""
         while True:
             await asyncio.sleep(TX_FLUSH_S)  # batching window for gossip
             while self._relay:
                 batch, self._relay[:TX_BATCH] = self._relay[:TX_BATCH], []
-                await self.net.broadcast(KIND_TXS, encode_batch(batch))
+                sources = {source for _, source in batch}
+                whole = b""
+                for peer in self._upstream():
+                    if peer.node_id in sources:
+                        txs = [t for t, source in batch if source != peer.node_id]
+                        data = encode_batch(txs) if txs else b""
+                    else:
+                        data = whole = whole or encode_batch([t for t, _ in batch])
+                    if data:
+                        await self.net.send(peer.node_id, KIND_TXS, data)

@@ -23,7 +23,6 @@ from . import crypto
 from .amounts import AmountError, format_qnc, parse_qnc
 from .client import DEFAULT_URL, ApiError, Client
 from .config import NODE_TYPES, ConfigError, NodeConfig, load_config, write_config
-from .genesis import NODE_TYPES as ACTIVATION_TYPES  # config.NODE_TYPES: what a process runs
 from .genesis import REGIONS, Genesis, GenesisError, Params, make_genesis
 from .keystore import NAME_RE, Keystore, KeystoreError, WalletInfo
 from .main import pid_alive, read_pid
@@ -304,20 +303,32 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 def _node_argv(
-    data_dir: Path, node_type: str | None, region: str | None, api_port: int | None
+    data_dir: Path,
+    node_type: str | None,
+    region: str | None,
+    api_port: int | None,
+    peers: tuple[str, ...],
 ) -> list[str]:
     """Only the flags the user gave, so config.toml keeps the rest."""
     argv = [venv_bin("qnet-node"), "--data-dir", str(data_dir)]
     for flag, value in (("--type", node_type), ("--region", region), ("--api-port", api_port)):
         if value is not None:
             argv += [flag, str(value)]
+    for peer in peers:
+        argv += ["--peer", peer]
     return argv
 
 
 def _prepare_start(
-    data_dir: Path, node_type: str | None, region: str | None, api_port: int | None
+    data_dir: Path,
+    node_type: str | None,
+    region: str | None,
+    api_port: int | None,
+    peers: tuple[str, ...] = (),
 ) -> tuple[NodeConfig, list[str]]:
-    config = load_config(data_dir, node_type=node_type, region=region, api_port=api_port)
+    config = load_config(
+        data_dir, node_type=node_type, region=region, api_port=api_port, peers=list(peers) or None
+    )
     if not config.genesis_path.exists():
         raise CliError(
             f"no genesis.json in {config.data_dir}: run "
@@ -326,7 +337,7 @@ def _prepare_start(
     pid = running_pid(config.data_dir)
     if pid is not None:
         raise CliError(f"a node is already running from {config.data_dir} (pid {pid})")
-    return config, _node_argv(config.data_dir, node_type, region, api_port)
+    return config, _node_argv(config.data_dir, node_type, region, api_port, peers)
 
 
 def start_node(
@@ -334,11 +345,12 @@ def start_node(
     node_type: str | None = None,
     region: str | None = None,
     api_port: int | None = None,
+    peers: tuple[str, ...] = (),
     timeout: float = START_TIMEOUT_S,
 ) -> RunningNode:
     """Start ``qnet-node`` detached (own session, output appended to node.log) and return
     once it answers /health as this data dir's node."""
-    config, argv = _prepare_start(data_dir, node_type, region, api_port)
+    config, argv = _prepare_start(data_dir, node_type, region, api_port, peers)
     node_id = load_node_key(config.key_path).node_id
     with open(config.log_path, "ab") as log:
         proc = subprocess.Popen(
@@ -648,7 +660,22 @@ def node() -> None:
 @click.option("--type", "node_type", type=click.Choice(NODE_TYPES))
 @click.option("--region", type=click.Choice([*REGIONS, "auto"]))
 @click.option("--api-port", type=click.IntRange(1, 65535))
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="A peer to start from (repeatable; default: config.toml's peers).",
+)
 @click.option("--foreground", is_flag=True, help="Run in this terminal instead of detached.")
+@click.option(
+    "--activate",
+    "owner",
+    metavar="WALLET",
+    help="Once it runs, activate the node (through --node) from this wallet, which pays the "
+    "burn and fee and owns its rewards, unless it is active already.",
+)
+@click.option("--fee", default=DEFAULT_FEE_QNC, show_default=True, metavar="QNC")
 @pass_settings
 def node_start(
     settings: Settings,
@@ -656,17 +683,36 @@ def node_start(
     node_type: str | None,
     region: str | None,
     api_port: int | None,
+    peers: tuple[str, ...],
     foreground: bool,
+    owner: str | None,
+    fee: str,
 ) -> None:
     """Start the node of DATA_DIR (detached; output goes to DATA_DIR/node.log)."""
     if foreground:
-        _, argv = _prepare_start(data_dir, node_type, region, api_port)
+        if owner:
+            raise CliError("--activate needs the node detached; activate it with `node activate`")
+        _, argv = _prepare_start(data_dir, node_type, region, api_port, peers)
         os.execv(argv[0], argv)
-    started = start_node(data_dir, node_type, region, api_port)
-    settings.emit(
-        {"node_id": started.node_id, "pid": started.pid, "api_url": started.api_url},
-        [("node id", started.node_id), ("pid", started.pid), ("api", started.api_url)],
-    )
+    started = start_node(data_dir, node_type, region, api_port, peers)
+    result = {"node_id": started.node_id, "pid": started.pid, "api_url": started.api_url}
+    rows = [("node id", started.node_id), ("pid", started.pid), ("api", started.api_url)]
+    if owner:
+        running = Client(started.api_url).status()
+        try:
+            settings.client().node(started.node_id)
+        except ApiError as exc:
+            if exc.code != "not_found":
+                raise
+            activation, more = activate_node(
+                settings, data_dir, owner, running["node_type"], running["region"], fee, True, 60
+            )
+            result["activation"] = activation
+            rows += more
+        else:
+            result["activation"] = {"status": "already active"}
+            rows.append(("activation", "already active"))
+    settings.emit(result, rows)
 
 
 @node.command("status")
@@ -713,7 +759,7 @@ def node_verify(settings: Settings, data_dir: Path) -> None:
     help="Wallet that pays (the activation fee is burned) and owns the node's rewards.",
 )
 @click.option(
-    "--type", "node_type", type=click.Choice(ACTIVATION_TYPES), default="full", show_default=True
+    "--type", "node_type", type=click.Choice(NODE_TYPES), default="full", show_default=True
 )
 @click.option("--region", type=click.Choice(REGIONS), help="Default: DATA_DIR's configured one.")
 @click.option("--fee", default=DEFAULT_FEE_QNC, show_default=True, metavar="QNC")
@@ -731,6 +777,23 @@ def node_activate(
 ) -> None:
     """Register the node of DATA_DIR on chain (through --node): signed by wallet --owner,
     proven by the node key in DATA_DIR; burns the activation fee of its type."""
+    result, rows = activate_node(
+        settings, data_dir, owner, node_type, region, fee, not no_wait, timeout
+    )
+    settings.emit(result, rows)
+
+
+def activate_node(
+    settings: Settings,
+    data_dir: Path,
+    owner: str,
+    node_type: str,
+    region: str | None,
+    fee: str,
+    wait: bool,
+    timeout: float,
+) -> tuple[dict, list[tuple[str, object]]]:
+    """Submit (through --node) the activation of DATA_DIR's node; returns what to show."""
     config = load_config(data_dir)
     node_key = load_node_key(config.key_path)
     region = region or config.region
@@ -759,7 +822,7 @@ def node_activate(
         burn,
         proof,
     )
-    result = submit_and_wait(client, tx, not no_wait, timeout)
+    result = submit_and_wait(client, tx, wait, timeout)
     result.update(
         {
             "node_id": node_key.node_id,
@@ -770,18 +833,16 @@ def node_activate(
             "fee": str(fee_units),
         }
     )
-    settings.emit(
-        result,
-        [
-            *tx_rows(result),
-            ("node id", node_key.node_id),
-            ("type", node_type),
-            ("region", region),
-            ("owner", owner_address),
-            ("burned", f"{format_qnc(burn)} QNC"),
-            ("fee", f"{format_qnc(fee_units)} QNC"),
-        ],
-    )
+    rows = [
+        *tx_rows(result),
+        ("node id", node_key.node_id),
+        ("type", node_type),
+        ("region", region),
+        ("owner", owner_address),
+        ("burned", f"{format_qnc(burn)} QNC"),
+        ("fee", f"{format_qnc(fee_units)} QNC"),
+    ]
+    return result, rows
 
 
 @cli.group()

@@ -8,10 +8,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .genesis import REGIONS
+from .genesis import NODE_TYPES, REGIONS
 from .p2p import split_address
-
-NODE_TYPES = ("super",)
 
 
 class ConfigError(ValueError):

@@ -119,6 +119,10 @@ class LocalNode:
         write_config(self.data_dir / "config.toml", self.config)
 
     def start(self, timeout: float = 20.0) -> None:
+        start_all([self], timeout)
+
+    def spawn(self) -> None:
+        """Start the process; ``healthy`` tells when it answers."""
         log = open(self.data_dir / "node.log", "ab")  # noqa: SIM115 - lives with the process
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.proc = subprocess.Popen(
@@ -128,18 +132,15 @@ class LocalNode:
             start_new_session=True,
         )
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if http("GET", self.url + "/health", timeout=1)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        self.kill()  # never leave a process behind that the caller cannot stop
-        raise TimeoutError(f"node did not answer /health:\n{self.log()}")
+
+    def healthy(self) -> bool:
+        """True once the node answers /health; raises if its process has exited."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            return http("GET", self.url + "/health", timeout=1)[0] == 200
+        except OSError:
+            return False
 
     def log(self) -> str:
         return (self.data_dir / "node.log").read_text(errors="replace")
@@ -168,6 +169,27 @@ class LocalNode:
 
     def wait_committed(self, tx_id: bytes, timeout: float = 20.0) -> dict:
         return Client(self.url).wait_committed(tx_id.hex(), timeout)
+
+
+def start_all(nodes: list[LocalNode], timeout: float = 20.0) -> None:
+    """Start every node, then wait until all answer; on failure none is left running."""
+    try:
+        for node in nodes:
+            node.spawn()
+        waiting = list(nodes)
+        deadline = time.monotonic() + timeout
+        while waiting:
+            waiting = [n for n in waiting if not n.healthy()]
+            if waiting and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{len(waiting)} node(s) did not answer /health within {timeout:g} s; "
+                    f"the first's log:\n{waiting[0].log()}"
+                )
+            time.sleep(0.05)
+    except BaseException:
+        for node in nodes:
+            node.kill()  # never leave a process behind that the caller cannot stop
+        raise
 
 
 def local_net(
@@ -202,3 +224,50 @@ def local_net(
     for node in nodes:
         node.set_peers([n.p2p_address for n in nodes if n is not node])
     return nodes
+
+
+def follower_layout(count: int, regions: list[str], light_share: float) -> list[tuple[str, str]]:
+    """``count`` (type, region) pairs: regions in turn, about ``light_share`` of them light."""
+    lights = round(count * light_share)
+    types = ["full"] * (count - lights) + ["light"] * lights
+    return [(t, regions[i % len(regions)]) for i, t in enumerate(types)]
+
+
+def add_followers(
+    base_dir: Path,
+    validators: list[LocalNode],
+    followers: list[tuple[str, str]],
+    config: dict | None = None,
+) -> list[LocalNode]:
+    """Full and light nodes, ``(type, region)`` each, bootstrapping from the validators."""
+    seeds = [v.p2p_address for v in validators]
+    return [
+        LocalNode(
+            Path(base_dir) / f"{node_type}{i + 1}",
+            validators[0].genesis,
+            crypto.KeyPair.generate(),
+            {**(config or {}), "node_type": node_type, "region": region, "peers": seeds},
+        )
+        for i, (node_type, region) in enumerate(followers)
+    ]
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise LookupError(f"no VmRSS for pid {pid}")
+
+
+def propagation_ms(arrivals: dict[str, dict[int, int]], validators: set[str]) -> dict[int, int]:
+    """Per height every node has: the time from its first commit (the earliest validator)
+    to the last of all nodes learning of it. ``arrivals``: node -> height -> unix ms."""
+    common = None
+    for seen in arrivals.values():
+        common = set(seen) if common is None else common & set(seen)
+    out = {}
+    for height in sorted(common or ()):
+        first = min(arrivals[v][height] for v in validators)
+        out[height] = max(seen[height] for seen in arrivals.values()) - first
+    return out

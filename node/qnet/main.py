@@ -15,6 +15,7 @@ from .api import create_app
 from .bft import BftConsensus
 from .config import NODE_TYPES, ConfigError, NodeConfig, load_config
 from .genesis import REGIONS, Genesis, GenesisError
+from .light import LightNode
 from .node import Node, StateDivergence, load_node_key
 from .storage import StorageError
 
@@ -45,22 +46,39 @@ def claim_pidfile(path: Path) -> None:
     path.write_text(f"{os.getpid()}\n")
 
 
-def genesis_region(genesis: Genesis, config: NodeConfig) -> str:
+def settle_identity(genesis: Genesis, config: NodeConfig) -> None:
+    """A genesis validator is a super node in its genesis region; any other node names its
+    region (or ``auto``)."""
     node_id = load_node_key(config.key_path).node_id
-    for v in genesis.validators:
-        if v.node_id == node_id:
-            return v.region
-    raise ConfigError("this node is not a genesis validator; give --region")
+    validator = next((v for v in genesis.validators if v.node_id == node_id), None)
+    if validator is None:
+        if config.region is None:
+            raise ConfigError("this node is not a genesis validator; give --region")
+        return
+    if config.node_type != "super":
+        raise ConfigError(
+            f"this node is a genesis validator: it runs as super, not {config.node_type}"
+        )
+    if config.region not in (None, validator.region):
+        raise ConfigError(
+            f"this node is a genesis validator of region {validator.region}, not {config.region}"
+        )
+    config.region = validator.region
 
 
 def build(config: NodeConfig) -> web.Application:
     genesis = Genesis.load(config.genesis_path)
-    node = Node(config, genesis, load_node_key(config.key_path))
-    consensus = BftConsensus(node, config)
+    key = load_node_key(config.key_path)
+    if config.node_type == "light":
+        node = LightNode(config, genesis, key)
+        driver = node.run()
+    else:
+        node = Node(config, genesis, key)
+        driver = BftConsensus(node, config).run()
     app = create_app(node)
 
     async def lifecycle(app: web.Application):
-        task = asyncio.create_task(consensus.run(), name="consensus")
+        task = asyncio.create_task(driver, name="network")
         task.add_done_callback(_stop_on_failure)
         log.info(
             "node %s (%s, %s) serving %s, chain %s at height %d",
@@ -69,14 +87,14 @@ def build(config: NodeConfig) -> web.Application:
             node.region,
             config.api_url,
             node.chain_id,
-            node.state.height,
+            node.height,
         )
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         node.close()
-        log.info("stopped cleanly at height %d", node.state.height)
+        log.info("stopped cleanly at height %d", node.height)
 
     app.cleanup_ctx.append(lifecycle)
     return app
@@ -95,11 +113,17 @@ def _stop_on_failure(task: asyncio.Task) -> None:
 @click.option("--region", type=click.Choice([*REGIONS, "auto"]))
 @click.option("--api-host")
 @click.option("--api-port", type=int)
-def main(data_dir: Path, node_type, region, api_host, api_port) -> None:
+@click.option("--peer", "peers", multiple=True, help="host:port of a peer (repeatable).")
+def main(data_dir: Path, node_type, region, api_host, api_port, peers) -> None:
     """Run a QNet node from DATA_DIR (genesis.json, node_key, optional config.toml)."""
     try:
         config = load_config(
-            data_dir, node_type=node_type, region=region, api_host=api_host, api_port=api_port
+            data_dir,
+            node_type=node_type,
+            region=region,
+            api_host=api_host,
+            api_port=api_port,
+            peers=list(peers) or None,
         )
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
@@ -112,8 +136,7 @@ def main(data_dir: Path, node_type, region, api_host, api_port) -> None:
         genesis = Genesis.load(config.genesis_path)
         if config.region == "auto":
             config.region, _ = asyncio.run(region_mod.choose(genesis.seeds))
-        elif config.region is None:
-            config.region = genesis_region(genesis, config)
+        settle_identity(genesis, config)
         claim_pidfile(config.pid_path)
         app = build(config)
     except (

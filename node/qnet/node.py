@@ -8,10 +8,12 @@ that calls ``build_block`` when it proposes and ``commit`` when a block is final
 import asyncio
 import logging
 import os
+import struct
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__, crypto, ledger
@@ -28,6 +30,37 @@ from .tx import KIND_ACTIVATE, DecodeError, Transaction, decode, make_heartbeat
 log = logging.getLogger("qnet.node")
 
 REJECTED_MEMORY = 100_000  # how many recent rejections the status endpoint remembers
+ARRIVALS_KEPT = 1_024  # recent blocks whose arrival time the node remembers
+
+
+@dataclass(frozen=True)
+class HeartbeatView:
+    """What a node needs to know to send its heartbeat, as a node with state sees it; a
+    light node asks a full one for it (the NODE message carries ``encode()``)."""
+
+    activated: bool
+    last_epoch: int | None  # of its latest heartbeat on chain
+    nonce: int  # next nonce of the node key's account, pending transactions included
+    pending: int  # transactions of the node key's account waiting in the mempool
+    epoch: int  # the epoch the next block will be in
+
+    _WIRE = struct.Struct(">BQQIQ")
+
+    def due(self) -> int | None:
+        """The epoch to send a heartbeat for now, or None (not activated, on chain, or one
+        is pending)."""
+        if not self.activated or self.last_epoch == self.epoch or self.pending:
+            return None
+        return self.epoch
+
+    def encode(self) -> bytes:
+        last = ledger.NEVER if self.last_epoch is None else self.last_epoch
+        return self._WIRE.pack(self.activated, last, self.nonce, self.pending, self.epoch)
+
+    @classmethod
+    def decode(cls, data: bytes) -> "HeartbeatView":
+        activated, last, nonce, pending, epoch = cls._WIRE.unpack(data)  # struct.error if bad
+        return cls(bool(activated), None if last == ledger.NEVER else last, nonce, pending, epoch)
 
 
 class StateDivergence(RuntimeError):
@@ -73,8 +106,11 @@ class Node:
         self._verify_pool = ThreadPoolExecutor(config.verify_threads, "qnet-verify")
         self._store_pool = ThreadPoolExecutor(1, "qnet-store")
         self.started_at = time.time()
-        # Set by the network driver: receives transactions admitted through the API, to gossip.
-        self.relay: Callable[[list[Transaction]], None] | None = None
+        # Set by the network driver: receives newly admitted transactions to gossip, with the
+        # node id of the peer they came from (None: through the API).
+        self.relay: Callable[[list[Transaction], str | None], None] | None = None
+        # When this node learnt of each recent committed block: (height, unix ms).
+        self.arrivals: deque[tuple[int, int]] = deque(maxlen=ARRIVALS_KEPT)
         # Set by the network driver: the connected peers, for ``network peers``.
         self.network_peers: Callable[[], list[dict]] = list
         # Set by the network driver: peers, sync lag and round, for the status endpoint.
@@ -159,10 +195,19 @@ class Node:
         self.metrics.verify_seconds.observe(time.perf_counter() - started)
         return [ok for chunk in results for ok in chunk]
 
+    @property
+    def height(self) -> int:
+        return self.state.height
+
     async def submit(
-        self, txs: list[Transaction | DecodeError], relay: bool = True
+        self,
+        txs: list[Transaction | DecodeError],
+        relay: bool = True,
+        source: str | None = None,
     ) -> list[Rejected | None]:
-        """Admit decoded transactions in order; returns None or the refusal for each."""
+        """Admit decoded transactions in order; returns None or the refusal for each.
+        Admitted ones are handed to the network to gossip if ``relay``, with ``source``,
+        the peer they came from."""
         outcome: list[Rejected | None] = [None] * len(txs)
         to_verify: list[tuple[int, Transaction]] = []
         view = ledger.begin_block(self.state, self.rules, self.epoch_now())
@@ -197,17 +242,19 @@ class Node:
             self._update_mempool_gauges()
             self.work.set()
             if relay and self.relay is not None:
-                self.relay(admitted)
+                self.relay(admitted, source)
         return outcome
 
-    async def submit_raw(self, raws: list[bytes], relay: bool = True) -> list[Rejected | None]:
+    async def submit_raw(
+        self, raws: list[bytes], relay: bool = True, source: str | None = None
+    ) -> list[Rejected | None]:
         decoded: list[Transaction | DecodeError] = []
         for raw in raws:
             try:
                 decoded.append(decode(raw))
             except DecodeError as exc:
                 decoded.append(exc)
-        return await self.submit(decoded, relay)
+        return await self.submit(decoded, relay, source)
 
     def _update_mempool_gauges(self) -> None:
         self.metrics.mempool_size.set(len(self.mempool))
@@ -279,6 +326,7 @@ class Node:
             self._store_pool, self.storage.commit_block, block, cert, diff
         )
         self.state.merge(diff, h.height, block.hash, h.time_ms)
+        self.arrivals.append((h.height, int(time.time() * 1000)))
         included = {t.id for t in block.txs}
         for entry in self.mempool.on_committed(
             {t.sender for t in block.txs}, lambda s: self.state.account(s)[1]
@@ -314,23 +362,25 @@ class Node:
             m.supply.labels(name).set(getattr(s.supply, name))
 
     # ---- heartbeats: the network driver sends one per epoch -----------------------------
-    def heartbeat_due(self) -> int | None:
-        """The epoch this node should send its heartbeat for now; None when it is not
-        activated, its heartbeat for that epoch is on chain, or one is pending here."""
-        record = self.state.node(self.key.public_key)
-        epoch = self.epoch_now()
-        if record is None or record.last_heartbeat == epoch:
-            return None
-        if self.mempool.pending_count(self.key.address):
-            return None
-        return epoch
+    def heartbeat_view(self, node_key: bytes) -> HeartbeatView:
+        record = self.state.node(node_key)
+        address = crypto.address_bytes(node_key)
+        pending = self.mempool.pending_count(address)
+        return HeartbeatView(
+            activated=record is not None,
+            last_epoch=record.last_heartbeat if record else None,
+            nonce=self.state.account(address)[1] + pending,
+            pending=pending,
+            epoch=self.epoch_now(),
+        )
 
-    def heartbeat_tx(self, epoch: int) -> Transaction:
-        """This node's heartbeat for ``epoch``, signed with its key, with the next nonce of
-        the node key's account (committed plus pending here)."""
-        address = self.key.address
-        nonce = self.state.account(address)[1] + self.mempool.pending_count(address)
-        return make_heartbeat(self.key, self.chain_id, nonce, epoch)
+    def heartbeat(self) -> Transaction | None:
+        """This node's heartbeat, if one is due (see ``HeartbeatView.due``)."""
+        view = self.heartbeat_view(self.key.public_key)
+        epoch = view.due()
+        if epoch is None:
+            return None
+        return make_heartbeat(self.key, self.chain_id, view.nonce, epoch)
 
     # ---- queries -----------------------------------------------------------------------
     def tx_status(self, tx_id: bytes) -> dict | None:

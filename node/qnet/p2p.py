@@ -45,12 +45,12 @@ import prometheus_client
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import crypto
-from .genesis import REGIONS
+from .genesis import NODE_TYPES, REGIONS
+from .topology import PeerPolicy
 
 log = logging.getLogger("qnet.p2p")
 
 PROTOCOL_VERSION = 1
-NODE_TYPES = ("super", "full", "light")
 PATH = "/p2p"
 
 KIND_HELLO = 0
@@ -69,6 +69,10 @@ TAG_PEER_AUTH = 0x30  # signed-message tag; block.py uses 0x2x for headers and v
 CHALLENGE_LEN = 32
 MAX_PEER_RECORDS = 100  # per PEERS frame
 
+MAINTAIN_EVERY_S = 0.5  # how often a node with a topology policy looks after its peers
+MAX_KNOWN = 2_000  # peers remembered from peer exchange, to dial when the topology needs them
+MAX_POLICY_DIALS = 2  # dials in flight at once on the policy's behalf
+STABLE_S = 10.0  # a connection that lasted less (a peer that was full, say) counts as failed
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 10.0
 PROTOCOL_BAN_S = 60.0  # how long a peer that broke the protocol is refused
@@ -88,6 +92,7 @@ DROP_REASONS = (
     "unknown_kind",
     "queue_full",
     "timeout",
+    "topology",
 )
 
 OnMessage = Callable[["PeerInfo", int, bytes], Awaitable[None]]
@@ -432,7 +437,7 @@ class PeerNetwork:
         genesis_hash: bytes,
         node_type: str,
         region: str,
-        listen_host: str,
+        listen_host: str | None,
         listen_port: int,
         seeds: list[str],
         on_message: OnMessage,
@@ -446,6 +451,7 @@ class PeerNetwork:
         handshake_timeout_s: float = 5.0,
         heartbeat_s: float = 2.0,
         peer_exchange_s: float = 30.0,
+        policy: PeerPolicy | None = None,
     ):
         _check_identity(key.public_key, node_type, region, "")
         for seed in seeds:
@@ -457,8 +463,14 @@ class PeerNetwork:
         self.region = region
         self.listen_host = listen_host
         self.listen_port = listen_port
-        self.listen = join_address(listen_host, listen_port)  # port fixed by start() if 0
+        # No listen host: dial out only (light nodes), announcing no address.
+        self.listen = join_address(listen_host, listen_port) if listen_host else ""
         self.seeds = list(seeds)
+        # Without a policy every peer is welcome up to max_peers and seeds stay dialled. With
+        # one, the policy picks peers; seeds stay dialled only for a validator (its mesh), and
+        # other nodes dial them to get started, or when the peers they know run out.
+        self.policy = policy
+        self.persistent_seeds = policy is None or policy.is_validator
         self.on_message = on_message
         self.on_peer = on_peer
         self.max_peers = max_peers
@@ -479,6 +491,8 @@ class PeerNetwork:
         self._dialling: set[str] = set()
         self._self_addresses: set[str] = set()
         self._address_ids: dict[str, str] = {}  # dialled address -> node id found there
+        self._known: dict[str, PeerInfo] = {}  # node id -> learnt by peer exchange
+        self._retry: dict[str, tuple[float, float]] = {}  # address -> (not before, delay)
         self._tasks: set[asyncio.Task] = set()  # seed loops, dials, peer exchange, closes
         self._connection_tasks: set[asyncio.Task] = set()  # one per open connection
         self._sockets: set[WebSocket] = set()
@@ -513,24 +527,28 @@ class PeerNetwork:
         """Listen, then keep every seed dialled and exchange peers in the background."""
         self._running = True
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        app = web.Application()
-        app.router.add_get(PATH, self._accept)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=CLOSE_TIMEOUT_S)
-        try:
-            await self._runner.setup()
-            await web.TCPSite(self._runner, self.listen_host, self.listen_port).start()
-        except OSError:
-            await self.stop()
-            raise
-        self.listen_port = self._runner.addresses[0][1]
-        self.listen = join_address(self.listen_host, self.listen_port)
-        self._self_addresses.add(self.listen)
-        for seed in self.seeds:
-            self._spawn(self._keep_dialled(seed), f"p2p-seed-{seed}")
+        if self.listen_host:
+            app = web.Application()
+            app.router.add_get(PATH, self._accept)
+            self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=CLOSE_TIMEOUT_S)
+            try:
+                await self._runner.setup()
+                await web.TCPSite(self._runner, self.listen_host, self.listen_port).start()
+            except OSError:
+                await self.stop()
+                raise
+            self.listen_port = self._runner.addresses[0][1]
+            self.listen = join_address(self.listen_host, self.listen_port)
+            self._self_addresses.add(self.listen)
+        if self.persistent_seeds:
+            for seed in self.seeds:
+                self._spawn(self._keep_dialled(seed), f"p2p-seed-{seed}")
+        if self.policy is not None:
+            self._spawn(self._maintain(), "p2p-maintain")
         self._spawn(self._exchange_peers(), "p2p-exchange")
         log.info(
-            "p2p listening on %s as %s (%s, %s), seeds %s",
-            self.listen,
+            "p2p %s as %s (%s, %s), seeds %s",
+            f"listening on {self.listen}" if self.listen else "dialling out only",
             self.key.node_id,
             self.node_type,
             self.region,
@@ -586,9 +604,10 @@ class PeerNetwork:
             self._drop(conn, "banned", reason, log_level=logging.DEBUG)
 
     def want_peer(self, info: PeerInfo) -> bool:
-        """Whether to dial a peer learnt by peer exchange (the node's topology policy may
-        replace this). Self, connected, banned and already-dialling peers never get here."""
-        return len(self._peers) + len(self._dialling) < self.max_peers
+        """Whether to dial a peer learnt by peer exchange at once (with a topology policy,
+        the maintenance loop dials instead). Self, connected, banned and already-dialling
+        peers never get here."""
+        return self.policy is None and len(self._peers) + len(self._dialling) < self.max_peers
 
     # ---- sending -------------------------------------------------------------------------
     def _app_frame(self, kind: int, payload: bytes) -> bytes:
@@ -717,12 +736,18 @@ class PeerNetwork:
         """Run the handshake and admit the peer; on refusal log one line naming the peer
         and the reason, count it and close."""
         self._sockets.add(ws)
+        info = None
         try:
             async with asyncio.timeout(self.handshake_timeout_s):
                 info = await self._handshake(ws, address, remote_host, outbound)
             return self._admit(ws, info, address, seed)
         except _Refused as exc:
             refusal = exc
+            if info is not None and exc.reason in ("max_peers", "topology"):
+                # Full here: point the peer at others, as a seed would.
+                with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+                    records = encode_peers(self._records_for(info))
+                    await self._send_now(ws, frame(KIND_PEERS, records))
         except TimeoutError:
             refusal = _Refused("handshake", f"no handshake within {self.handshake_timeout_s:g} s")
         except (ConnectionError, aiohttp.ClientError) as exc:
@@ -826,6 +851,19 @@ class PeerNetwork:
             )
         if existing is not None and (not self._preferred(info) or self._preferred(existing.info)):
             raise _Refused(None, "already connected", logging.DEBUG, info.node_id)
+        bypass = seed and self.persistent_seeds  # a validator's mesh is configured, not picked
+        if (
+            existing is None
+            and self.policy is not None
+            and not bypass
+            and not self.policy.accepts(self.peers(), info)
+        ):
+            raise _Refused(
+                "topology",
+                f"the topology has no room for a {info.node_type} node of {info.region}",
+                logging.DEBUG,
+                info.node_id,
+            )
         conn = _Connection(
             ws,
             info,
@@ -961,7 +999,7 @@ class PeerNetwork:
         if kind >= FIRST_APP_KIND:
             await conn.inbox.put(data)
         elif kind == KIND_GET_PEERS and not payload:
-            self._enqueue(conn, frame(KIND_PEERS, encode_peers(self._records_for(conn))))
+            self._enqueue(conn, frame(KIND_PEERS, encode_peers(self._records_for(conn.info))))
         elif kind == KIND_PEERS:
             try:
                 self._learn(decode_peers(payload))
@@ -1006,11 +1044,17 @@ class PeerNetwork:
         self._spawn(_close(conn.ws, *_close_args(conn)), "p2p-close")
 
     # ---- peer exchange -------------------------------------------------------------------
-    def _records_for(self, asker: _Connection) -> list[PeerRecord]:
-        records = [
-            c.info.record() for c in self._peers.values() if c is not asker and c.info.listen
+    def _records_for(self, asker: PeerInfo) -> list[PeerRecord]:
+        """Peers worth dialling for ``asker``: those of its region first, light nodes never
+        (nobody dials them)."""
+        infos = [
+            c.info
+            for c in self._peers.values()
+            if c.info.node_id != asker.node_id and c.info.listen and c.info.node_type != "light"
         ]
-        return random.sample(records, min(len(records), MAX_PEER_RECORDS))
+        random.shuffle(infos)
+        infos.sort(key=lambda i: i.region != asker.region)
+        return [i.record() for i in infos[:MAX_PEER_RECORDS]]
 
     def _learn(self, records: list[PeerRecord]) -> None:
         """Dial announced peers the policy wants; one attempt each (only seeds are kept)."""
@@ -1020,6 +1064,7 @@ class PeerNetwork:
             )
             if (
                 not self._running
+                or not info.listen
                 or info.public_key == self.key.public_key
                 or info.node_id in self._peers
                 or self._is_banned(info.node_id)
@@ -1027,9 +1072,82 @@ class PeerNetwork:
                 or info.listen in self._self_addresses
             ):
                 continue
-            if self.want_peer(info):
+            if self.policy is not None:
+                self._remember_peer(info)
+            elif self.want_peer(info):
                 self._dialling.add(info.listen)
                 self._spawn(self._dial(info.listen), f"p2p-dial-{info.listen}")
+
+    def _remember_peer(self, info: PeerInfo) -> None:
+        self._known.pop(info.node_id, None)  # re-insert: the newest news is last
+        self._known[info.node_id] = info
+        while len(self._known) > MAX_KNOWN:
+            del self._known[next(iter(self._known))]
+
+    def _may_dial(self, address: str, now: float) -> bool:
+        return (
+            address not in self._dialling
+            and address not in self._self_addresses
+            and self._retry.get(address, (0.0, 0.0))[0] <= now
+        )
+
+    def _dial_for_policy(self, address: str) -> None:
+        """Dial once; an address that gave no lasting connection waits longer each time."""
+
+        async def attempt() -> None:
+            conn = await self._dial(address)
+            if conn is not None:
+                opened = time.monotonic()
+                await conn.closed.wait()
+                if time.monotonic() - opened > STABLE_S:
+                    self._retry.pop(address, None)
+                    return
+            delay = min(2 * self._retry.get(address, (0.0, BACKOFF_MIN_S))[1], BACKOFF_MAX_S)
+            self._retry[address] = (time.monotonic() + delay * random.uniform(0.5, 1.0), delay)
+
+        self._dialling.add(address)
+        self._spawn(attempt(), f"p2p-dial-{address}")
+
+    async def _maintain(self) -> None:
+        """Keep the peers the policy asks for: let surplus ones go, dial the best known
+        candidates while it is hungry, fall back on the seeds when none is known, and ask
+        peers for more."""
+        policy = self.policy
+        assert policy is not None
+        asked = 0.0
+        while self._running:
+            now = time.monotonic()
+            peers = self.peers()
+            for info in policy.surplus(peers):
+                conn = self._peers.get(info.node_id)
+                if conn is not None:
+                    self._drop(conn, "topology", "the topology no longer needs it", 0, logging.INFO)
+            peers = self.peers()
+            if policy.hungry(peers):
+                room = MAX_POLICY_DIALS - len(self._dialling)
+                candidates = sorted(
+                    (
+                        info
+                        for node_id, info in self._known.items()
+                        if node_id not in self._peers
+                        and not self._is_banned(node_id)
+                        and self._may_dial(info.listen, now)
+                        and policy.wants(peers, info)
+                    ),
+                    key=policy.rank,
+                )
+                for info in candidates[: max(0, room)]:
+                    self._dial_for_policy(info.listen)
+                if not candidates and room > 0:
+                    for seed in random.sample(self.seeds, len(self.seeds)):  # spread the load
+                        if self._peer_at(seed) is None and self._may_dial(seed, now):
+                            self._dial_for_policy(seed)
+                            break
+                if now - asked > 2.0:
+                    asked = now
+                    for conn in list(self._peers.values()):
+                        self._enqueue(conn, frame(KIND_GET_PEERS))
+            await asyncio.sleep(MAINTAIN_EVERY_S * random.uniform(0.8, 1.2))
 
     async def _exchange_peers(self) -> None:
         """Ask every peer for its peers now and then, while there is room for more."""

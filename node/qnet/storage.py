@@ -205,6 +205,11 @@ class Storage:
         header, signature, body, cert = rows[0]
         return Block.encode_parts(header, signature, body), cert
 
+    def encoded_header(self, height: int) -> tuple[bytes, bytes] | None:
+        """(header bytes, certificate bytes): what a light node needs of a block."""
+        rows = self._read("SELECT header, certificate FROM blocks WHERE height=?", (height,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
     def headers(self, first: int, last: int) -> list[Header]:
         rows = self._read(
             "SELECT header FROM blocks WHERE height BETWEEN ? AND ? ORDER BY height", (first, last)

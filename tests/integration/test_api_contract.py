@@ -621,6 +621,17 @@ def test_op_network_peers(exercise):
     assert exercise.call("GET", "/api/v1/network/peers").body == {"peers": []}
 
 
+def test_op_network_arrivals(exercise):
+    """When this node took each block: the heights it committed, in order, with its clock."""
+    api = exercise
+    height = api.call("GET", "/api/v1/status").body["height"]
+    assert height > 0  # the heartbeat's block at least
+    rows = api.call("GET", "/api/v1/network/arrivals").body["arrivals"]
+    assert [r["height"] for r in rows] == list(range(1, height + 1))
+    times = [r["time_ms"] for r in rows]
+    assert times == sorted(times) and times[-1] <= time.time() * 1000
+
+
 def test_every_documented_response_was_produced(api):
     """Documented answers are real ones: each (operation, status) came up above, except 500."""
     exercises = {name for name in globals() if name.startswith("test_op_")}

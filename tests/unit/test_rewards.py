@@ -19,7 +19,7 @@ from qnet.config import load_config
 from qnet.errors import Rejected
 from qnet.genesis import NODE_TYPES, REGIONS, Params, make_genesis
 from qnet.ledger import EpochRecord, NodeRecord, State
-from qnet.node import InvalidBlock, Node, check_block
+from qnet.node import HeartbeatView, InvalidBlock, Node, check_block
 
 CHAIN = "qnet-test"
 MIN_FEE = 1_000
@@ -470,18 +470,23 @@ def test_a_node_builds_its_heartbeat_for_the_network_driver(tmp_path):
     (tmp_path / "stranger").mkdir()
     node = Node(load_config(tmp_path / "validator", region="eu"), genesis, VALIDATOR)
     try:
-        epoch = node.heartbeat_due()
-        assert epoch == node.epoch_now() > 0
-        heartbeat = node.heartbeat_tx(epoch)
+        heartbeat = node.heartbeat()
+        epoch = node.epoch_now()
+        assert epoch > 0
         assert (heartbeat.kind, heartbeat.nonce, heartbeat.epoch) == (tx.KIND_HEARTBEAT, 0, epoch)
         assert heartbeat.node_key == VALIDATOR.public_key and heartbeat.verify_signature()
         assert asyncio.run(node.submit([heartbeat])) == [None]
-        assert node.heartbeat_due() is None  # one is pending
-        assert node.heartbeat_tx(epoch + 1).nonce == 1
+        assert node.heartbeat() is None  # one is pending
+        view = node.heartbeat_view(VALIDATOR.public_key)
+        assert (view.activated, view.nonce, view.pending, view.epoch) == (True, 1, 1, epoch)
+        # What a light node gets over the wire from a full one is the same view.
+        assert HeartbeatView.decode(view.encode()) == view
     finally:
         node.close()
     stranger = Node(load_config(tmp_path / "stranger", region="eu"), genesis, OWNERS[0])
     try:
-        assert stranger.heartbeat_due() is None  # not activated
+        assert stranger.heartbeat() is None  # not activated
+        view = stranger.heartbeat_view(OWNERS[0].public_key)
+        assert HeartbeatView.decode(view.encode()) == view and view.last_epoch is None
     finally:
         stranger.close()
