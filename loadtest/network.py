@@ -21,13 +21,11 @@ from pathlib import Path
 from bench import machine  # the sibling script: run as loadtest/network.py
 
 from qnet.localnode import (
-    LocalNode,
-    add_followers,
-    follower_layout,
-    local_net,
     propagation_ms,
     rss_mib,
-    start_all,
+    start_network,
+    topology_summary,
+    wait_converged,
 )
 
 REGIONS = ["na", "sa", "eu", "af", "ap"]
@@ -36,44 +34,6 @@ REGIONS = ["na", "sa", "eu", "af", "ap"]
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def start(workdir: Path, nodes: int, validators: int, light_share: float) -> list[LocalNode]:
-    vals = local_net(workdir, validators, {})
-    followers = add_followers(
-        workdir, vals, follower_layout(nodes - validators, REGIONS, light_share)
-    )
-    start_all(vals)
-    start_all(followers, timeout=180)
-    return vals + followers
-
-
-def wait_converged(nodes: list[LocalNode], timeout: float) -> float:
-    """Until every node is within one block of the best validator; returns seconds taken."""
-    started = time.monotonic()
-    while True:
-        heights = [n.status()["height"] for n in nodes]
-        if min(heights) > 0 and max(heights) - min(heights) <= 1:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            behind = [(n.data_dir.name, h) for n, h in zip(nodes, heights, strict=True)]
-            raise TimeoutError(f"not converged after {timeout:g} s: {behind}")
-        time.sleep(0.5)
-
-
-def topology(nodes: list[LocalNode]) -> dict:
-    """Per node its peers; per type the fewest same-region super/full peers any has."""
-    summary: dict = {"min_same_region_upstream": {}, "validator_peers": []}
-    for n in nodes:
-        status = n.status()
-        peers = n.get("/api/v1/network/peers")[1]["peers"]
-        same = sum(p["region"] == status["region"] and p["node_type"] != "light" for p in peers)
-        kind = "validator" if n.config.get("node_type", "super") == "super" else status["node_type"]
-        best = summary["min_same_region_upstream"].get(kind)
-        summary["min_same_region_upstream"][kind] = same if best is None else min(best, same)
-        if kind == "validator":
-            summary["validator_peers"].append(len(peers))
-    return summary
 
 
 def main() -> int:
@@ -87,13 +47,13 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="qnet-network-") as tmp:
         t0 = time.monotonic()
-        nodes = start(Path(tmp), args.nodes, args.validators, args.light_share)
+        nodes = start_network(Path(tmp), args.nodes, args.validators, args.light_share, REGIONS)
         try:
             started_s = time.monotonic() - t0
             converged_s = wait_converged(nodes, 120)
             first = max(n.status()["height"] for n in nodes) + 1
             time.sleep(args.seconds)
-            shape = topology(nodes)
+            shape = topology_summary(nodes)
             rss: dict[str, list[float]] = defaultdict(list)
             arrivals = {}
             for n in nodes:

@@ -271,3 +271,49 @@ def propagation_ms(arrivals: dict[str, dict[int, int]], validators: set[str]) ->
         first = min(arrivals[v][height] for v in validators)
         out[height] = max(seen[height] for seen in arrivals.values()) - first
     return out
+
+
+def start_network(
+    workdir: Path, nodes: int, validators: int, light_share: float, regions: list[str]
+) -> list[LocalNode]:
+    """``validators`` validators, then full and light nodes bootstrapping from them."""
+    vals = local_net(workdir, validators, {})
+    followers = add_followers(
+        workdir, vals, follower_layout(nodes - validators, regions, light_share)
+    )
+    start_all(vals)
+    try:
+        start_all(followers, timeout=180)
+    except BaseException:
+        for v in vals:
+            v.stop()
+        raise
+    return vals + followers
+
+
+def wait_converged(nodes: list[LocalNode], timeout: float) -> float:
+    """Until every node has a block and all are within one block; returns seconds taken."""
+    started = time.monotonic()
+    while True:
+        heights = [n.status()["height"] for n in nodes]
+        if min(heights) > 0 and max(heights) - min(heights) <= 1:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            behind = [(n.data_dir.name, h) for n, h in zip(nodes, heights, strict=True)]
+            raise TimeoutError(f"not converged after {timeout:g} s: {behind}")
+        time.sleep(0.5)
+
+
+def topology_summary(nodes: list[LocalNode]) -> dict:
+    """Per node its peers; per type the fewest same-region super/full peers any has."""
+    summary: dict = {"min_same_region_upstream": {}, "validator_peers": []}
+    for n in nodes:
+        status = n.status()
+        peers = n.get("/api/v1/network/peers")[1]["peers"]
+        same = sum(p["region"] == status["region"] and p["node_type"] != "light" for p in peers)
+        kind = "validator" if n.config.get("node_type", "super") == "super" else status["node_type"]
+        best = summary["min_same_region_upstream"].get(kind)
+        summary["min_same_region_upstream"][kind] = same if best is None else min(best, same)
+        if kind == "validator":
+            summary["validator_peers"].append(len(peers))
+    return summary

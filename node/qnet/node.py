@@ -25,7 +25,7 @@ from .genesis import NODE_TYPES, REGIONS, Genesis
 from .mempool import Mempool
 from .metrics import Metrics
 from .storage import Storage, StorageError
-from .tx import KIND_ACTIVATE, DecodeError, Transaction, decode, make_heartbeat
+from .tx import KIND_ACTIVATE, KIND_HEARTBEAT, DecodeError, Transaction, decode, make_heartbeat
 
 log = logging.getLogger("qnet.node")
 
@@ -101,6 +101,7 @@ class Node:
             config.mempool_ttl_s,
         )
         self.rejected: OrderedDict[bytes, Rejected] = OrderedDict()
+        self._heartbeat_epochs: dict[bytes, int] = {}  # sender -> epoch of its pending one
         self.work = asyncio.Event()
         self.committed_event = asyncio.Event()
         self._verify_pool = ThreadPoolExecutor(config.verify_threads, "qnet-verify")
@@ -237,6 +238,8 @@ class Node:
             else:
                 admitted.append(tx)
                 self.rejected.pop(tx.id, None)
+                if tx.kind == KIND_HEARTBEAT:
+                    self._heartbeat_epochs[tx.sender] = tx.epoch
         if admitted:
             self.metrics.admitted.inc(len(admitted))
             self._update_mempool_gauges()
@@ -327,6 +330,7 @@ class Node:
         )
         self.state.merge(diff, h.height, block.hash, h.time_ms)
         self.arrivals.append((h.height, int(time.time() * 1000)))
+        self._drop_stale_heartbeats()
         included = {t.id for t in block.txs}
         for entry in self.mempool.on_committed(
             {t.sender for t in block.txs}, lambda s: self.state.account(s)[1]
@@ -350,6 +354,22 @@ class Node:
         self._update_ledger_gauges()
         self.committed_event.set()
         self.committed_event = asyncio.Event()
+
+    def _drop_stale_heartbeats(self) -> None:
+        """A heartbeat whose epoch closed before a block took it never can be taken: drop it
+        (and what its sender queued after it), or its node would wait for it until the
+        mempool TTL instead of sending the next epoch's. Nodes that build no blocks need
+        this; a proposer drops such a sender when building anyway."""
+        for sender, epoch in list(self._heartbeat_epochs.items()):
+            if not self.mempool.pending_count(sender):
+                del self._heartbeat_epochs[sender]
+            elif epoch < self.state.epoch:
+                del self._heartbeat_epochs[sender]
+                for entry in self.mempool.drop_sender(sender):
+                    self.refuse(
+                        entry.tx,
+                        Rejected("wrong_epoch", f"epoch {epoch} closed before it was included"),
+                    )
 
     def _update_ledger_gauges(self) -> None:
         m, s = self.metrics, self.state

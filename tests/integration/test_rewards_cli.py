@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from qnet import crypto, tx
+from qnet import crypto
 from qnet.genesis import Params
-from qnet.localnode import CHAIN_ID, NO_EMPTY_BLOCKS, LocalNode
-from qnet.node import write_secret
+from qnet.localnode import NO_EMPTY_BLOCKS, LocalNode
 
 pytestmark = pytest.mark.integration
 
@@ -77,47 +76,64 @@ def next_epoch(node: LocalNode) -> int:
     return fresh["epoch"]
 
 
-def send_heartbeat(node: LocalNode, key: crypto.KeyPair, epoch: int) -> None:
-    address = crypto.encode_address(key.address)
-    nonce = node.get(f"/api/v1/accounts/{address}")[1]["next_nonce"]
-    heartbeat = tx.make_heartbeat(key, CHAIN_ID, nonce, epoch)
-    status, body = node.post("/api/v1/transactions", json.dumps(heartbeat.to_json()).encode())
-    assert status == 202, body
-    assert node.wait_committed(heartbeat.id)["status"] == "committed"
+def heartbeat_epochs(cli: Cli, node_key: crypto.KeyPair) -> list[int]:
+    (info,) = cli.json("rewards", "check", "--node", node_key.node_id)["nodes"]
+    return [e["epoch"] for e in info["epochs"]]
 
 
 def test_a_new_node_activates_heartbeats_and_claims_its_reward(chain, tmp_path):
     node, owner = chain
     cli = Cli(tmp_path, node.url)
     cli.ok("wallet", "import", "owner", stdin=owner.seed.hex() + "\n")
-    community = tmp_path / "community"
-    community.mkdir()
     node_key = crypto.KeyPair.generate()
-    write_secret(community / "node_key", node_key.seed.hex())
-    node.genesis.save(community / "genesis.json")
+    # A community full node's data dir (key, genesis, ports; type, region and the validator
+    # as its peer, also given as flags below).
+    community = LocalNode(
+        tmp_path / "community",
+        node.genesis,
+        node_key,
+        {"node_type": "full", "region": "sa", "peers": [node.p2p_address]},
+    )
 
     start = cli.json("wallet", "balance", "owner")
-    activated = cli.json(
-        "node", "activate", "--data-dir", str(community), "--owner", "owner", "--type", "full",
-        "--region", "sa",
+    started = cli.json(
+        "node", "start", "--data-dir", str(community.data_dir), "--type", "full",
+        "--peer", node.p2p_address, "--activate", "owner",
     )  # fmt: skip
-    assert activated["status"] == "committed" and activated["node_id"] == node_key.node_id
-    assert activated["burned"] == str(10 * QNC)
-    after_activation = cli.json("wallet", "balance", "owner")
-    assert int(start["balance"]) - int(after_activation["balance"]) == 10 * QNC + FEE
+    try:
+        activated = started["activation"]
+        assert activated["status"] == "committed" and activated["node_id"] == node_key.node_id
+        assert activated["burned"] == str(10 * QNC)
+        after_activation = cli.json("wallet", "balance", "owner")
+        assert int(start["balance"]) - int(after_activation["balance"]) == 10 * QNC + FEE
+        # Starting it again does not activate it twice.
+        cli.ok("node", "stop", "--data-dir", str(community.data_dir))
+        again = cli.json(
+            "node", "start", "--data-dir", str(community.data_dir), "--activate", "owner"
+        )
+        assert again["activation"] == {"status": "already active"}
 
-    first = next_epoch(node)
-    send_heartbeat(node, node_key, first)
-    second = next_epoch(node)
-    send_heartbeat(node, node_key, second)
-    next_epoch(node)  # so that the second epoch is closed by the time of the claim
+        # The node sends its own heartbeat each epoch, through the validator it follows.
+        deadline = time.monotonic() + 30
+        while len(heartbeat_epochs(cli, node_key)) < 2:
+            assert time.monotonic() < deadline, "the node did not heartbeat in two epochs"
+            time.sleep(0.2)
+    finally:
+        cli.run("node", "stop", "--data-dir", str(community.data_dir))
+    # Stopped, it sends no more (one it sent last may still land): let every epoch it has a
+    # heartbeat in close, so the counts of eligible nodes are final.
+    next_epoch(node)
+    seen = heartbeat_epochs(cli, node_key)
+    while next_epoch(node) <= seen[-1]:
+        pass
 
     check = cli.json("rewards", "check", "--node", node_key.node_id)
     (info,) = check["nodes"]
     assert (info["node_type"], info["region"]) == ("full", "sa")
-    # The second epoch is closed by the first block after it: the claim's, or an earlier one
+    # The last epoch is closed by the first block after it: the claim's, or an earlier one
     # (the validator's own heartbeat for the next epoch), depending on timing.
-    assert [e["epoch"] for e in info["epochs"]] == [first, second]
+    assert [e["epoch"] for e in info["epochs"]] == heartbeat_epochs(cli, node_key)
+    assert len(info["epochs"]) >= 2
     assert info["epochs"][0]["closed"] is True
     # Emission split equally among every node eligible in the epoch (the validator may send
     # heartbeats too); each count is final, as no later block can carry those heartbeats.

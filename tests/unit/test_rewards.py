@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qnet import crypto, ledger, tx
-from qnet.block import Block, Header, tx_root
+from qnet.block import Block, CommitCertificate, Header, precommit_message, tx_root
 from qnet.config import load_config
 from qnet.errors import Rejected
 from qnet.genesis import NODE_TYPES, REGIONS, Params, make_genesis
@@ -490,3 +490,35 @@ def test_a_node_builds_its_heartbeat_for_the_network_driver(tmp_path):
         assert HeartbeatView.decode(view.encode()) == view and view.last_epoch is None
     finally:
         stranger.close()
+
+
+def test_a_heartbeat_whose_epoch_closed_is_dropped(tmp_path):
+    """A node that builds no blocks must not wait for a heartbeat that can no longer land
+    (its epoch closed first) until the mempool TTL: the commit that closes the epoch drops
+    it, and the next epoch's heartbeat is due at once."""
+    genesis = make_genesis(CHAIN, [(VALIDATOR.node_id, "eu")], {}, params(10))
+    (tmp_path / "follower").mkdir()
+    (tmp_path / "proposer").mkdir()
+    follower = Node(load_config(tmp_path / "follower", region="eu"), genesis, VALIDATOR)
+    proposer = Node(load_config(tmp_path / "proposer", region="eu"), genesis, VALIDATOR)
+    try:
+        heartbeat = follower.heartbeat()
+        assert asyncio.run(follower.submit([heartbeat])) == [None]
+        assert follower.heartbeat() is None  # pending
+        # The proposer never saw it; its next block is in the next epoch.
+        block, _ = proposer.build_block(follower.rules.epoch_start_ms(heartbeat.epoch + 1))
+        message = precommit_message(CHAIN, block.header.height, 0, block.hash)
+        cert = CommitCertificate(
+            block.header.height, 0, block.hash, ((VALIDATOR.public_key, VALIDATOR.sign(message)),)
+        )
+
+        async def take() -> None:
+            await follower.commit(block, cert, await follower.validate_block(block))
+
+        asyncio.run(take())
+        assert follower.mempool.pending_count(VALIDATOR.address) == 0
+        assert follower.tx_status(heartbeat.id)["reason"] == "wrong_epoch"
+        assert follower.heartbeat().epoch == heartbeat.epoch + 1
+    finally:
+        follower.close()
+        proposer.close()
