@@ -114,10 +114,15 @@ def format_uptime(seconds: float) -> str:
 
 
 def status_rows(status: dict) -> list[tuple]:
+    rtts = status.get("region_rtt_ms")
+    region = status["region"]
+    if rtts:  # chosen by --region=auto: show what it measured
+        shown = ", ".join(f"{r} {'-' if ms is None else f'{ms:g} ms'}" for r, ms in rtts.items())
+        region = f"{region} (auto; round trips {shown})"
     return [
         ("node id", status["node_id"]),
         ("type", status["node_type"]),
-        ("region", status["region"]),
+        ("region", region),
         ("chain", status["chain_id"]),
         ("height", status["height"]),
         ("block hash", status["block_hash"]),

@@ -42,7 +42,7 @@ from .block import BlockError, CommitCertificate, Header
 from .config import NodeConfig
 from .genesis import Genesis
 from .metrics import Metrics
-from .node import ARRIVALS_KEPT, HeartbeatView, InvalidBlock
+from .node import ARRIVALS_KEPT, HeartbeatView, InvalidBlock, status_document
 from .p2p import PeerInfo, PeerNetwork
 from .tx import encode_batch, make_heartbeat
 
@@ -65,6 +65,7 @@ class LightNode:
         self.rules = ledger.Rules.from_genesis(genesis)
         self.powers = {v.public_key: v.power for v in genesis.validators}
         self.region = config.region
+        self.region_rtt_ms: dict[str, float] | None = None  # measured by --region=auto
         self.metrics = Metrics()
         self.started_at = time.time()
         self.head: Header | None = None  # None: genesis
@@ -292,23 +293,12 @@ class LightNode:
         return self.stats.rows()
 
     def status(self) -> dict:
-        head = self.head
-        return {
-            "node_id": self.key.node_id,
-            "node_type": "light",
-            "region": self.region,
-            "version": __version__,
-            "chain_id": self.chain_id,
-            "genesis_hash": self.genesis.hash.hex(),
-            "height": self.height,
-            "block_hash": self.head_hash.hex(),
-            "block_time_ms": head.time_ms if head else self.genesis.genesis_time_ms,
-            # The state digest the certified head commits to (this node holds no state).
-            "state_digest": (head.state_digest if head else self._genesis_digest()).hex(),
-            "mempool_size": 0,
-            "uptime_s": round(time.time() - self.started_at, 3),
-            **self.network_status(),
-        }
-
-    def _genesis_digest(self) -> bytes:
-        return ledger.genesis_state(self.genesis).digest
+        """As a full node's, with the head's state digest as its header commits to it
+        (this node holds no state) and no mempool."""
+        if self.head is None:
+            genesis = ledger.genesis_state(self.genesis)
+            head = (0, genesis.block_hash, self.genesis.genesis_time_ms, genesis.digest)
+        else:
+            h = self.head
+            head = (h.height, h.hash, h.time_ms, h.state_digest)
+        return status_document(self, head, 0, self.network_status())

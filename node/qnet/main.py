@@ -66,7 +66,7 @@ def settle_identity(genesis: Genesis, config: NodeConfig) -> None:
     config.region = validator.region
 
 
-def build(config: NodeConfig) -> web.Application:
+def build(config: NodeConfig, region_rtt_ms: dict[str, float] | None = None) -> web.Application:
     genesis = Genesis.load(config.genesis_path)
     key = load_node_key(config.key_path)
     if config.node_type == "light":
@@ -75,6 +75,7 @@ def build(config: NodeConfig) -> web.Application:
     else:
         node = Node(config, genesis, key)
         driver = BftConsensus(node, config).run()
+    node.region_rtt_ms = region_rtt_ms
     app = create_app(node)
 
     async def lifecycle(app: web.Application):
@@ -134,11 +135,12 @@ def main(data_dir: Path, node_type, region, api_host, api_port, peers) -> None:
     )
     try:
         genesis = Genesis.load(config.genesis_path)
+        rtts = None
         if config.region == "auto":
-            config.region, _ = asyncio.run(region_mod.choose(genesis.seeds))
+            config.region, rtts = asyncio.run(region_mod.choose(genesis.seeds))
         settle_identity(genesis, config)
         claim_pidfile(config.pid_path)
-        app = build(config)
+        app = build(config, rtts)
     except (
         ConfigError,
         GenesisError,

@@ -7,6 +7,7 @@ that calls ``build_block`` when it proposes and ``commit`` when a block is final
 
 import asyncio
 import logging
+import math
 import os
 import struct
 import time
@@ -121,6 +122,7 @@ class Node:
             "consensus_round": 0,
         }
         self.region = config.region
+        self.region_rtt_ms: dict[str, float] | None = None  # measured by --region=auto
         m = self.metrics
         m.build_info.info(
             {
@@ -516,21 +518,33 @@ class Node:
 
     def status(self) -> dict:
         s = self.state
-        return {
-            "node_id": self.key.node_id,
-            "node_type": self.config.node_type,
-            "region": self.region,
-            "version": __version__,
-            "chain_id": self.chain_id,
-            "genesis_hash": self.genesis.hash.hex(),
-            "height": s.height,
-            "block_hash": s.block_hash.hex(),
-            "block_time_ms": s.block_time_ms,
-            "state_digest": s.digest.hex(),
-            "mempool_size": len(self.mempool),
-            "uptime_s": round(time.time() - self.started_at, 3),
-            **self.network_status(),
-        }
+        head = (s.height, s.block_hash, s.block_time_ms, s.digest)
+        return status_document(self, head, len(self.mempool), self.network_status())
+
+
+def status_document(node, head: tuple[int, bytes, int, bytes], mempool: int, network: dict):
+    """What ``/api/v1/status`` says of a node with state or a light one: identity, the head
+    (height, hash, time, state digest), how the region was chosen, and the network's view."""
+    height, block_hash, block_time_ms, digest = head
+    rtts = node.region_rtt_ms
+    return {
+        "node_id": node.key.node_id,
+        "node_type": node.config.node_type,
+        "region": node.region,
+        "region_rtt_ms": None
+        if rtts is None
+        else {r: round(ms, 2) if math.isfinite(ms) else None for r, ms in sorted(rtts.items())},
+        "version": __version__,
+        "chain_id": node.chain_id,
+        "genesis_hash": node.genesis.hash.hex(),
+        "height": height,
+        "block_hash": block_hash.hex(),
+        "block_time_ms": block_time_ms,
+        "state_digest": digest.hex(),
+        "mempool_size": mempool,
+        "uptime_s": round(time.time() - node.started_at, 3),
+        **network,
+    }
 
 
 def _bad_signature_message(tx: Transaction) -> str:

@@ -225,6 +225,7 @@ def test_validation_fails_on_an_extra_or_a_missing_field():
         "node_id": crypto.KeyPair.generate().node_id,
         "node_type": "super",
         "region": "eu",
+        "region_rtt_ms": {"eu": 1.25, "na": None},
         "version": "0.1.0",
         "chain_id": CHAIN_ID,
         "genesis_hash": "00" * 32,
