@@ -6,14 +6,19 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEVNET_DIR ?= .devnet
 VALIDATORS ?= 4
+HOSTS ?= 5
 
-.PHONY: help system-deps venv test unit integration lint bench devnet devnet-down clean
+.PHONY: help system-deps venv test unit integration lint bench bench-network devnet devnet-down \
+	testbed-up testbed-down clean
 
 help:
 	@echo "make test     install what is needed and run the whole test suite"
 	@echo "make devnet   VALIDATORS (default 4) local validators with a funded faucet wallet"
 	@echo "make bench    throughput benchmark (prints figures, writes bench-results/)"
+	@echo "make bench-network  100 node processes: block propagation and memory per node type"
 	@echo "make lint     ruff"
+	@echo "make testbed-up    HOSTS (default 5) Debian hosts with systemd and sshd on 10.77.0.0/24"
+	@echo "make testbed-down  stop them and remove everything testbed-up made"
 
 # System packages the tests use: iproute2 (network namespaces for partition tests).
 system-deps:
@@ -45,11 +50,20 @@ bench: $(STAMP)
 	$(BIN)/python loadtest/bench.py --validators 1 --rate 12000 --target 10000
 	$(BIN)/python loadtest/bench.py --validators 4 --rate 5000 --target 4000
 
+bench-network: $(STAMP)
+	$(BIN)/python loadtest/network.py --nodes 100 --seconds 30
+
 devnet: $(STAMP)
 	$(BIN)/python -m qnet.devnet up --data-dir $(DEVNET_DIR) --validators $(VALIDATORS)
 
 devnet-down: $(STAMP)
 	$(BIN)/python -m qnet.devnet down --data-dir $(DEVNET_DIR)
+
+testbed-up: $(STAMP)
+	$(BIN)/python tests/testbed.py up --hosts $(HOSTS)
+
+testbed-down: $(STAMP)
+	$(BIN)/python tests/testbed.py down
 
 clean:
 	rm -rf $(VENV) $(DEVNET_DIR) bench-results

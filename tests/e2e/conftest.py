@@ -1,0 +1,35 @@
+import os
+
+import pytest
+
+import testbed as tb
+
+HOSTS = 4
+# The first test that boots hosts may install packages and build the image first (a minute
+# on a quiet machine, a few on a busy one or with a slow mirror).
+FIRST_BOOT_TIMEOUT = 900
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected what will not run
+def pytest_collection_modifyitems(items):
+    first = next((item for item in items if "can_boot" in item.fixturenames), None)
+    if first is not None:
+        first.add_marker(pytest.mark.timeout(FIRST_BOOT_TIMEOUT))
+
+
+@pytest.fixture(scope="session")
+def can_boot() -> None:
+    """Skips where testbed hosts cannot run (not root, not Linux), but never under CI=true:
+    there a missing testbed is a failure."""
+    reason = tb.can_run()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the e2e tests must run under CI, but: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def testbed(can_boot):
+    """HOSTS testbed hosts, booted once for the session and removed after it."""
+    with tb.Testbed(HOSTS) as bed:
+        yield bed
