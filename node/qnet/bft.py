@@ -291,6 +291,18 @@ class BftConsensus:
         self._relay: list[tuple[Transaction, str | None]] = []  # (tx, the peer it came from)
         self._height = 0  # the height the core was last started at
         self._started_at = time.time()
+        # A validator whose signing state is gone (data wiped, or restored from a snapshot)
+        # may have signed votes it no longer knows of at the height in progress. If the
+        # others can commit without it, it follows the chain until a block committed after
+        # this start arrives, and only then votes, at heights it cannot have signed before.
+        powers = self.validators.powers
+        others = sum(p for k, p in powers.items() if k != node.key.public_key)
+        self._holding = (
+            self.is_validator
+            and self.signing_state.loaded is None
+            and node.state.height > 0
+            and 3 * others > 2 * sum(powers.values())
+        )
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -319,7 +331,14 @@ class BftConsensus:
                 ),
                 signing_state=self.signing_state.loaded,
             )
-            self._enqueue(self._start_height)
+            if self._holding:
+                log.warning(
+                    "no signing state, chain at height %d: following the chain until a block "
+                    "committed after this start, so as never to sign twice",
+                    node.state.height,
+                )
+            else:
+                self._enqueue(self._start_height)
         try:
             while True:
                 handler = await self._inputs.get()
@@ -575,7 +594,7 @@ class BftConsensus:
 
     async def _dispatch(self, peer: PeerInfo, kind: int, payload: bytes) -> None:
         if kind == KIND_CONSENSUS:
-            if self.core is not None:
+            if self.core is not None and not self._holding:
                 message = tendermint.decode_message(payload)
                 self._count_received(message)
                 self._enqueue(lambda: self._consensus_message(peer, message, payload))
@@ -708,7 +727,11 @@ class BftConsensus:
                 self.node.state.height,
             )
             await self.net.broadcast(KIND_STATUS, _HEIGHT.pack(self.node.state.height))
-            if self.core is not None:
+            head = self.node.state
+            if self._holding and head.block_time_ms > self._started_at * 1000:
+                self._holding = False
+                log.info("block %d was committed after this start: voting again", head.height)
+            if self.core is not None and not self._holding:
                 await self._start_height()
         self._syncing_until = 0.0
         self._update_lag()

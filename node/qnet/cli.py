@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from . import crypto
+from . import crypto, snapshot
 from .amounts import AmountError, format_qnc, parse_qnc
 from .client import DEFAULT_URL, ApiError, Client
 from .config import NODE_TYPES, ConfigError, NodeConfig, load_config, write_config
@@ -753,6 +753,55 @@ def node_verify(settings: Settings, data_dir: Path) -> None:
         {"height": height, "state_digest": digest.hex(), "ok": True},
         [("height", height), ("state digest", digest.hex()), ("replay", "ok")],
     )
+
+
+@node.command("snapshot")
+@DATA_DIR
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The snapshot file to write (tar.gz); never overwritten.",
+)
+@pass_settings
+def node_snapshot(settings: Settings, data_dir: Path, out: Path) -> None:
+    """Write a consistent snapshot of DATA_DIR's chain, also while the node runs (no keys,
+    no signing state)."""
+    try:
+        manifest = snapshot.create(data_dir, out)
+    except (snapshot.SnapshotError, GenesisError, StorageError) as exc:
+        raise CliError(str(exc)) from None
+    settings.emit(
+        {**manifest, "file": str(out)},
+        [("file", out), ("height", manifest["height"]), ("block hash", manifest["block_hash"])],
+    )
+
+
+@node.command("restore")
+@DATA_DIR
+@click.option(
+    "--from",
+    "archive",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="A snapshot written by `node snapshot`.",
+)
+@pass_settings
+def node_restore(settings: Settings, data_dir: Path, archive: Path) -> None:
+    """Replace DATA_DIR's chain with a snapshot, after replaying it from genesis; the node
+    must be stopped. Its key and signing state stay."""
+    pid = running_pid(Path(data_dir).resolve())
+    if pid is not None:
+        raise CliError(f"the node of {data_dir} is running (pid {pid}); stop it first")
+    try:
+        manifest = snapshot.restore(archive, data_dir)
+    except (snapshot.SnapshotError, GenesisError, StorageError) as exc:
+        raise CliError(f"not restored, {data_dir} is unchanged: {exc}") from None
+    settings.emit(
+        {**manifest, "restored": str(data_dir)},
+        [("restored", data_dir), ("height", manifest["height"]),
+         ("block hash", manifest["block_hash"])],
+    )  # fmt: skip
 
 
 @node.command("activate")

@@ -154,6 +154,39 @@ def test_sigkill_one_of_four_then_restart(tmp_path, senders):
     assert "synced" in nodes[-1].log()
 
 
+def test_snapshot_wipe_and_restore_one_of_four(tmp_path, senders):
+    """A validator's data is lost; restored from a snapshot taken while it ran, it has no
+    signing state, so it follows the chain first, then votes again; all four agree."""
+    nodes = local_net(tmp_path, 4, {k.address: 10**15 for k in senders}, PARAMS, FAST)
+    archive = tmp_path / "v4.tar.gz"
+
+    def lose_data(victim):
+        cli("node", "snapshot", "--data-dir", str(victim.data_dir), "--out", str(archive))
+        victim.stop()
+        for f in victim.data_dir.iterdir():
+            if f.name not in ("node_key", "config.toml", "node.log"):
+                f.unlink()
+
+    def restore(victim):
+        cli("node", "restore", "--data-dir", str(victim.data_dir), "--from", str(archive))
+        victim.start()
+
+    run_fault_scenario(nodes, senders, lose_data, restore)
+    assert "no signing state" in nodes[-1].log()
+    assert "voting again" in nodes[-1].log()
+
+
+def cli(*args: str) -> dict:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "qnet-cli"), "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 @pytest.mark.skipif(bool(can_run()) and os.environ.get("CI") != "true", reason=can_run() or "")
 def test_cut_off_one_of_four_then_heal(tmp_path, senders):
     bridge = Bridge(4)

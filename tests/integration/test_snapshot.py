@@ -1,0 +1,96 @@
+"""``qnet-cli node snapshot`` while a node runs, ``node restore`` into a stopped one, and the
+restores it refuses, leaving the data dir as it was."""
+
+import gzip
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qnet import crypto
+from qnet.localnode import LocalNode
+
+pytestmark = pytest.mark.integration
+
+CLI = str(Path(sys.executable).parent / "qnet-cli")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, "--json", *args], capture_output=True, text=True, timeout=60)
+
+
+def snapshot(node: LocalNode, out: Path) -> dict:
+    done = cli("node", "snapshot", "--data-dir", str(node.data_dir), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def fingerprint(data_dir: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(data_dir.iterdir()) if f.is_file()}
+
+
+def test_snapshot_of_a_running_node_restores_into_a_fresh_data_dir(tmp_path):
+    node = LocalNode.single(tmp_path / "node", {})  # an idle chain makes a block a second
+    node.start()
+    try:
+        deadline = time.monotonic() + 20
+        while node.status()["height"] < 2:  # idle, the chain still makes a block a second
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        taken = snapshot(node, tmp_path / "snap.tar.gz")  # while it keeps committing
+        assert taken["height"] >= 2 and taken["node_id"] == node.key.node_id
+        again = cli("node", "snapshot", "--data-dir", str(node.data_dir), "--out",
+                    str(tmp_path / "snap.tar.gz"))  # fmt: skip
+        assert again.returncode != 0 and "never overwritten" in again.stderr
+        running = cli("node", "restore", "--data-dir", str(node.data_dir), "--from",
+                      str(tmp_path / "snap.tar.gz"))  # fmt: skip
+        assert running.returncode != 0 and "stop it first" in running.stderr
+    finally:
+        node.stop()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "node_key").write_text(node.key.seed.hex())
+    restored = cli(
+        "node", "restore", "--data-dir", str(fresh), "--from", str(tmp_path / "snap.tar.gz")
+    )
+    assert restored.returncode == 0, restored.stderr
+    verified = json.loads(cli("node", "verify", "--data-dir", str(fresh)).stdout)
+    assert (verified["height"], verified["state_digest"]) == (
+        taken["height"],
+        taken["state_digest"],
+    )
+    assert (fresh / "genesis.json").read_bytes() == (node.data_dir / "genesis.json").read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_gzip", "other_chain", "empty"])
+def test_a_bad_snapshot_is_refused_and_changes_nothing(tmp_path, damage):
+    node = LocalNode.single(tmp_path / "node", {})
+    node.start()
+    try:
+        good = tmp_path / "good.tar.gz"
+        snapshot(node, good)
+        if damage == "other_chain":
+            other = LocalNode.single(tmp_path / "other", {crypto.KeyPair.generate().address: 1})
+            other.start()
+            try:
+                snapshot(other, tmp_path / "bad.tar.gz")
+            finally:
+                other.stop()
+        elif damage == "truncated":
+            (tmp_path / "bad.tar.gz").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+        elif damage == "not_gzip":
+            (tmp_path / "bad.tar.gz").write_bytes(b"not a snapshot at all")
+        else:
+            (tmp_path / "bad.tar.gz").write_bytes(gzip.compress(b""))
+    finally:
+        node.stop()
+    before = fingerprint(node.data_dir)
+    done = cli(
+        "node", "restore", "--data-dir", str(node.data_dir), "--from", str(tmp_path / "bad.tar.gz")
+    )
+    assert done.returncode != 0
+    assert "unchanged" in done.stderr, done.stderr
+    assert fingerprint(node.data_dir) == before
