@@ -171,6 +171,22 @@ class LocalNode:
         return Client(self.url).wait_committed(tx_id.hex(), timeout)
 
 
+def wait_for(predicate, timeout: float, what: str):
+    """Poll ``predicate`` until it returns something true, and return that; a connection
+    error counts as not yet (a node may be restarting). AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+        except OSError:
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.1)
+
+
 def start_all(nodes: list[LocalNode], timeout: float = 20.0) -> None:
     """Start every node, then wait until all answer; on failure none is left running."""
     try:

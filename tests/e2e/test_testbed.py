@@ -6,12 +6,12 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import testbed as tb
+from qnet.localnode import wait_for
 
 CLI = [sys.executable, tb.__file__]
 
@@ -20,14 +20,6 @@ def reach(peer: str, timeout: float = 3) -> str:
     """A shell command, run on a host, that prints the banner of ``peer``'s sshd."""
     connect = f"socket.create_connection(('{peer}', 22), {timeout})"
     return f'python3 -c "import socket; print({connect}.recv(64).decode().strip())"'
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def running(pid: int) -> bool:

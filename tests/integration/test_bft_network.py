@@ -13,7 +13,7 @@ import pytest
 from netns import Bridge, can_run
 from qnet import crypto, loadgen
 from qnet.genesis import Params
-from qnet.localnode import CHAIN_ID, LocalNode, http, local_net
+from qnet.localnode import CHAIN_ID, LocalNode, http, local_net, wait_for
 from qnet.tx import encode_batch
 
 FAST = {
@@ -28,18 +28,6 @@ SENDERS = 40
 
 def height(node: LocalNode) -> int:
     return node.status()["height"]
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Load:

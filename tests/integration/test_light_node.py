@@ -9,19 +9,11 @@ import pytest
 
 from qnet import crypto, tx
 from qnet.genesis import Params
-from qnet.localnode import CHAIN_ID, add_followers, local_net, start_all
+from qnet.localnode import CHAIN_ID, add_followers, local_net, start_all, wait_for
 
 pytestmark = pytest.mark.integration
 
 QNC = 10**9
-
-
-def wait_for(what: str, check, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return result
 
 
 def upstreams(node) -> list[dict]:
@@ -49,9 +41,9 @@ def test_a_light_node_heartbeats_and_fails_over(network):
     validator, full, light, owner = network
     # Attached to two full nodes of its own region (the validator, in another, is let go).
     attached = wait_for(
-        "the light node to attach in its region",
         lambda: (ups := upstreams(light)) and len(ups) == 2
         and all(p["region"] == "ap" and p["node_type"] == "full" for p in ups) and ups,
+        20, "the light node to attach in its region",
     )  # fmt: skip
 
     # Activated by its owner, it sends its heartbeat itself, through the full nodes.
@@ -64,9 +56,9 @@ def test_a_light_node_heartbeats_and_fails_over(network):
     assert status == 202, body
     assert validator.wait_committed(activate.id)["status"] == "committed"
     record = wait_for(
-        "the light node's heartbeat on chain",
         lambda: (r := validator.get(f"/api/v1/nodes/{light.key.node_id}")[1])
         and r["last_heartbeat_epoch"] is not None and r,
+        20, "the light node's heartbeat on chain",
     )  # fmt: skip
     assert (record["node_type"], record["region"]) == ("light", "ap")
 
@@ -78,14 +70,15 @@ def test_a_light_node_heartbeats_and_fails_over(network):
     killed_at = time.monotonic()
     head_then = validator.status()["height"]
     new = wait_for(
-        "the light node to reattach",
         lambda: [p for p in upstreams(light) if p["node_id"] not in ids],
-        timeout=10,
+        10,
+        "the light node to reattach",
     )
     print(f"reattached in {time.monotonic() - killed_at:.1f} s to {[p['node_id'] for p in new]}")
     wait_for(
-        "the light node to follow the head after failover",
         lambda: light.status()["height"] >= head_then + 3,
+        20,
+        "the light node to follow the head after failover",
     )
     now = light.status()
     header = validator.get(f"/api/v1/blocks/{now['height']}")[1]["header"]
