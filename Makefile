@@ -9,14 +9,17 @@ VALIDATORS ?= 4
 HOSTS ?= 5
 
 .PHONY: help system-deps venv test unit integration lint bench bench-network devnet devnet-down \
-	testbed-up testbed-down clean
+	testbed-up testbed-down artifacts testnet testnet-down clean
 
 help:
+	@echo "make testnet  4 validators (na, eu, ap, sa) and monitoring on testbed hosts, by Ansible"
+	@echo "make testnet-down  stop and remove the testnet's hosts"
+	@echo "make artifacts     the qnet wheel and its wheelhouse (build/artifacts/VERSION/)"
 	@echo "make test     install what is needed and run the whole test suite"
 	@echo "make devnet   VALIDATORS (default 4) local validators with a funded faucet wallet"
 	@echo "make bench    throughput benchmark (prints figures, writes bench-results/)"
 	@echo "make bench-network  100 node processes: block propagation and memory per node type"
-	@echo "make lint     ruff"
+	@echo "make lint     ruff, ansible-lint (production profile)"
 	@echo "make testbed-up    HOSTS (default 5) Debian hosts with systemd and sshd on 10.77.0.0/24"
 	@echo "make testbed-down  stop them and remove everything testbed-up made"
 
@@ -43,8 +46,9 @@ integration: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider tests/integration
 
 lint: $(STAMP)
-	$(BIN)/ruff check node tests loadtest
-	$(BIN)/ruff format --check node tests loadtest
+	$(BIN)/ruff check node tests loadtest ops
+	$(BIN)/ruff format --check node tests loadtest ops
+	$(ANSIBLE_LINT)
 
 bench: $(STAMP)
 	$(BIN)/python loadtest/bench.py --validators 1 --rate 12000 --target 10000
@@ -58,6 +62,25 @@ devnet: $(STAMP)
 
 devnet-down: $(STAMP)
 	$(BIN)/python -m qnet.devnet down --data-dir $(DEVNET_DIR)
+
+# ansible-lint finds the roles through ops/ansible.cfg, and decrypts the example vault.
+ANSIBLE_LINT := ANSIBLE_CONFIG=ops/ansible.cfg \
+	ANSIBLE_VAULT_PASSWORD_FILE=ops/inventory/example/vault-password.example \
+	$(BIN)/ansible-lint --offline --profile production ops/
+
+# The wheel and wheelhouse Ansible ships (ARTIFACTS=DIR, SOURCE=TREE to build elsewhere).
+ARTIFACTS ?= build/artifacts
+SOURCE ?= .
+artifacts: $(STAMP)
+	$(BIN)/python ops/testnet.py artifacts --out $(ARTIFACTS) --source $(SOURCE)
+
+# Testbed hosts, artifacts, inventory, ops/playbooks/testnet.yml, a status table; all in
+# ops/testnet.py. Run again, it rolls out again to the same hosts (and changes nothing).
+testnet: system-deps $(STAMP)
+	$(BIN)/python ops/testnet.py up
+
+testnet-down: $(STAMP)
+	$(BIN)/python ops/testnet.py down
 
 testbed-up: $(STAMP)
 	$(BIN)/python tests/testbed.py up --hosts $(HOSTS)

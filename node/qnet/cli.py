@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import click
@@ -23,7 +23,7 @@ from . import crypto, snapshot
 from .amounts import AmountError, format_qnc, parse_qnc
 from .client import DEFAULT_URL, ApiError, Client
 from .config import NODE_TYPES, ConfigError, NodeConfig, load_config, write_config
-from .genesis import REGIONS, Genesis, GenesisError, Params, make_genesis
+from .genesis import REGIONS, Genesis, GenesisError, Params, Seed, make_genesis
 from .keystore import NAME_RE, Keystore, KeystoreError, WalletInfo
 from .main import pid_alive, read_pid
 from .node import StateDivergence, load_node_key, replay, write_secret
@@ -211,6 +211,83 @@ def init_genesis(
             write_secret(NodeConfig(data_dir=data_dir).key_path, key.seed.hex() + "\n")
         genesis.save(NodeConfig(data_dir=data_dir).genesis_path)
     return genesis
+
+
+def keygen(path: Path) -> tuple[crypto.KeyPair, bool]:
+    """The node key in ``path`` and whether it was made now: a new one is written (mode 0600)
+    only where there is no file; an existing key is read, never replaced."""
+    if not (path.exists() or path.is_symlink()):
+        key = crypto.KeyPair.generate()
+        try:
+            write_secret(path, key.seed.hex() + "\n")
+            return key, True
+        except FileExistsError:  # another keygen won the race: its key stands
+            pass
+    try:
+        return load_node_key(path), False
+    except (StorageError, ValueError) as exc:
+        raise CliError(f"{path} exists and is not a node key ({exc}); left as it is") from None
+
+
+def parse_validator(entry: str) -> tuple[str, str, str | None]:
+    """``NODE_ID:REGION[:API_URL]`` -> (node id, region, API URL or None)."""
+    node_id, _, rest = entry.partition(":")
+    region, _, api_url = rest.partition(":")
+    try:
+        node_id = crypto.encode_node_id(crypto.decode_node_id(node_id))
+    except crypto.EncodingError as exc:
+        raise CliError(f"--validator {entry!r}: {exc}") from None
+    if region not in REGIONS:
+        raise CliError(f"--validator {entry!r}: region must be one of {', '.join(REGIONS)}")
+    if api_url and not api_url.startswith(("http://", "https://")):
+        raise CliError(f"--validator {entry!r}: the API URL must start with http:// or https://")
+    return node_id, region, api_url or None
+
+
+def parse_params(entries: tuple[str, ...]) -> Params:
+    """``NAME=INTEGER`` pairs over the default chain parameters."""
+    known = {f.name for f in fields(Params)}
+    values: dict[str, int] = {}
+    for entry in entries:
+        name, sep, value = entry.partition("=")
+        if not sep or name not in known:
+            raise CliError(f"--param {entry!r} must be NAME=INTEGER, NAME one of {sorted(known)}")
+        try:
+            values[name] = int(value)
+        except ValueError:
+            raise CliError(f"--param {entry!r}: {value!r} is not an integer") from None
+    return Params(**values)
+
+
+def create_genesis(
+    out: Path,
+    chain_id: str,
+    validators: list[tuple[str, str, str | None]],
+    funds: dict[str, int],
+    params: Params,
+) -> Genesis:
+    """Write ``out``, a genesis for validators given by (node id, region, API URL or None),
+    whose API URLs become the seeds that ``--region auto`` measures. An existing file is
+    never replaced, and ``out`` appears whole or not at all."""
+    if out.exists():
+        raise CliError(f"{out} already exists; refusing to replace a chain's genesis")
+    created = make_genesis(
+        chain_id,
+        [(node_id, region) for node_id, region, _ in validators],
+        funds,
+        params,
+        genesis_time_ms=int(time.time() * 1000),
+        seeds=tuple(Seed(n, r, url) for n, r, url in validators if url),
+    )
+    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    created.save(partial)
+    try:
+        os.link(partial, out)  # fails if the file appeared meanwhile: nothing is replaced
+    except FileExistsError:
+        raise CliError(f"{out} already exists; refusing to replace a chain's genesis") from None
+    finally:
+        partial.unlink()
+    return created
 
 
 def init_local_testnet(
@@ -655,9 +732,88 @@ def genesis_testnet(
     )
 
 
+@genesis.command("create")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The genesis file to write; an existing one is never replaced.",
+)
+@click.option("--chain-id", required=True)
+@click.option(
+    "--validator",
+    "validators",
+    multiple=True,
+    required=True,
+    metavar="NODE_ID:REGION[:API_URL]",
+    help="A validator (repeatable); its API URL, if given, becomes a seed for --region auto.",
+)
+@click.option("--fund", multiple=True, metavar="ADDRESS=QNC", help="Fund an address; repeatable.")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="NAME=INTEGER",
+    help="A chain parameter other than its default (amounts in base units); repeatable.",
+)
+@pass_settings
+def genesis_create(
+    settings: Settings,
+    out: Path,
+    chain_id: str,
+    validators: tuple[str, ...],
+    fund: tuple[str, ...],
+    params: tuple[str, ...],
+) -> None:
+    """Write the genesis of a chain whose validators' node keys live elsewhere (made with
+    `qnet-cli node keygen` on the machine that keeps them)."""
+    parsed = [parse_validator(v) for v in validators]
+    created = create_genesis(out, chain_id, parsed, parse_funds(fund), parse_params(params))
+    settings.emit(
+        {
+            "genesis": str(out),
+            "chain_id": created.chain_id,
+            "genesis_hash": created.hash.hex(),
+            "validators": [{"node_id": v.node_id, "region": v.region} for v in created.validators],
+            "seeds": [{"node_id": s.node_id, "api_url": s.api_url} for s in created.seeds],
+        },
+        [("genesis", str(out)), ("chain id", created.chain_id), ("hash", created.hash.hex())]
+        + [("validator", f"{v.node_id}  {v.region}") for v in created.validators],
+    )
+
+
 @cli.group()
 def node() -> None:
     """Run and inspect a node."""
+
+
+@node.command("keygen")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The key file (hex seed, mode 0600); an existing one is kept and read.",
+)
+@pass_settings
+def node_keygen(settings: Settings, out: Path) -> None:
+    """Make a node key in OUT unless there is one; print its node id."""
+    key, created = keygen(out)
+    settings.emit(
+        {"node_id": key.node_id, "key_file": str(out), "created": created},
+        [("node id", key.node_id), ("key file", f"{out} ({'new' if created else 'existing'})")],
+    )
+
+
+@node.command("id")
+@click.argument("key_file", type=click.File("r"), metavar="KEY_FILE")
+@pass_settings
+def node_identity(settings: Settings, key_file) -> None:
+    """Print the node id of the node key in KEY_FILE (- reads the hex seed from stdin)."""
+    try:
+        key = crypto.KeyPair(bytes.fromhex(key_file.read().strip()))
+    except ValueError:
+        raise CliError(f"{key_file.name}: a node key is 32 bytes as 64 hex characters") from None
+    settings.emit({"node_id": key.node_id}, [(key.node_id,)])
 
 
 @node.command("start")

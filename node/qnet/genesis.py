@@ -149,6 +149,7 @@ def make_genesis(
     balances: dict[str, int],
     params: Params | None = None,
     genesis_time_ms: int = 0,
+    seeds: tuple[Seed, ...] = (),
 ) -> Genesis:
     """A genesis whose validators (node id, region) have equal voting power."""
     genesis = Genesis(
@@ -157,6 +158,7 @@ def make_genesis(
         tuple(Validator(node_id, 1, region) for node_id, region in validators),
         dict(balances),
         params or Params(),
+        tuple(seeds),
     )
     genesis.validate()
     return genesis
