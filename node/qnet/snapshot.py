@@ -127,10 +127,18 @@ def restore(archive: Path, data_dir: Path) -> dict:
         staged = Path(tmp)
         try:
             with tarfile.open(archive, "r:gz") as tar:
-                names = set(tar.getnames())
+                members = tar.getmembers()
+                names = {m.name for m in members}
                 if not names <= MEMBERS or not {"chain.db", "genesis.json"} <= names:
                     raise SnapshotError(f"{archive} holds unexpected members: {sorted(names)}")
-                tar.extractall(staged, filter="data")
+                # Member by member, regular files only: no links, devices or modes come out
+                # of an archive (extractall's filter= needs Python 3.11.4; Debian 12 has 3.11.2).
+                for member in members:
+                    source = tar.extractfile(member) if member.isfile() else None
+                    if source is None:
+                        raise SnapshotError(f"{archive}: {member.name} is not a regular file")
+                    with source, open(staged / member.name, "wb") as target:
+                        shutil.copyfileobj(source, target)
         except (OSError, EOFError, zlib.error, tarfile.TarError) as exc:
             raise SnapshotError(f"{archive} cannot be read: {exc}") from None
         genesis = Genesis.load(staged / "genesis.json")

@@ -2,9 +2,11 @@
 restores it refuses, leaving the data dir as it was."""
 
 import gzip
+import io
 import json
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -65,7 +67,9 @@ def test_snapshot_of_a_running_node_restores_into_a_fresh_data_dir(tmp_path):
     assert (fresh / "genesis.json").read_bytes() == (node.data_dir / "genesis.json").read_bytes()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not_gzip", "other_chain", "empty"])
+@pytest.mark.parametrize(
+    "damage", ["truncated", "not_gzip", "other_chain", "empty", "symlink_member"]
+)
 def test_a_bad_snapshot_is_refused_and_changes_nothing(tmp_path, damage):
     node = LocalNode.single(tmp_path / "node", {})
     node.start()
@@ -81,6 +85,18 @@ def test_a_bad_snapshot_is_refused_and_changes_nothing(tmp_path, damage):
                 other.stop()
         elif damage == "truncated":
             (tmp_path / "bad.tar.gz").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+        elif damage == "symlink_member":  # chain.db as a link to a file outside the data dir
+            with tarfile.open(good) as tar:
+                manifest = tar.extractfile("MANIFEST.json").read()
+                genesis = tar.extractfile("genesis.json").read()
+            with tarfile.open(tmp_path / "bad.tar.gz", "w:gz") as tar:
+                for name, data in (("MANIFEST.json", manifest), ("genesis.json", genesis)):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+                link = tarfile.TarInfo("chain.db")
+                link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                tar.addfile(link)
         elif damage == "not_gzip":
             (tmp_path / "bad.tar.gz").write_bytes(b"not a snapshot at all")
         else:
