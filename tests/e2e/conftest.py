@@ -1,8 +1,14 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
 import testbed as tb
+from commands import record
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "ops"))
+import testnet
 
 HOSTS = 4
 # The first test that boots hosts may install packages and build the image first (a minute
@@ -10,11 +16,28 @@ HOSTS = 4
 FIRST_BOOT_TIMEOUT = 900
 
 
+@pytest.fixture(scope="session", autouse=True)
+def recorded_playbooks():
+    original = testnet.run_playbook
+
+    def recording(inventory, playbook, *args, **kwargs):
+        result = original(inventory, playbook, *args, **kwargs)
+        record(["ansible-playbook", "-i", str(inventory), f"playbooks/{playbook}", *args],
+               result.returncode)  # fmt: skip
+        return result
+
+    testnet.run_playbook = recording
+    yield
+    testnet.run_playbook = original
+
+
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected what will not run
 def pytest_collection_modifyitems(items):
     first = next((item for item in items if "can_boot" in item.fixturenames), None)
     if first is not None:
         first.add_marker(pytest.mark.timeout(FIRST_BOOT_TIMEOUT))
+    # The guide's test looks at what the others ran: it goes last.
+    items.sort(key=lambda item: item.module.__name__.endswith("test_operator_guide"))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,621 @@
+"""The operations playbooks on testbed hosts: join.yml, upgrade.yml (rolling, with automatic
+rollback), backup.yml and restore.yml, and qnet-ops, against one testnet of 4 genesis
+validators (regions na, eu, ap, sa) rolled out by testnet.yml, plus one host that joins as a
+full node in a fifth region.
+
+The releases are real: the wheelhouses of the tree's version, of a copy of the tree with the
+next patch version, and of a copy whose ``qnet-node`` exits 3 at start, each built the way
+``make artifacts`` builds one (ops/testnet.py's ``build_artifacts``).
+
+Run alone (as root; ``-s`` prints the measured figures):
+
+    .venv/bin/python -m pytest -p no:cacheprovider -s tests/e2e/test_operations.py
+"""
+
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+import testbed as tb
+from commands import run as run_command
+from qnet import crypto, loadgen
+from qnet.localnode import LocalNode, http, wait_for
+from qnet.tx import Transaction, encode_batch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "ops"))
+import testnet  # noqa: E402  (ops/testnet.py: artifacts, inventory, ansible-playbook runs)
+
+NAME, SUBNET = "qe", "10.81.0"
+REGIONS = ("na", "eu", "ap", "sa")  # the genesis validators', in host order
+JOIN_REGION = "oc"  # none of the validators is there
+OWNER, PASSWORD = "owner", "operations-e2e"  # the community node owner's wallet
+SENDERS = 16  # funded in genesis; the load during the upgrade comes from them
+BIN = Path(sys.executable).parent
+# Playbook runs get these, so that a broken release is found quickly.
+START_TIMEOUT_S = 20
+
+pytestmark = pytest.mark.timeout(900)
+
+
+# ---- releases -------------------------------------------------------------------------------
+
+
+def next_versions(version: str) -> tuple[str, str]:
+    """The next two patch versions: a good release and a broken one."""
+    major, minor, patch = (int(part) for part in re.match(r"(\d+)\.(\d+)\.(\d+)", version).groups())
+    return f"{major}.{minor}.{patch + 1}", f"{major}.{minor}.{patch + 2}"
+
+
+def release_tree(target: Path, version: str, broken: bool = False) -> Path:
+    """A copy of the repository's files (git ls-files: tracked and new, not ignored) with
+    ``version`` in pyproject.toml; ``broken``: its qnet-node exits 3 at start."""
+    listed = subprocess.run(
+        [
+            "git",
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+            "--",
+            *testnet.SOURCES,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():  # a tracked file deleted in the working tree is left out
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    pyproject = target / "pyproject.toml"
+    text, count = re.subn(
+        r'^version = "[^"]+"$',
+        f'version = "{version}"',
+        pyproject.read_text(),
+        count=1,
+        flags=re.MULTILINE,
+    )
+    assert count == 1, "no version line in pyproject.toml"
+    pyproject.write_text(text)
+    if broken:
+        main = target / "node/qnet/main.py"
+        docstring = '    """Run a QNet node from DATA_DIR'
+        source = main.read_text()
+        assert docstring in source, "qnet.main.main() is not where the broken release patches"
+        line = source[source.index(docstring) :].split("\n", 1)[0]
+        main.write_text(
+            source.replace(
+                line,
+                f"{line}\n    click.echo('qnet-node {version} is broken on purpose', err=True)"
+                "\n    raise SystemExit(3)",
+                1,
+            )
+        )
+    return target
+
+
+def build_release(artifacts: Path, version: str, broken: bool = False) -> Path:
+    with tempfile.TemporaryDirectory(prefix=f"qe-release-{version}-") as scratch:
+        return testnet.build_artifacts(artifacts, release_tree(Path(scratch), version, broken))
+
+
+# ---- the network ----------------------------------------------------------------------------
+
+
+def api(host: tb.Host) -> str:
+    return f"http://{host.address}:7370"
+
+
+def get(url: str, timeout: float = 5) -> dict:
+    code, body = http("GET", url, timeout=timeout)
+    assert code == 200, f"GET {url}: {code} {body}"
+    return body
+
+
+def status(host: tb.Host) -> dict:
+    return get(f"{api(host)}/api/v1/status")
+
+
+def status_or_none(host: tb.Host) -> dict | None:
+    try:
+        code, body = http("GET", f"{api(host)}/api/v1/status", timeout=3)
+    except OSError:
+        return None
+    return body if code == 200 else None
+
+
+def block(host: tb.Host, height: int) -> dict:
+    return get(f"{api(host)}/api/v1/blocks/{height}")
+
+
+def precommitters(host: tb.Host, height: int) -> set[str]:
+    return {p["validator"] for p in block(host, height)["certificate"]["precommits"]}
+
+
+class Net:
+    """The testbed, its inventory and the controller's state: artifacts, keys, wallets."""
+
+    def __init__(self, bed: tb.Testbed, home: Path):
+        self.bed, self.home = bed, home
+        self.inventory = home / "inventory.yml"
+        self.network_dir = home / "network"
+        self.artifacts = home / "artifacts"
+        self.keystore = home / "wallets"
+        self.backups = home / "backups"
+        self.validators = bed.hosts[: len(REGIONS)]
+        self.joiner = bed.hosts[len(REGIONS)]
+
+    def run(self, playbook: str, *args: str, **extra) -> testnet.Run:
+        argv = [*args]
+        if extra:
+            argv += ["-e", json.dumps(extra)]
+        return testnet.run_playbook(self.inventory, playbook, *argv, state=self.home)
+
+    def edit_inventory(self, change) -> None:
+        """Apply ``change`` to the inventory's ``all`` mapping, as an operator edits it."""
+        everyone = yaml.safe_load(self.inventory.read_text())
+        change(everyone["all"])
+        self.inventory.write_text(yaml.safe_dump(everyone, sort_keys=False))
+
+    def set_version(self, version: str) -> None:
+        self.edit_inventory(lambda everyone: everyone["vars"].update(qnet_version=version))
+
+    def hosts(self) -> list[tb.Host]:
+        """The node hosts the inventory names."""
+        groups = yaml.safe_load(self.inventory.read_text())["all"]["children"]
+        names = {
+            n for g in ("genesis", "full", "light") for n in groups.get(g, {}).get("hosts", {})
+        }
+        return [h for h in self.bed.hosts if h.name in names]
+
+    def ssh(self, host: tb.Host, command: str) -> str:
+        out = self.bed.ssh(host, command)
+        assert out.returncode == 0, f"{host.name}: {command}: {out.stderr}"
+        return out.stdout
+
+    def heights(self, hosts: list[tb.Host] | None = None) -> dict[str, int]:
+        return {h.name: status(h)["height"] for h in hosts or self.validators}
+
+    def wait_advancing(self, hosts: list[tb.Host], blocks: int = 3, timeout: float = 60) -> None:
+        """Every host's height moves on by ``blocks``."""
+        start = self.heights(hosts)
+        wait_for(
+            lambda: all(status(h)["height"] >= start[h.name] + blocks for h in hosts),
+            timeout,
+            f"{[h.name for h in hosts]} to commit {blocks} more blocks",
+        )
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "qnet-cli"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def net(can_boot, tmp_path_factory):
+    """Five testbed hosts, the three releases, a funded owner wallet and funded senders in
+    the genesis, and testnet.yml's rollout of the four validators."""
+    home = tmp_path_factory.mktemp("qe")
+    tb.Testbed(0, NAME).down()  # a testbed left by an interrupted run of this module
+    base = testnet.project_version()
+    good, broken = next_versions(base)
+    started = time.monotonic()
+    with ThreadPoolExecutor(3) as pool:  # the releases build while the hosts boot
+        builds = [
+            pool.submit(testnet.build_artifacts, home / "artifacts"),
+            pool.submit(build_release, home / "artifacts", good),
+            pool.submit(build_release, home / "artifacts", broken, True),
+        ]
+        with tb.Testbed(len(REGIONS) + 1, NAME, SUBNET) as bed:
+            for build in builds:
+                build.result()
+            n = Net(bed, home)
+            n.base, n.good, n.broken = base, good, broken
+            took = time.monotonic() - started
+            print(f"\ntestbed and releases {base}, {good}, {broken}: {took:.1f} s")
+            created = cli("--keystore", str(n.keystore), "--json", "wallet", "create", OWNER,
+                          env={"QNET_WALLET_PASSWORD": PASSWORD})  # fmt: skip
+            assert created.returncode == 0, created.stderr
+            n.owner = json.loads(created.stdout)["address"]
+            n.senders = [crypto.KeyPair.generate() for _ in range(SENDERS)]
+            funds = {crypto.encode_address(s.address): "1000" for s in n.senders}
+            funds[n.owner] = "5000"
+            testnet.write_inventory(
+                bed, n.inventory, n.network_dir, n.artifacts, base, REGIONS, monitoring=0
+            )
+            n.edit_inventory(lambda everyone: everyone["vars"].update(qnet_genesis_funds=funds))
+            rollout = n.run("testnet.yml")
+            assert rollout.returncode == 0, rollout.output[-6000:]
+            print(f"testnet.yml: {rollout.seconds:.1f} s")
+            n.chain_id = status(n.validators[0])["chain_id"]
+            yield n
+
+
+# ---- b. a community node joins --------------------------------------------------------------
+
+
+def test_join_activates_a_full_node_in_a_new_region(net):
+    joiner = net.joiner
+
+    def add_joiner(everyone: dict) -> None:
+        everyone["children"]["full"]["hosts"] = {joiner.name: {}}
+        everyone["children"][f"region_{JOIN_REGION}"] = {"hosts": {joiner.name: {}}}
+
+    net.edit_inventory(add_joiner)
+    owner = {"qnet_join_owner": OWNER, "qnet_join_keystore": str(net.keystore),
+             "qnet_join_password": PASSWORD}  # fmt: skip
+    run = net.run("join.yml", "-l", joiner.name, **owner)
+    assert run.returncode == 0, run.output[-6000:]
+    print(f"join.yml: {run.seconds:.1f} s")
+
+    mine = status(joiner)
+    assert (mine["node_type"], mine["region"], mine["version"]) == ("full", JOIN_REGION, net.base)
+    assert mine["sync_lag_blocks"] == 0
+    record = get(f"{api(net.validators[0])}/api/v1/nodes/{mine['node_id']}")
+    assert (record["node_type"], record["region"], record["owner"]) == (
+        "full",
+        JOIN_REGION,
+        net.owner,
+    )
+    # Its key was made on the controller, beside the validators' keys.
+    key_file = net.network_dir / "keys" / f"{joiner.name}.key"
+    assert (
+        json.loads(cli("--json", "node", "id", str(key_file)).stdout)["node_id"] == mine["node_id"]
+    )
+
+    # A full node dials the validators as its seeds: they list it, with its type and region.
+    def seen_by() -> list[str]:
+        found = []
+        for v in net.validators:
+            peers = cli("--node", api(v), "--json", "network", "peers")
+            assert peers.returncode == 0, peers.stderr
+            for p in json.loads(peers.stdout)["peers"]:
+                if p["node_id"] == mine["node_id"]:
+                    assert (p["node_type"], p["region"]) == ("full", JOIN_REGION), p
+                    found.append(v.name)
+        return found
+
+    validators = wait_for(seen_by, 30, "a validator to list the new full node as its peer")
+    print(f"the full node in {JOIN_REGION} is a peer of {', '.join(validators)}")
+    before = status(joiner)["height"]
+    wait_for(lambda: status(joiner)["height"] > before, 30, "the full node to follow the chain")
+
+    again = net.run("join.yml", "-l", joiner.name, **owner)
+    assert again.returncode == 0, again.output[-6000:]
+    assert sum(again.changed.values()) == 0, again.output[-6000:]
+
+
+# ---- a. rolling upgrade under load, and a broken release rolled back ------------------------
+
+
+class Load:
+    """Steady transfers from the funded senders to the validators' APIs, in a thread.
+
+    Each validator has its own senders; a batch a validator does not take (it is down or
+    restarting) goes to the next one, and what is refused for a nonce gap (the previous
+    transaction went to another validator and has not reached this one yet) is sent again,
+    so each sender's transactions arrive in nonce order. Every id a validator accepted is
+    kept: each must end up in a block."""
+
+    TICK_S = 0.1  # each sender sends one transaction per tick: 160 tx/s from 16 senders
+
+    def __init__(self, urls: list[str], senders: list[crypto.KeyPair], chain_id: str):
+        sink = crypto.KeyPair.generate().address
+        self.urls = urls
+        self.queues: dict[bytes, list[Transaction]] = {
+            s.address: loadgen.presign([s], chain_id, 3_000, 1_000, sink) for s in senders
+        }
+        self.next = dict.fromkeys(self.queues, 0)
+        self.groups = [[s.address for s in senders[i :: len(urls)]] for i in range(len(urls))]
+        self.accepted: set[str] = set()
+        self.refused: Counter[str] = Counter()
+        self.unsent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="load")
+
+    def _send(self, home: int, group: list[bytes]) -> None:
+        batch = [self.queues[s][self.next[s]] for s in group if self.next[s] < len(self.queues[s])]
+        if not batch:
+            return
+        body = encode_batch(batch)
+        for k in range(len(self.urls)):
+            url = self.urls[(home + k) % len(self.urls)]
+            try:
+                code, answer = http(
+                    "POST",
+                    f"{url}/api/v1/transactions/batch",
+                    body,
+                    "application/octet-stream",
+                    timeout=3,
+                )
+            except OSError:
+                continue  # down or restarting: the next validator takes it
+            if code != 200:
+                continue
+            refused = {r["index"]: r["code"] for r in answer["rejected"]}
+            for i, tx in enumerate(batch):
+                code = refused.get(i)
+                if code in (None, "duplicate"):  # duplicate: pending already, from a retry
+                    self.accepted.add(tx.id.hex())
+                if code in (None, "duplicate", "stale_nonce"):
+                    self.next[tx.sender] += 1
+                else:
+                    self.refused[code] += 1
+            return
+        self.unsent += 1
+
+    def _run(self) -> None:
+        tick = time.monotonic()
+        while not self._stop.is_set():
+            for home, group in enumerate(self.groups):
+                self._send(home, group)
+            tick += self.TICK_S
+            self._stop.wait(max(0.0, tick - time.monotonic()))
+
+    def __enter__(self) -> "Load":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def committed_ids(host: tb.Host, first: int, last: int) -> tuple[set[str], list[int]]:
+    """The transaction ids and the header times (ms) of blocks ``first``..``last``."""
+    with ThreadPoolExecutor(8) as pool:
+        blocks = list(pool.map(lambda h: block(host, h), range(first, last + 1)))
+    ids = {t for b in blocks for t in b["transactions"]}
+    return ids, [b["header"]["time_ms"] for b in blocks]
+
+
+UPGRADED = re.compile(r"([\w.-]+): qnet (\S+) -> (\S+), healthy after ([\d.]+) s")
+
+
+def test_rolling_upgrade_under_load_keeps_committing_and_loses_nothing(net):
+    hosts = net.hosts()
+    net.set_version(net.good)
+
+    check = net.run("upgrade.yml", "--check")
+    assert check.returncode == 0, check.output[-6000:]
+    assert all(check.changed.values()), check.changed  # it tells what it would do, and
+    for host in hosts:  # does none of it
+        assert status(host)["version"] == net.base
+        assert net.bed.ssh(host, f"test -e /opt/qnet/releases/{net.good}").returncode == 1
+
+    watcher = net.validators[-1]  # upgraded last: it answers for the longest
+    first = status(watcher)["height"]
+    with Load([api(v) for v in net.validators], net.senders, net.chain_id) as load:
+        wait_for(lambda: len(load.accepted) > 200, 30, "the load to be under way")
+        run = net.run("upgrade.yml")
+        upgraded_at = status(watcher)["height"]
+    assert run.returncode == 0, run.output[-6000:]
+    assert load.accepted, "no transaction was accepted"
+
+    for host in hosts:
+        s = status(host)
+        assert (s["version"], s["sync_lag_blocks"]) == (net.good, 0), (host.name, s)
+        link = net.ssh(host, "readlink /opt/qnet/current").strip()
+        assert link == f"/opt/qnet/releases/{net.good}"
+        # The old release stays beside the new one, for a rollback.
+        net.ssh(host, f"test -x /opt/qnet/releases/{net.base}/bin/qnet-node")
+
+    # Every accepted transaction is committed (the mempools drain within a few blocks).
+    def all_committed() -> bool:
+        head = status(watcher)["height"]
+        ids, _ = committed_ids(watcher, first + 1, head)
+        return load.accepted <= ids
+
+    try:
+        wait_for(all_committed, 60, "every accepted transaction to be committed")
+    except AssertionError as timeout:
+        ids, _ = committed_ids(watcher, first + 1, status(watcher)["height"])
+        lost = sorted(load.accepted - ids)
+        answers = [http("GET", f"{api(watcher)}/api/v1/transactions/{t}")[1] for t in lost[:3]]
+        raise AssertionError(
+            f"{len(lost)} of {len(load.accepted)} accepted transactions lost: {answers}"
+        ) from timeout
+
+    _, times = committed_ids(watcher, first, upgraded_at)
+    longest_gap_s = max(b - a for a, b in itertools.pairwise(times)) / 1000
+    per_host = {m[0]: float(m[3]) for m in UPGRADED.findall(run.output)}
+    print(
+        f"\nrolling upgrade {net.base} -> {net.good} of {len(hosts)} nodes under load: "
+        f"{run.seconds:.1f} s; per node (s): {per_host}\n"
+        f"load: {len(load.accepted)} transactions accepted, all committed; refused and sent "
+        f"again: {dict(load.refused)}; batches no validator took: {load.unsent}\n"
+        f"longest gap between consecutive blocks during the upgrade: {longest_gap_s:.2f} s "
+        f"({upgraded_at - first} blocks)"
+    )
+    assert set(per_host) == {h.name for h in hosts}
+    assert longest_gap_s < 10, f"the chain stalled for {longest_gap_s:.1f} s"
+
+    again = net.run("upgrade.yml")
+    assert again.returncode == 0, again.output[-6000:]
+    assert sum(again.changed.values()) == 0, again.output[-6000:]
+
+
+def test_a_broken_release_is_rolled_back_on_the_first_validator(net):
+    before = {h.name: status(h)["version"] for h in net.hosts()}
+    previous = before[net.validators[0].name]
+    run = net.run(
+        "upgrade.yml", qnet_version=net.broken, qnet_upgrade_start_timeout=START_TIMEOUT_S
+    )
+    assert run.returncode != 0, run.output[-6000:]
+    first = net.validators[0]
+    message = re.search(r"UPGRADE FAILED on (\S+): qnet (\S+) did not pass the gate: (.*?)\. "
+                        r"ROLLED BACK to qnet (\S+)", run.output, re.DOTALL)  # fmt: skip
+    assert message, run.output[-6000:]
+    assert message.group(1, 2, 4) == (first.name, net.broken, previous), message.group(0)
+    assert "exited with status 3" in message.group(3), message.group(3)
+    assert "broken on purpose" in message.group(3), message.group(3)
+    healthy_after = float(re.search(r"healthy again ([\d.]+)\s+s after", run.output).group(1))
+    print(
+        f"\nbroken release {net.broken}: upgrade.yml failed after {run.seconds:.1f} s; "
+        f"{first.name} rolled back to {previous} and healthy {healthy_after:.1f} s after the "
+        f"failure was found"
+    )
+    assert run.failed == {first.name: 1}
+
+    for host in net.hosts():
+        assert status(host)["version"] == before[host.name], host.name
+        assert net.ssh(host, "readlink /opt/qnet/current").strip() == (
+            f"/opt/qnet/releases/{before[host.name]}"
+        )
+        untouched = host is not first
+        present = net.bed.ssh(host, f"test -e /opt/qnet/releases/{net.broken}").returncode == 0
+        assert present != untouched, f"{host.name}: release {net.broken} present: {present}"
+    net.wait_advancing(net.validators)
+
+
+# ---- c. backup, wipe, restore ---------------------------------------------------------------
+
+
+def test_backup_wipe_and_restore_brings_a_validator_back(net, tmp_path):
+    victim, other = net.validators[1], net.validators[0]
+    check = net.run("backup.yml", "--check", "-l", victim.name, qnet_backup_dir=str(net.backups))
+    assert check.returncode == 0, check.output[-6000:]
+    assert not list(net.backups.glob("*.tar.gz"))
+    backup = net.run("backup.yml", "-l", victim.name, qnet_backup_dir=str(net.backups))
+    assert backup.returncode == 0, backup.output[-6000:]
+    files = sorted(net.backups.glob(f"{victim.name}-*-h*.tar.gz"))
+    assert len(files) == 1, files
+    snapshot_height = int(re.search(r"-h(\d+)\.tar\.gz$", files[0].name).group(1))
+    assert net.ssh(victim, "ls -A /var/lib/qnet/snapshots") == ""
+
+    node_id = status(victim)["node_id"]
+    net.ssh(
+        victim,
+        "systemctl stop qnet-node && rm -f /var/lib/qnet/chain.db* /var/lib/qnet/consensus.*",
+    )
+    assert net.bed.ssh(victim, "test -e /var/lib/qnet/chain.db").returncode == 1
+
+    check = net.run("restore.yml", "--check", "-l", victim.name, qnet_restore_from=str(files[0]))
+    assert check.returncode == 0, check.output[-6000:]
+    assert net.bed.ssh(victim, "test -e /var/lib/qnet/chain.db").returncode == 1
+    assert net.bed.ssh(victim, "systemctl is-active qnet-node").stdout.strip() == "inactive"
+
+    run = net.run("restore.yml", "-l", victim.name, qnet_restore_from=str(files[0]))
+    assert run.returncode == 0, run.output[-6000:]
+    restored = status(victim)
+    assert restored["sync_lag_blocks"] == 0 and restored["height"] >= snapshot_height
+    print(
+        f"\nbackup of {victim.name} at height {snapshot_height}: {backup.seconds:.1f} s; "
+        f"wipe, then restore.yml until caught up: {run.seconds:.1f} s"
+    )
+
+    # The same chain: one block hash at a common height.
+    common = min(status(victim)["height"], status(other)["height"])
+    assert block(victim, common)["header"]["hash"] == block(other, common)["header"]["hash"]
+    # It votes again: its precommit is in the certificate of a block committed afterwards.
+    since = status(other)["height"]
+
+    def voted() -> int | None:
+        head = status(other)["height"]
+        return next(
+            (h for h in range(since + 1, head + 1) if node_id in precommitters(other, h)), None
+        )
+
+    height = wait_for(voted, 60, f"a certificate with {victim.name}'s precommit")
+    print(f"{victim.name} signs again: its precommit is in block {height}'s certificate")
+
+    again = net.run("restore.yml", "-l", victim.name, qnet_restore_from=str(files[0]))
+    assert again.returncode == 0, again.output[-6000:]
+    assert sum(again.changed.values()) == 0, again.output[-6000:]
+
+    # A snapshot of another chain is refused before the node is touched.
+    alien = LocalNode.single(tmp_path / "alien", {})
+    alien.start()
+    try:
+        wait_for(lambda: alien.status()["height"] >= 2, 30, "the other chain's blocks")
+        made = cli("--json", "node", "snapshot", "--data-dir", str(alien.data_dir),
+                   "--out", str(tmp_path / "alien.tar.gz"))  # fmt: skip
+        assert made.returncode == 0, made.stderr
+    finally:
+        alien.stop()
+    started = net.ssh(victim, "systemctl show -p ActiveEnterTimestampMonotonic --value qnet-node")
+    refused = net.run(
+        "restore.yml", "-l", victim.name, qnet_restore_from=str(tmp_path / "alien.tar.gz")
+    )
+    assert refused.returncode != 0
+    assert "refused, nothing was changed" in refused.output, refused.output[-6000:]
+    assert sum(refused.changed.values()) == 0
+    assert (
+        net.ssh(victim, "systemctl show -p ActiveEnterTimestampMonotonic --value qnet-node")
+        == started
+    )
+    net.wait_advancing([victim])
+
+
+# ---- d. qnet-ops ----------------------------------------------------------------------------
+
+
+def table(text: str) -> dict[str, dict[str, str]]:
+    """qnet-ops' table: host -> {column: cell}."""
+    header, *rows = (line.split() for line in text.splitlines() if line.strip())
+    return {row[0]: dict(zip(header, row, strict=False)) for row in rows}
+
+
+def test_qnet_ops_shows_the_fleet_restarts_a_node_and_fetches_logs_and_snapshots(net, tmp_path):
+    ops = [str(BIN / "qnet-ops"), "-i", str(net.inventory)]
+
+    def qnet_ops(*args: str) -> subprocess.CompletedProcess:
+        done = run_command([*ops, *args], capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, f"qnet-ops {' '.join(args)}: {done.stderr}"
+        return done
+
+    shown = qnet_ops("status")
+    fleet = table(shown.stdout)
+    assert set(fleet) == {h.name for h in net.hosts()}, shown.stdout
+    for host in net.hosts():
+        cells = fleet[host.name]
+        assert cells["service"] == "active" and int(cells["height"]) > 0, cells
+        assert (cells["type"], cells["version"]) == (
+            status(host)["node_type"],
+            status(host)["version"],
+        ), cells
+    print(f"\n{shown.stdout}")
+
+    target = net.validators[2]
+    pid_before = net.ssh(target, "systemctl show -p MainPID --value qnet-node").strip()
+    height_before = status(target)["height"]
+    restarted = table(qnet_ops("restart", target.name).stdout)
+    caught_up_s = float(restarted[target.name]["caught_up_s"])
+    assert net.ssh(target, "systemctl show -p MainPID --value qnet-node").strip() != pid_before
+    print(f"qnet-ops restart {target.name}: caught up after {caught_up_s} s")
+    # The restarted node follows the chain again, in step with its peers.
+    wait_for(
+        lambda: (s := status(target))["height"] > height_before and s["sync_lag_blocks"] == 0,
+        30,
+        f"{target.name} to commit past height {height_before}",
+    )
+
+    logs = qnet_ops("logs", target.name).stdout
+    assert logs.startswith(f"== {target.name}\n") and "Started qnet-node.service" in logs, logs
+
+    other = net.validators[3]
+    taken = table(qnet_ops("snapshot", other.name, "--dest", str(tmp_path)).stdout)[other.name]
+    assert Path(taken["file"]).parent == tmp_path and Path(taken["file"]).is_file(), taken
+    assert int(taken["height"]) > 0
+    net.wait_advancing(net.validators)
