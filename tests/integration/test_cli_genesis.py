@@ -20,7 +20,7 @@ from qnet import crypto
 from qnet.cli import node_running
 from qnet.config import write_config
 from qnet.genesis import Genesis, Params
-from qnet.localnode import free_port
+from qnet.localnode import free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -193,17 +193,6 @@ def nodes():
 
 def status(port: int) -> dict:
     return ok("--node", f"http://127.0.0.1:{port}", "node", "status")
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_validators_from_keygen_and_genesis_create_commit_blocks(tmp_path, nodes):
