@@ -369,9 +369,9 @@ class BftConsensus:
 
     async def _to_validators(self, kind: int, data: bytes, exclude: str | None = None) -> None:
         """Consensus traffic stays among validators: followers do not vote."""
-        for peer in self._validator_peers():
-            if peer.node_id != exclude:
-                await self.net.send(peer.node_id, kind, data)
+        await self.net.broadcast(
+            kind, data, exclude, only=lambda peer: peer.public_key in self.validators
+        )
 
     def _upstream(self) -> list[PeerInfo]:
         """Where transactions go: to validators if any is a peer (always, for a validator),

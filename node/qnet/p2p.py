@@ -586,13 +586,20 @@ class PeerNetwork:
         conn = self._peers.get(node_id)
         return conn is not None and self._enqueue(conn, data)
 
-    async def broadcast(self, kind: int, payload: bytes, exclude: str | None = None) -> int:
-        """Queue a frame for every peer but ``exclude``; returns how many took it."""
+    async def broadcast(
+        self,
+        kind: int,
+        payload: bytes,
+        exclude: str | None = None,
+        only: Callable[[PeerInfo], bool] | None = None,
+    ) -> int:
+        """Queue one frame for every peer but ``exclude`` (of those ``only`` accepts);
+        returns how many took it."""
         data = self._app_frame(kind, payload)
         return sum(
             self._enqueue(conn, data)
             for node_id, conn in list(self._peers.items())
-            if node_id != exclude
+            if node_id != exclude and (only is None or only(conn.info))
         )
 
     def ban(self, node_id: str, reason: str, seconds: float = 60) -> None:
