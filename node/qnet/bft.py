@@ -266,6 +266,7 @@ class BftConsensus:
             listen_host=config.p2p_host,
             listen_port=config.p2p_port,
             seeds=config.peers,
+            api_port=config.api_port,
             on_message=self._on_message,
             on_peer=self._on_peer,
             registry=node.metrics.registry,
@@ -566,10 +567,6 @@ class BftConsensus:
     async def _commit(self, block: Block, cert: CommitCertificate, diff) -> None:
         await self.node.commit(block, cert, diff)
         await self._push_committed(block, cert)
-        signed = {pk for pk, _ in cert.signatures}
-        for pk in self.validators.powers:
-            if pk not in signed:
-                self.metrics.votes_missed.labels(crypto.encode_node_id(pk)).inc()
         self.metrics.commit_latency.observe(max(0.0, time.time() - block.header.time_ms / 1000))
         await self.net.broadcast(KIND_STATUS, _HEIGHT.pack(self.node.state.height))
         self._update_lag()

@@ -66,7 +66,7 @@ class LightNode:
         self.powers = {v.public_key: v.power for v in genesis.validators}
         self.region = config.region
         self.region_rtt_ms: dict[str, float] | None = None  # measured by --region=auto
-        self.metrics = Metrics()
+        self.metrics = Metrics(config.data_dir)
         self.started_at = time.time()
         self.head: Header | None = None  # None: genesis
         self.head_cert = b""
@@ -84,6 +84,7 @@ class LightNode:
             listen_host=None,  # nobody dials a light node
             listen_port=0,
             seeds=config.peers,
+            api_port=config.api_port,
             on_message=self._on_message,
             on_peer=self._on_peer,
             registry=self.metrics.registry,
@@ -127,6 +128,7 @@ class LightNode:
             return
         self.head, self.head_cert = header, cert
         self.metrics.height.set(header.height)
+        self.metrics.head_time.set(header.time_ms / 1000)
         log.info("resumed at height %d, block %s", header.height, header.hash.hex()[:16])
 
     def _save_head(self) -> None:
@@ -165,6 +167,7 @@ class LightNode:
         self.arrivals.append((header.height, int(time.time() * 1000)))
         self._save_head()
         self.metrics.height.set(header.height)
+        self.metrics.head_time.set(header.time_ms / 1000)
         self.metrics.blocks.inc()
         return True
 

@@ -1,19 +1,95 @@
-"""Prometheus metrics of one node, in a registry of its own (several nodes can share a process)."""
+"""Prometheus metrics of one node, in a registry of its own (several nodes can share a process).
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+Besides the node's own counters: the process (start time, resident memory, open files: what
+the restart-loop and memory alerts of monitoring/rules read), the memory the node may use
+(its cgroup's limit, else the machine's memory), the bytes its data directory holds on disk,
+and its wall clock at the moment of the scrape (Prometheus compares it with its own).
+"""
+
+import os
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
 from .errors import Rejected
 
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+def disk_bytes(directory: Path) -> int:
+    """Bytes the files under ``directory`` occupy on disk (allocated blocks, as ``du``)."""
+    total = 0
+    pending = [directory]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:  # gone or unreadable meanwhile
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+            except OSError:
+                continue
+    return total
+
+
+def memory_limit_bytes(proc: Path = Path("/proc/self/cgroup"), fs: Path = Path("/sys/fs/cgroup")):
+    """What this process may use: its cgroup v2 ``memory.max`` (systemd's MemoryMax=), or
+    the machine's physical memory where no limit is set or none can be read."""
+    try:
+        for line in proc.read_text().splitlines():
+            hierarchy, _, path = line.partition("::")
+            if hierarchy == "0":
+                limit = (fs / path.lstrip("/") / "memory.max").read_text().strip()
+                if limit.isdigit():
+                    return int(limit)
+    except OSError:
+        pass
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+class _ProcessCollector(ProcessCollector):
+    """prometheus_client's process metrics, with the boot time taken from CLOCK_BOOTTIME:
+    the node's unit (ProcSubset=pid) hides /proc/stat, where the library reads it, and the
+    library then exports nothing at all."""
+
+    def _boot_time(self) -> float:
+        return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, data_dir: Path) -> None:
         r = self.registry = CollectorRegistry()
+        _ProcessCollector(registry=r)  # process_start_time_seconds, _resident_memory_bytes, ...
+        Gauge(
+            "qnet_memory_limit_bytes",
+            "Memory this node may use: its cgroup's memory.max, else the machine's memory",
+            registry=r,
+        ).set_function(memory_limit_bytes)
+        Gauge(
+            "qnet_data_dir_bytes", "Bytes the node's data directory holds on disk", registry=r
+        ).set_function(lambda: disk_bytes(data_dir))
+        Gauge(
+            "qnet_node_time_seconds",
+            "The node's wall clock when it was scraped (Prometheus compares it with its own)",
+            registry=r,
+        ).set_function(time.time)
         self.build_info = Info("qnet_build", "Version and identity of this node", registry=r)
         self.height = Gauge("qnet_block_height", "Height of the last committed block", registry=r)
+        self.head_time = Gauge(
+            "qnet_head_block_time_seconds",
+            "Time in the header of the last committed block (its proposer's clock)",
+            registry=r,
+        )
         self.mempool_size = Gauge(
             "qnet_mempool_size", "Transactions waiting in the mempool", registry=r
+        )
+        self.mempool_capacity = Gauge(
+            "qnet_mempool_capacity", "Transactions the mempool holds at most", registry=r
         )
         self.mempool_senders = Gauge(
             "qnet_mempool_senders", "Senders with pending transactions", registry=r
@@ -76,9 +152,9 @@ class Metrics:
             ["validator", "kind"],
             registry=r,
         )
-        self.votes_missed = Counter(
-            "qnet_consensus_votes_missed",
-            "Committed blocks whose certificate lacks this validator's precommit",
+        self.missed_precommits = Counter(
+            "qnet_validator_missed_precommits",
+            "Blocks this node committed whose commit certificate lacks this validator's precommit",
             ["validator"],
             registry=r,
         )
@@ -96,8 +172,8 @@ class Metrics:
         )
         self.peers = Gauge(
             "qnet_peers",
-            "Connected peers by node type and region",
-            ["type", "region"],
+            "Connected peers by their node type and region",
+            ["peer_type", "peer_region"],
             registry=r,
         )
         self.sync_lag = Gauge(

@@ -91,7 +91,7 @@ class Node:
         self.chain_id = genesis.chain_id
         self.params = genesis.params
         self.rules = ledger.Rules.from_genesis(genesis)
-        self.metrics = Metrics()
+        self.metrics = Metrics(config.data_dir)
         self.storage = Storage(config.db_path)
         self.storage.initialise(self.chain_id, genesis.hash, ledger.genesis_state(genesis))
         self.state = self.storage.load_state()
@@ -134,6 +134,11 @@ class Node:
             }
         )
         m.height.set(self.state.height)
+        m.head_time.set(self.state.block_time_ms / 1000)
+        m.mempool_capacity.set(config.mempool_capacity)
+        self._validator_ids = tuple((v.public_key, v.node_id) for v in genesis.validators)
+        for _, node_id in self._validator_ids:  # zeroes from the start: rates see every one
+            m.missed_precommits.labels(node_id)
         self._update_ledger_gauges()
         self._check_head()
 
@@ -345,7 +350,12 @@ class Node:
         m = self.metrics
         m.commit_seconds.observe(time.perf_counter() - started)
         m.height.set(h.height)
+        m.head_time.set(h.time_ms / 1000)
         m.blocks.inc()
+        signed = {public_key for public_key, _ in cert.signatures}
+        for public_key, node_id in self._validator_ids:
+            if public_key not in signed:
+                m.missed_precommits.labels(node_id).inc()
         m.committed.inc(len(block.txs))
         m.block_txs.observe(len(block.txs))
         m.heartbeats.inc(len(diff.heartbeats))

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from netns import Bridge, can_run
 from qnet import crypto, loadgen
@@ -91,6 +92,26 @@ def signers(node: LocalNode, h: int) -> set[str]:
     return {p["validator"] for p in block["certificate"]["precommits"]}
 
 
+def missed_precommits_agree_with_certificates(node: LocalNode) -> None:
+    """The node's qnet_validator_missed_precommits_total, per validator, is the number of
+    blocks it committed whose stored certificate lacks that validator's precommit."""
+    _, text = node.get("/metrics")
+    samples = {
+        (s.name, s.labels.get("validator")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    head = int(samples[("qnet_block_height", None)])
+    validators = [v.node_id for v in node.genesis.validators]
+    lacking = dict.fromkeys(validators, 0)
+    for h in range(1, head + 1):
+        for v in set(validators) - signers(node, h):
+            lacking[v] += 1
+    counted = {v: samples[("qnet_validator_missed_precommits_total", v)] for v in validators}
+    assert counted == lacking
+    assert any(lacking.values())  # the scenario's victim missed some
+
+
 @pytest.fixture
 def senders():
     return [crypto.KeyPair.generate() for _ in range(SENDERS)]
@@ -127,6 +148,7 @@ def run_fault_scenario(nodes, senders, fault, recover) -> None:
             )
         assert load.accepted > 0
         assert_same_chain(nodes)
+        missed_precommits_agree_with_certificates(others[0])
     finally:
         for n in nodes:
             n.stop()
