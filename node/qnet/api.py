@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import crypto
 from .amounts import format_qnc
+from .discovery import ScrapeTargets
 from .errors import Rejected
 from .genesis import NODE_TYPES, REGIONS
 from .node import Node
@@ -21,6 +22,7 @@ from .tx import DecodeError, from_json, split_batch
 log = logging.getLogger("qnet.api")
 
 NODE: web.AppKey[Node] = web.AppKey("node", object)
+SCRAPE_TARGETS: web.AppKey[ScrapeTargets] = web.AppKey("scrape_targets", ScrapeTargets)
 MAX_HEADERS_PER_PAGE = 1000
 TX_ID = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -292,6 +294,10 @@ async def arrivals(request: web.Request) -> web.Response:
     return web.json_response({"arrivals": rows})
 
 
+async def scrape_targets(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[SCRAPE_TARGETS].document())
+
+
 async def current_epoch(request: web.Request) -> web.Response:
     return web.json_response(request.app[NODE].epoch_info())
 
@@ -310,11 +316,21 @@ LIGHT_ROUTES = {"/health", "/metrics", "/api/v1/status", "/api/v1/network/peers"
                 "/api/v1/network/arrivals"}  # fmt: skip
 
 
-def create_app(node) -> web.Application:
-    """The API of a ``Node``, or of a ``light.LightNode`` (which serves ``LIGHT_ROUTES``)."""
+def create_app(node, targets: ScrapeTargets | None) -> web.Application:
+    """The API of a ``Node`` with the source of its service discovery document, or of a
+    ``light.LightNode`` (which serves ``LIGHT_ROUTES`` and has no ``targets``)."""
     app = web.Application(middlewares=[json_errors], client_max_size=node.config.max_batch_bytes)
     app[NODE] = node
     light = node.config.node_type == "light"
+    if (targets is None) != light:
+        raise ValueError("a node with ledger state serves service discovery, a light one not")
+    if targets is not None:
+        app[SCRAPE_TARGETS] = targets
+
+        async def close_targets(app: web.Application) -> None:
+            await targets.close()
+
+        app.on_cleanup.append(close_targets)
     # add_route, not add_get: no implicit HEAD routes beside the documented operations
     for method, path, handler in (
         ("GET", "/health", health),
@@ -331,6 +347,7 @@ def create_app(node) -> web.Application:
         ("GET", "/api/v1/epochs/current", current_epoch),
         ("GET", "/api/v1/network/peers", network_peers),
         ("GET", "/api/v1/network/arrivals", arrivals),
+        ("GET", "/api/v1/network/sd", scrape_targets),
     ):
         served = not light or path in LIGHT_ROUTES
         app.router.add_route(method, path, handler if served else not_served)

@@ -13,6 +13,7 @@ from aiohttp import web
 from . import region as region_mod
 from .api import create_app
 from .bft import BftConsensus
+from .discovery import ScrapeTargets
 from .config import NODE_TYPES, ConfigError, NodeConfig, load_config
 from .genesis import REGIONS, Genesis, GenesisError
 from .light import LightNode
@@ -71,12 +72,14 @@ def build(config: NodeConfig, region_rtt_ms: dict[str, float] | None = None) -> 
     key = load_node_key(config.key_path)
     if config.node_type == "light":
         node = LightNode(config, genesis, key)
-        driver = node.run()
+        driver, targets = node.run(), None
     else:
         node = Node(config, genesis, key)
-        driver = BftConsensus(node, config).run()
+        consensus = BftConsensus(node, config)
+        driver = consensus.run()
+        targets = ScrapeTargets(consensus.net.peers, lambda public_key: node.state.node(public_key))
     node.region_rtt_ms = region_rtt_ms
-    app = create_app(node)
+    app = create_app(node, targets)
 
     async def lifecycle(app: web.Application):
         task = asyncio.create_task(driver, name="network")

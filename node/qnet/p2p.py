@@ -7,7 +7,7 @@ There is no consensus logic here: the layer connects, authenticates, limits and 
 
 Handshake, both sides at once (each sends its frame before reading the other's)::
 
-    HELLO  version chain_id genesis_hash public_key node_type region listen challenge
+    HELLO  version chain_id genesis_hash public_key node_type region listen api_port challenge
     AUTH   signature by the node key over auth_message(...)
 
 The signed message binds both public keys, both challenges, the chain id, the genesis hash
@@ -19,10 +19,14 @@ node's own messages carry their own signatures where it matters.)
 Wire format, big-endian, ``str8 = len:u8 utf-8``::
 
     HELLO     = version:u8 chain_id:str8 genesis_hash(32) public_key(32) node_type:str8
-                region:str8 listen:str8 challenge(32)
+                region:str8 listen:str8 api_port:u16 challenge(32)
     AUTH      = signature(64)
     GET_PEERS = (empty)
     PEERS     = count:u16 (public_key(32) node_type:str8 region:str8 listen:str8)*
+
+``api_port`` is the port of the node's HTTP API (0: none). Only the address the peer
+connected from is ever paired with it (``PeerInfo.api``), so a peer cannot make this node
+reach out to an address of its choosing; service discovery (``discovery.py``) probes it.
 
 Delivery is at most once and in order per connection: frames in flight when a connection
 closes may be lost, so the node re-requests what it needs after ``on_peer(.., True)``.
@@ -50,7 +54,7 @@ from .topology import PeerPolicy
 
 log = logging.getLogger("qnet.p2p")
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: HELLO carries the API port
 PATH = "/p2p"
 
 KIND_HELLO = 0
@@ -181,6 +185,7 @@ class Hello:
     node_type: str
     region: str
     listen: str
+    api_port: int
     challenge: bytes
 
     def encode(self) -> bytes:
@@ -193,6 +198,7 @@ class Hello:
                 _text(self.node_type),
                 _text(self.region),
                 _text(self.listen),
+                _U16.pack(self.api_port),
                 self.challenge,
             )
         )
@@ -209,6 +215,7 @@ class Hello:
             r.text(),
             r.text(),
             r.text(),
+            r.unpack(_U16)[0],
             r.take(CHALLENGE_LEN),
         )
         r.end()
@@ -291,6 +298,7 @@ class PeerInfo:
     region: str
     listen: str  # "host:port" where the peer accepts connections ('' if none)
     outbound: bool  # we dialled it
+    api: str = ""  # "host:port" of its HTTP API: the host it connected from, its api_port
 
     @classmethod
     def of(
@@ -440,6 +448,7 @@ class PeerNetwork:
         listen_host: str | None,
         listen_port: int,
         seeds: list[str],
+        api_port: int = 0,
         on_message: OnMessage,
         on_peer: OnPeer | None = None,
         registry: prometheus_client.CollectorRegistry | None = None,
@@ -466,6 +475,7 @@ class PeerNetwork:
         # No listen host: dial out only (light nodes), announcing no address.
         self.listen = join_address(listen_host, listen_port) if listen_host else ""
         self.seeds = list(seeds)
+        self.api_port = api_port
         # Without a policy every peer is welcome up to max_peers and seeds stay dialled. With
         # one, the policy picks peers; seeds stay dialled only for a validator (its mesh), and
         # other nodes dial them to get started, or when the peers they know run out.
@@ -780,6 +790,7 @@ class PeerNetwork:
             self.node_type,
             self.region,
             self.listen,
+            self.api_port,
             os.urandom(CHALLENGE_LEN),
         ).encode()
         await self._send_now(ws, frame(KIND_HELLO, ours))
@@ -809,6 +820,7 @@ class PeerNetwork:
             theirs.region,
             _reachable(theirs.listen, remote_host),
             outbound,
+            join_address(remote_host, theirs.api_port) if theirs.api_port and remote_host else "",
         )
 
     def _check_hello(self, hello: Hello, address: str, outbound: bool) -> None:

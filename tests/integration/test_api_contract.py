@@ -21,6 +21,7 @@ from referencing.jsonschema import DRAFT202012
 
 from qnet import crypto, tx
 from qnet.api import create_app
+from qnet.discovery import ScrapeTargets
 from qnet.config import NodeConfig, load_config
 from qnet.errors import Rejected
 from qnet.genesis import Params, make_genesis
@@ -117,9 +118,13 @@ def in_process_node(tmp_path):
     node.close()
 
 
+def app_of(node: Node) -> web.Application:
+    return create_app(node, ScrapeTargets(list, node.state.node))
+
+
 @pytest.fixture
 def app_routes(in_process_node) -> set[tuple[str, str]]:
-    app = create_app(in_process_node)
+    app = app_of(in_process_node)
     return {(r.method, r.resource.canonical) for r in app.router.routes()}
 
 
@@ -140,7 +145,7 @@ def test_unexpected_failures_and_aiohttp_refusals_are_json_errors(in_process_nod
         return web.json_response({})
 
     async def exchange() -> list[tuple[int, dict]]:
-        app = create_app(in_process_node)
+        app = app_of(in_process_node)
         app.router.add_get("/broken", broken)
         app.router.add_post("/reads", reads_whole_body)
         async with TestClient(TestServer(app)) as client:
@@ -620,6 +625,11 @@ def test_op_get_block(exercise):
 def test_op_network_peers(exercise):
     """The contract node runs alone; peers of a real network: test_bft_network.py."""
     assert exercise.call("GET", "/api/v1/network/peers").body == {"peers": []}
+
+
+def test_op_network_sd(exercise):
+    """Alone, the node discovers nothing; what a network lists: test_discovery.py."""
+    assert exercise.call("GET", "/api/v1/network/sd").body == []
 
 
 def test_op_network_arrivals(exercise):

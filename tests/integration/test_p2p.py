@@ -164,6 +164,7 @@ class RawPeer:
             "full",
             "eu",
             "",
+            0,
             bytes(range(32)),
         ).encode()
         await ws.send_bytes(p2p.frame(p2p.KIND_HELLO, ours))

@@ -27,6 +27,7 @@ hellos = st.builds(
     st.sampled_from(p2p.NODE_TYPES),
     st.sampled_from(REGIONS),
     listens,
+    st.integers(0, 65535),
     keys,
 )
 records = st.builds(
@@ -73,6 +74,7 @@ def test_hello_with_unknown_values_is_refused(field: str, value: str) -> None:
         "node_type": "full",
         "region": "eu",
         "listen": "127.0.0.1:1",
+        "api_port": 7370,
         "challenge": bytes(32),
         field: value,
     }
@@ -90,7 +92,9 @@ def test_too_many_peer_records_are_refused() -> None:
 
 
 def _hello(key: crypto.KeyPair, challenge: bytes, chain_id: str = "c") -> bytes:
-    return p2p.Hello(1, chain_id, bytes(32), key.public_key, "super", "eu", "", challenge).encode()
+    return p2p.Hello(
+        2, chain_id, bytes(32), key.public_key, "super", "eu", "", 0, challenge
+    ).encode()
 
 
 def test_a_handshake_signature_is_good_for_one_direction_of_one_session_only() -> None:
