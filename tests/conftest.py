@@ -6,8 +6,10 @@ import pytest
 from qnet import crypto
 from qnet.localnode import NO_EMPTY_BLOCKS, LocalNode
 
-# Test modules import shared harness modules (netns.py, consensus_sim.py) by name.
+# Test modules import shared harness modules (netns.py, consensus_sim.py) by name, and
+# monitoring/dashboards.py as ``dashboards``.
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "monitoring"))
 
 FUNDS = 1_000_000 * 10**9  # 1M QNC per funded wallet
 
