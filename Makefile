@@ -8,8 +8,8 @@ DEVNET_DIR ?= .devnet
 VALIDATORS ?= 4
 HOSTS ?= 5
 
-.PHONY: help system-deps venv test unit integration lint bench bench-network devnet devnet-down \
-	testbed-up testbed-down artifacts testnet testnet-down clean
+.PHONY: help system-deps venv tools test unit integration lint bench bench-network devnet \
+	devnet-down testbed-up testbed-down artifacts testnet testnet-down clean
 
 help:
 	@echo "make testnet  4 validators (na, eu, ap, sa) and monitoring on testbed hosts, by Ansible"
@@ -19,7 +19,7 @@ help:
 	@echo "make devnet   VALIDATORS (default 4) local validators with a funded faucet wallet"
 	@echo "make bench    throughput benchmark (prints figures, writes bench-results/)"
 	@echo "make bench-network  100 node processes: block propagation and memory per node type"
-	@echo "make lint     ruff, ansible-lint (production profile)"
+	@echo "make lint     ruff, ansible-lint (production profile), promtool and amtool checks"
 	@echo "make testbed-up    HOSTS (default 5) Debian hosts with systemd and sshd on 10.77.0.0/24"
 	@echo "make testbed-down  stop them and remove everything testbed-up made"
 
@@ -36,7 +36,21 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: system-deps $(STAMP)
+# promtool and amtool, which check the monitoring configuration, from Debian's prometheus
+# and prometheus-alertmanager packages (the releases the monitoring hosts run), unpacked
+# here rather than installed: no daemon is set up on this machine.
+TOOLS := build/tools
+PROMTOOL := $(TOOLS)/usr/bin/promtool
+AMTOOL := $(TOOLS)/usr/bin/amtool
+$(TOOLS)/.unpacked:
+	rm -rf $(TOOLS) && mkdir -p $(TOOLS)/debs
+	cd $(TOOLS)/debs && { apt-get download -q prometheus prometheus-alertmanager || \
+		{ apt-get update -qq && apt-get download -q prometheus prometheus-alertmanager; }; }
+	for deb in $(TOOLS)/debs/*.deb; do dpkg-deb -x "$$deb" $(TOOLS); done
+	touch $@
+tools: $(TOOLS)/.unpacked
+
+test: system-deps $(STAMP) $(TOOLS)/.unpacked
 	$(BIN)/python -m pytest -p no:cacheprovider tests
 
 unit: $(STAMP)
@@ -45,10 +59,21 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider tests/integration
 
-lint: $(STAMP)
-	$(BIN)/ruff check node tests loadtest ops
-	$(BIN)/ruff format --check node tests loadtest ops
+# ruff finds Python files by their suffix; the alert log program has none.
+ALERT_LOG := monitoring/alertmanager/qnet-alert-log
+lint: $(STAMP) $(TOOLS)/.unpacked
+	$(BIN)/ruff check node tests loadtest ops monitoring $(ALERT_LOG)
+	$(BIN)/ruff format --check node tests loadtest ops monitoring $(ALERT_LOG)
 	$(ANSIBLE_LINT)
+	$(PROMTOOL) check rules monitoring/rules/*.yml
+	cd monitoring && ../$(PROMTOOL) test rules tests/*.yml
+	rm -rf build/monitoring
+	PATH="$(abspath $(TOOLS))/usr/bin:$$PATH" $(ANSIBLE_EXAMPLE) $(BIN)/ansible-playbook \
+		-i ops/inventory/example ops/playbooks/render-monitoring.yml \
+		-e monitoring_render_dir=$(abspath build/monitoring)
+	for host in build/monitoring/*/; do \
+		$(PROMTOOL) check config "$$host/prometheus.yml" && \
+		$(AMTOOL) check-config "$$host/alertmanager.yml" || exit 1; done
 
 bench: $(STAMP)
 	$(BIN)/python loadtest/bench.py --validators 1 --rate 12000 --target 10000
@@ -63,10 +88,11 @@ devnet: $(STAMP)
 devnet-down: $(STAMP)
 	$(BIN)/python -m qnet.devnet down --data-dir $(DEVNET_DIR)
 
-# ansible-lint finds the roles through ops/ansible.cfg, and decrypts the example vault.
-ANSIBLE_LINT := ANSIBLE_CONFIG=ops/ansible.cfg \
-	ANSIBLE_VAULT_PASSWORD_FILE=ops/inventory/example/vault-password.example \
-	$(BIN)/ansible-lint --offline --profile production ops/
+# ansible-lint and the render of the monitoring configuration find the roles through
+# ops/ansible.cfg, and decrypt the example vault.
+ANSIBLE_EXAMPLE := ANSIBLE_CONFIG=ops/ansible.cfg \
+	ANSIBLE_VAULT_PASSWORD_FILE=ops/inventory/example/vault-password.example
+ANSIBLE_LINT := $(ANSIBLE_EXAMPLE) $(BIN)/ansible-lint --offline --profile production ops/
 
 # The wheel and wheelhouse Ansible ships (ARTIFACTS=DIR, SOURCE=TREE to build elsewhere).
 ARTIFACTS ?= build/artifacts

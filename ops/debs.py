@@ -33,6 +33,7 @@ CACHE = Path("/var/cache/qnet-debs")  # the roles' default *_debs_dir are bundle
 BUNDLES = {
     "prometheus": ("prometheus",),
     "alertmanager": ("prometheus-alertmanager",),
+    "node_exporter": ("prometheus-node-exporter",),
 }
 MANIFEST = "manifest.json"
 # "Inst name [old version] (new version Release:label [arch])" in apt-get's simulation.

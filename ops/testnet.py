@@ -47,6 +47,13 @@ SOURCES = ("pyproject.toml", "README.md", "node")
 # byte-identical, so Ansible ships nothing when nothing changed.
 SOURCE_DATE_EPOCH = "315532800"  # 1980-01-01, the earliest time a zip file can hold
 WHEELHOUSE_TAR = "wheelhouse.tar"
+# A testbed host's root filesystem is an overlay, which the node exporter leaves out by
+# default: its default list of excluded types, without overlay.
+TESTBED_FILESYSTEMS = (
+    "--collector.filesystem.fs-types-exclude=^(autofs|binfmt_misc|bpf|cgroup2?|configfs|"
+    "debugfs|devpts|devtmpfs|fusectl|hugetlbfs|iso9660|mqueue|nsfs|proc|procfs|pstore|"
+    "rpc_pipefs|securityfs|selinuxfs|squashfs|sysfs|tracefs)$"
+)
 
 
 class TestnetError(RuntimeError):
@@ -163,6 +170,7 @@ def write_inventory(
         "qnet_version": version or project_version(),
         "qnet_artifacts_dir": str(artifacts),
         "qnet_network_dir": str(network_dir),
+        "node_exporter_extra_args": [TESTBED_FILESYSTEMS],
     }
     return tb.write_inventory(path, groups, hostvars, {**bed.connection_vars(), **network})
 
@@ -310,11 +318,14 @@ def status_report(inventory: Path) -> str:
                     status["version"],
                 )
             )
-            urls.append(f"node API   {name}: http://{address}:7370/api/v1/status")
+            urls.append(f"node API     {name}: http://{address}:7370/api/v1/status")
     for name in groups.get("monitoring", {}).get("hosts", {}):
-        url = f"http://{hosts[name]['ansible_host']}:9090"
-        state = "" if answers(f"{url}/-/ready") else "  (not answering)"
-        urls.append(f"Prometheus {name}: {url}{state}")
+        address = hosts[name]["ansible_host"]
+        for service, port in (("Prometheus", 9090), ("Alertmanager", 9093)):
+            url = f"http://{address}:{port}"
+            state = "" if answers(f"{url}/-/ready") else "  (not answering)"
+            urls.append(f"{service:<12} {name}: {url}{state}")
+        urls.append(f"alert log    {name}: /var/log/qnet-alerts/alerts.jsonl (ssh root@{address})")
     widths = [max(len(row[i]) for row in rows if len(row) > i) for i in range(len(rows[0]))]
     table = "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip()
