@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+import e2e_testnet
 import testbed as tb
 from commands import record
 
@@ -31,13 +32,23 @@ def recorded_playbooks():
     testnet.run_playbook = original
 
 
+# E2e modules in this order, after the unit and integration tests: the modules of the shared
+# testnet in the order they change it (test_operations leaves another release running), and
+# the guide's test last, since it looks at what the others ran.
+ORDER = ("test_testbed", "test_ops_static", "test_monitoring", "test_testnet", "test_alerting",
+         "test_operations", "test_operator_guide")  # fmt: skip
+
+
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected what will not run
 def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.module.__name__.rsplit(".", 1)[-1]
+        return ORDER.index(name) + 1 if name in ORDER else 0
+
+    items.sort(key=rank)
     first = next((item for item in items if "can_boot" in item.fixturenames), None)
     if first is not None:
         first.add_marker(pytest.mark.timeout(FIRST_BOOT_TIMEOUT))
-    # The guide's test looks at what the others ran: it goes last.
-    items.sort(key=lambda item: item.module.__name__.endswith("test_operator_guide"))
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +67,13 @@ def testbed(can_boot):
     """HOSTS testbed hosts, booted once for the session and removed after it."""
     with tb.Testbed(HOSTS) as bed:
         yield bed
+
+
+@pytest.fixture(scope="session")
+def shared_net(can_boot, tmp_path_factory):
+    """The testnet of tests/e2e_testnet.py, rolled out once for the session."""
+    net = e2e_testnet.deploy(tmp_path_factory.mktemp("testnet"))
+    try:
+        yield net
+    finally:
+        e2e_testnet.close(net)

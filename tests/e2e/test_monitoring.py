@@ -1,9 +1,11 @@
-"""ops/playbooks/monitoring.yml on testbed hosts: Prometheus and Alertmanager from the .deb
-bundles the controller fetched, scraping the QNet nodes the inventory names.
+"""ops/playbooks/monitoring.yml on testbed hosts: prometheus-node-exporter on the node hosts,
+Prometheus and Alertmanager (with QNet's rules and routing, and the alert log) on the
+monitoring host, all from the .deb bundles the controller fetched.
 
 No QNet node runs here: prometheus must still list every node of the inventory as a target,
 with its labels, and find it down. That is what shows the scrape configuration comes from
-the inventory. Prometheus and Alertmanager themselves are scraped and must be up.
+the inventory. Prometheus, Alertmanager and the node exporters are scraped and must be up.
+The alerts themselves, on a running testnet: test_alerting.py.
 """
 
 import hashlib
@@ -17,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 import testbed as tb
 from qnet.localnode import wait_for
@@ -99,10 +102,11 @@ class Monitoring:
         assert out.returncode == 0, f"{command}: {out.stderr}"
         return out.stdout
 
-    def installed(self) -> str:
-        """dpkg's status of the two packages on the monitoring host."""
+    def installed(self, host: tb.Host | None = None) -> str:
+        """dpkg's status of the monitoring packages on ``host`` (the monitoring host)."""
         query = "dpkg-query -W -f '${Package} ${db:Status-Abbrev}\\n'"
-        return self.bed.ssh(self.monitor, f"{query} prometheus prometheus-alertmanager").stdout
+        packages = "prometheus prometheus-alertmanager prometheus-node-exporter"
+        return self.bed.ssh(host or self.monitor, f"{query} {packages}").stdout
 
     def sha256(self, path: str) -> str:
         return self.ssh(f"sha256sum {path}").split()[0]
@@ -145,7 +149,7 @@ def monitoring(can_boot, tmp_path_factory):
         assert fetch.returncode == 0, fetch.stderr
         m = Monitoring(bed, write_inventory(bed, home / "inventory.yml"), home)
         m.runs["fresh check"] = m.run("--check", "--diff")
-        m.installed_after_check = m.installed()
+        m.installed_after_check = [m.installed(host) for host in bed.hosts]
         m.runs["first"] = m.run()
         assert m.runs["first"].ok(), m.runs["first"].output[-5000:]
         m.runs["second"] = m.run()
@@ -161,7 +165,7 @@ def test_check_mode_on_fresh_hosts_fails_nothing_and_installs_nothing(monitoring
     check = monitoring.runs["fresh check"]
     assert check.ok(), check.output[-5000:]
     assert check.changed() > 0  # it does report what the real run will do
-    assert monitoring.installed_after_check == ""
+    assert monitoring.installed_after_check == ["", ""]
 
 
 def test_a_second_run_and_a_check_change_nothing(monitoring):
@@ -173,21 +177,34 @@ def test_a_second_run_and_a_check_change_nothing(monitoring):
 
 
 def test_services_run_from_the_shipped_packages_and_listen(monitoring):
-    assert monitoring.ssh("systemctl is-active prometheus prometheus-alertmanager").split() == [
-        "active",
-        "active",
-    ]
-    assert monitoring.ssh("systemctl is-enabled prometheus prometheus-alertmanager").split() == [
-        "enabled",
-        "enabled",
-    ]
+    services = "prometheus prometheus-alertmanager qnet-alert-log prometheus-node-exporter"
+    assert monitoring.ssh(f"systemctl is-active {services}").split() == ["active"] * 4
+    assert monitoring.ssh(f"systemctl is-enabled {services}").split() == ["enabled"] * 4
     assert sorted(monitoring.installed().splitlines()) == [
         "prometheus ii ",
         "prometheus-alertmanager ii ",
+        "prometheus-node-exporter ii ",
     ]
     listening = monitoring.ssh("ss -Hltn")
-    for port in (9090, 9093):
-        assert re.search(rf":{port}\s", listening), listening
+    for address in (":9090", ":9093", "127.0.0.1:9095", ":9100"):
+        assert re.search(rf"{address}\s", listening), listening
+    # The other node host has the node exporter only, from its own bundle.
+    other = monitoring.bed.hosts[1]
+    assert monitoring.installed(other).splitlines() == ["prometheus-node-exporter ii "]
+    assert monitoring.bed.ssh(other, "systemctl is-active prometheus-node-exporter").returncode == 0
+    # The alert log runs as a dynamic user, writes only its log directory, answers locally.
+    unit = monitoring.ssh(
+        "systemctl show qnet-alert-log -p DynamicUser -p ProtectSystem -p NoNewPrivileges"
+    )
+    assert sorted(unit.split()) == [
+        "DynamicUser=yes",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+    ]
+    healthy = (
+        "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9095/-/healthy').status)"
+    )
+    assert monitoring.ssh(f'python3 -c "{healthy}"').strip() == "200"
     # The install forbade service starts with a policy-rc.d of its own, and took it away.
     assert monitoring.bed.ssh(monitoring.monitor, "test -e /usr/sbin/policy-rc.d").returncode == 1
     assert monitoring.ssh("promtool check config /etc/prometheus/prometheus.yml")
@@ -217,9 +234,23 @@ def test_every_inventory_node_is_a_target_with_its_labels(monitoring):
         ("qnet", "qc-1"): "down",  # no QNet node runs on the testbed
         ("qnet", "qc-2"): "down",
         ("qnet", "qc-2-light"): "down",
+        ("node", "qc-1"): "up",  # one node exporter per host: qc-2-light shares qc-2's
+        ("node", "qc-2"): "up",
         ("prometheus", "qc-1"): "up",
         ("alertmanager", "qc-1"): "up",
     }
+    node = {
+        (t["labels"]["instance"], t["labels"]["region"], t["labels"]["node_type"], t["scrapeUrl"])
+        for t in targets
+        if t["labels"]["job"] == "node"
+    }
+    assert node == {
+        ("qc-1", "na", "full", f"http://{monitoring.monitor.address}:9100/metrics"),
+        ("qc-2", "eu", "super", f"http://{other.address}:9100/metrics"),
+    }
+    # Community nodes are asked of the genesis validator's service discovery.
+    config = monitoring.ssh("cat /etc/prometheus/prometheus.yml")
+    assert f"http://{other.address}:7370/api/v1/network/sd" in config
 
 
 def test_prometheus_alerts_the_alertmanager_of_the_monitoring_group(monitoring):
@@ -227,37 +258,69 @@ def test_prometheus_alerts_the_alertmanager_of_the_monitoring_group(monitoring):
     assert [a["url"] for a in active] == [f"{monitoring.alertmanager}/api/v2/alerts"]
     status = get(f"{monitoring.alertmanager}/api/v2/status")
     assert status["cluster"]["status"] == "disabled"
-    assert 'receiver: "null"' in status["config"]["original"].replace("'", '"')
+    config = yaml.safe_load(status["config"]["original"])
+    routing = yaml.safe_load((ROOT / "monitoring" / "alertmanager" / "routing.yml").read_text())
+
+    # Alertmanager shows its configuration with defaults filled in and matchers sorted.
+    def routes(route: dict) -> list[tuple]:
+        return [
+            (r["receiver"], sorted(r.get("matchers", [])), r.get("continue", False))
+            for r in route["routes"]
+        ]
+
+    def inhibitions(rules: list[dict]) -> list[tuple]:
+        return [(sorted(r["source_matchers"]), sorted(r["target_matchers"])) for r in rules]
+
+    assert routes(config["route"]) == routes(routing["route"])
+    assert config["route"]["group_by"] == routing["route"]["group_by"]
+    assert inhibitions(config["inhibit_rules"]) == inhibitions(routing["inhibit_rules"])
+    receivers = {r["name"]: [w["url"] for w in r.get("webhook_configs", [])]
+                 for r in config["receivers"]}  # fmt: skip
+    assert receivers == {
+        "human": ["http://127.0.0.1:9095/alerts"],  # the alert log, by default
+        "recovery": [],
+        "deadman": [],
+    }
 
 
-def test_rule_files_and_webhook_receivers_land_and_go(monitoring, tmp_path):
-    rules = tmp_path / "qnet-test.yml"
-    rules.write_text(
+def shipped_rule_groups() -> list[tuple[str, str]]:
+    return [
+        (group["name"], f"/etc/prometheus/rules/{path.name}")
+        for path in sorted((ROOT / "monitoring" / "rules").glob("*.yml"))
+        for group in yaml.safe_load(path.read_text())["groups"]
+    ]
+
+
+def test_qnets_rules_land_by_default_and_other_files_and_webhooks_can_replace_them(
+    monitoring, tmp_path
+):
+    # The handlers wait until a reload took effect: no polling needed here.
+    rules = get(f"{monitoring.prometheus}/api/v1/rules")["data"]["groups"]
+    assert [(g["name"], g["file"]) for g in rules] == shipped_rule_groups()
+
+    mine = tmp_path / "qnet-test.yml"
+    mine.write_text(
         "groups:\n  - name: qnet-test\n    rules:\n      - alert: NeverFires\n"
         "        expr: vector(0) > 1\n        for: 1m\n"
     )
-    webhook = {"name": "recovery", "url": f"http://{monitoring.monitor.address}:7380/alerts"}
+    recovery = f"http://{monitoring.monitor.address}:7380/alerts"
     run = monitoring.run(
-        extra={
-            "prometheus_rule_files": [str(rules)],
-            "alertmanager_webhook_receivers": [webhook],
-            "alertmanager_receiver": "recovery",
-        }
+        extra={"prometheus_rule_files": [str(mine)], "alertmanager_recovery_webhook_url": recovery}
     )
     assert run.ok(), run.output[-5000:]
-    # The handlers wait until the reload took effect: no polling needed here.
     groups = get(f"{monitoring.prometheus}/api/v1/rules")["data"]["groups"]
     assert [(g["name"], g["file"]) for g in groups] == [
         ("qnet-test", "/etc/prometheus/rules/qnet-test.yml")
     ]
-    config = get(f"{monitoring.alertmanager}/api/v2/status")["config"]["original"]
-    assert "receiver: recovery" in config and webhook["url"] in config
+    config = yaml.safe_load(get(f"{monitoring.alertmanager}/api/v2/status")["config"]["original"])
+    (receiver,) = [r for r in config["receivers"] if r["name"] == "recovery"]
+    assert [w["url"] for w in receiver["webhook_configs"]] == [recovery]
 
     back = monitoring.run()
     assert back.ok(), back.output[-5000:]
-    assert get(f"{monitoring.prometheus}/api/v1/rules")["data"]["groups"] == []
-    assert monitoring.ssh("ls -A /etc/prometheus/rules") == ""
-    assert "recovery" not in get(f"{monitoring.alertmanager}/api/v2/status")["config"]["original"]
+    groups = get(f"{monitoring.prometheus}/api/v1/rules")["data"]["groups"]
+    assert [(g["name"], g["file"]) for g in groups] == shipped_rule_groups()
+    assert recovery not in get(f"{monitoring.alertmanager}/api/v2/status")["config"]["original"]
 
 
 @pytest.mark.parametrize(
@@ -265,7 +328,7 @@ def test_rule_files_and_webhook_receivers_land_and_go(monitoring, tmp_path):
     [
         ({"prometheus_scrape_interval": "5s"}, "/etc/prometheus/prometheus.yml", "prometheus"),
         (
-            {"alertmanager_routes": [{"receiver": "nowhere"}]},
+            {"alertmanager_route_overrides": {"receiver": "nowhere"}},
             "/etc/prometheus/alertmanager.yml",
             "prometheus-alertmanager",
         ),
@@ -299,6 +362,7 @@ def test_the_bundles_hold_what_a_base_host_lacks(monitoring):
     for bundle, package in (
         ("prometheus", "prometheus"),
         ("alertmanager", "prometheus-alertmanager"),
+        ("node_exporter", "prometheus-node-exporter"),
     ):
         directory = DEBS / bundle
         manifest = json.loads((directory / "manifest.json").read_text())

@@ -1,7 +1,8 @@
 """The operations playbooks on testbed hosts: join.yml, upgrade.yml (rolling, with automatic
-rollback), backup.yml and restore.yml, and qnet-ops, against one testnet of 4 genesis
-validators (regions na, eu, ap, sa) rolled out by testnet.yml, plus one host that joins as a
-full node in a fifth region.
+rollback), backup.yml and restore.yml, and qnet-ops, against the session's shared testnet
+(tests/e2e_testnet.py: 4 genesis validators in regions na, eu, ap, sa, a monitoring host),
+plus its spare host, which joins as a full node in a fifth region and is found by the
+monitoring host's Prometheus through service discovery.
 
 The releases are real: the wheelhouses of the tree's version, of a copy of the tree with the
 next patch version, and of a copy whose ``qnet-node`` exits 3 at start, each built the way
@@ -14,11 +15,9 @@ Run alone (as root; ``-s`` prints the measured figures):
 
 import itertools
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,24 +26,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import yaml
 
 import testbed as tb
 from commands import run as run_command
+from e2e_testnet import BIN, OWNER, PASSWORD, ROOT, Testnet, cli, get, testnet
 from qnet import crypto, loadgen
 from qnet.localnode import LocalNode, http, wait_for
 from qnet.tx import Transaction, encode_batch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "ops"))
-import testnet  # noqa: E402  (ops/testnet.py: artifacts, inventory, ansible-playbook runs)
-
-NAME, SUBNET = "qe", "10.81.0"
 REGIONS = ("na", "eu", "ap", "sa")  # the genesis validators', in host order
 JOIN_REGION = "oc"  # none of the validators is there
-OWNER, PASSWORD = "owner", "operations-e2e"  # the community node owner's wallet
-SENDERS = 16  # funded in genesis; the load during the upgrade comes from them
-BIN = Path(sys.executable).parent
 # Playbook runs get these, so that a broken release is found quickly.
 START_TIMEOUT_S = 20
 
@@ -122,22 +113,8 @@ def api(host: tb.Host) -> str:
     return f"http://{host.address}:7370"
 
 
-def get(url: str, timeout: float = 5) -> dict:
-    code, body = http("GET", url, timeout=timeout)
-    assert code == 200, f"GET {url}: {code} {body}"
-    return body
-
-
 def status(host: tb.Host) -> dict:
     return get(f"{api(host)}/api/v1/status")
-
-
-def status_or_none(host: tb.Host) -> dict | None:
-    try:
-        code, body = http("GET", f"{api(host)}/api/v1/status", timeout=3)
-    except OSError:
-        return None
-    return body if code == 200 else None
 
 
 def block(host: tb.Host, height: int) -> dict:
@@ -148,120 +125,39 @@ def precommitters(host: tb.Host, height: int) -> set[str]:
     return {p["validator"] for p in block(host, height)["certificate"]["precommits"]}
 
 
-class Net:
-    """The testbed, its inventory and the controller's state: artifacts, keys, wallets."""
-
-    def __init__(self, bed: tb.Testbed, home: Path):
-        self.bed, self.home = bed, home
-        self.inventory = home / "inventory.yml"
-        self.network_dir = home / "network"
-        self.artifacts = home / "artifacts"
-        self.keystore = home / "wallets"
-        self.backups = home / "backups"
-        self.validators = bed.hosts[: len(REGIONS)]
-        self.joiner = bed.hosts[len(REGIONS)]
-
-    def run(self, playbook: str, *args: str, **extra) -> testnet.Run:
-        argv = [*args]
-        if extra:
-            argv += ["-e", json.dumps(extra)]
-        return testnet.run_playbook(self.inventory, playbook, *argv, state=self.home)
-
-    def edit_inventory(self, change) -> None:
-        """Apply ``change`` to the inventory's ``all`` mapping, as an operator edits it."""
-        everyone = yaml.safe_load(self.inventory.read_text())
-        change(everyone["all"])
-        self.inventory.write_text(yaml.safe_dump(everyone, sort_keys=False))
-
-    def set_version(self, version: str) -> None:
-        self.edit_inventory(lambda everyone: everyone["vars"].update(qnet_version=version))
-
-    def hosts(self) -> list[tb.Host]:
-        """The node hosts the inventory names."""
-        groups = yaml.safe_load(self.inventory.read_text())["all"]["children"]
-        names = {
-            n for g in ("genesis", "full", "light") for n in groups.get(g, {}).get("hosts", {})
-        }
-        return [h for h in self.bed.hosts if h.name in names]
-
-    def ssh(self, host: tb.Host, command: str) -> str:
-        out = self.bed.ssh(host, command)
-        assert out.returncode == 0, f"{host.name}: {command}: {out.stderr}"
-        return out.stdout
-
-    def heights(self, hosts: list[tb.Host] | None = None) -> dict[str, int]:
-        return {h.name: status(h)["height"] for h in hosts or self.validators}
-
-    def wait_advancing(self, hosts: list[tb.Host], blocks: int = 3, timeout: float = 60) -> None:
-        """Every host's height moves on by ``blocks``."""
-        start = self.heights(hosts)
-        wait_for(
-            lambda: all(status(h)["height"] >= start[h.name] + blocks for h in hosts),
-            timeout,
-            f"{[h.name for h in hosts]} to commit {blocks} more blocks",
-        )
-
-
-def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "qnet-cli"), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
+def set_version(net: Testnet, version: str) -> None:
+    net.edit_inventory(lambda everyone: everyone["vars"].update(qnet_version=version))
 
 
 @pytest.fixture(scope="module")
-def net(can_boot, tmp_path_factory):
-    """Five testbed hosts, the three releases, a funded owner wallet and funded senders in
-    the genesis, and testnet.yml's rollout of the four validators."""
-    home = tmp_path_factory.mktemp("qe")
-    tb.Testbed(0, NAME).down()  # a testbed left by an interrupted run of this module
+def net(shared_net):
+    """The shared testnet, with the next two releases built beside its own."""
     base = testnet.project_version()
     good, broken = next_versions(base)
     started = time.monotonic()
-    with ThreadPoolExecutor(3) as pool:  # the releases build while the hosts boot
+    with ThreadPoolExecutor(2) as pool:
         builds = [
-            pool.submit(testnet.build_artifacts, home / "artifacts"),
-            pool.submit(build_release, home / "artifacts", good),
-            pool.submit(build_release, home / "artifacts", broken, True),
+            pool.submit(build_release, shared_net.artifacts, good),
+            pool.submit(build_release, shared_net.artifacts, broken, True),
         ]
-        with tb.Testbed(len(REGIONS) + 1, NAME, SUBNET) as bed:
-            for build in builds:
-                build.result()
-            n = Net(bed, home)
-            n.base, n.good, n.broken = base, good, broken
-            took = time.monotonic() - started
-            print(f"\ntestbed and releases {base}, {good}, {broken}: {took:.1f} s")
-            created = cli("--keystore", str(n.keystore), "--json", "wallet", "create", OWNER,
-                          env={"QNET_WALLET_PASSWORD": PASSWORD})  # fmt: skip
-            assert created.returncode == 0, created.stderr
-            n.owner = json.loads(created.stdout)["address"]
-            n.senders = [crypto.KeyPair.generate() for _ in range(SENDERS)]
-            funds = {crypto.encode_address(s.address): "1000" for s in n.senders}
-            funds[n.owner] = "5000"
-            testnet.write_inventory(
-                bed, n.inventory, n.network_dir, n.artifacts, base, REGIONS, monitoring=0
-            )
-            n.edit_inventory(lambda everyone: everyone["vars"].update(qnet_genesis_funds=funds))
-            rollout = n.run("testnet.yml")
-            assert rollout.returncode == 0, rollout.output[-6000:]
-            print(f"testnet.yml: {rollout.seconds:.1f} s")
-            n.chain_id = status(n.validators[0])["chain_id"]
-            yield n
+        for build in builds:
+            build.result()
+    shared_net.base, shared_net.good, shared_net.broken = base, good, broken
+    print(f"\nreleases {good}, {broken}: {time.monotonic() - started:.1f} s")
+    return shared_net
 
 
 # ---- b. a community node joins --------------------------------------------------------------
 
 
 def test_join_activates_a_full_node_in_a_new_region(net):
-    joiner = net.joiner
+    joiner = net.spare
 
     def add_joiner(everyone: dict) -> None:
         everyone["children"]["full"]["hosts"] = {joiner.name: {}}
         everyone["children"][f"region_{JOIN_REGION}"] = {"hosts": {joiner.name: {}}}
 
+    prometheus_config = net.ssh(net.monitor, "sha256sum /etc/prometheus/prometheus.yml")
     net.edit_inventory(add_joiner)
     owner = {"qnet_join_owner": OWNER, "qnet_join_keystore": str(net.keystore),
              "qnet_join_password": PASSWORD}  # fmt: skip
@@ -298,6 +194,33 @@ def test_join_activates_a_full_node_in_a_new_region(net):
 
     validators = wait_for(seen_by, 30, "a validator to list the new full node as its peer")
     print(f"the full node in {JOIN_REGION} is a peer of {', '.join(validators)}")
+
+    # The monitoring host's Prometheus scrapes it, found through the validators' service
+    # discovery: nothing on the monitoring host was changed for it.
+    def scraped() -> dict | None:
+        targets = get(f"{net.prometheus}/api/v1/targets")["data"]["activeTargets"]
+        return next(
+            (
+                t
+                for t in targets
+                if t["labels"]["instance"] == mine["node_id"] and t["health"] == "up"
+            ),
+            None,
+        )
+
+    joined_at = time.monotonic()
+    target = wait_for(scraped, 60, "Prometheus to scrape the new full node")
+    print(f"Prometheus scraped it {time.monotonic() - joined_at:.1f} s after join.yml ended")
+    assert target["labels"] == {
+        "instance": mine["node_id"],
+        "job": "qnet",
+        "node_type": "full",
+        "region": JOIN_REGION,
+    }
+    assert target["scrapeUrl"] == f"http://{joiner.address}:7370/metrics"
+    assert target["discoveredLabels"]["__meta_qnet_node_id"] == mine["node_id"]
+    assert net.ssh(net.monitor, "sha256sum /etc/prometheus/prometheus.yml") == prometheus_config
+    assert run.changed.get(net.monitor.name, 0) == 0
     before = status(joiner)["height"]
     wait_for(lambda: status(joiner)["height"] > before, 30, "the full node to follow the chain")
 
@@ -395,7 +318,7 @@ UPGRADED = re.compile(r"([\w.-]+): qnet (\S+) -> (\S+), healthy after ([\d.]+) s
 
 def test_rolling_upgrade_under_load_keeps_committing_and_loses_nothing(net):
     hosts = net.hosts()
-    net.set_version(net.good)
+    set_version(net, net.good)
 
     check = net.run("upgrade.yml", "--check")
     assert check.returncode == 0, check.output[-6000:]

@@ -2,33 +2,25 @@
 validators in regions na, eu, ap and sa plus a monitoring host, exactly as ``make testnet``
 does (ops/testnet.py writes the inventory and runs ansible-playbook).
 
-One testbed for the module: a ``--check --diff`` run against the fresh hosts, the rollout,
-testinfra checks of every validator host, a second run that changes nothing, ``--check
---diff`` against the deployed network, a refused second genesis, and restart.yml. Run alone
-(as root; ``-s`` prints the measured times):
+The session's shared testnet (tests/e2e_testnet.py): a ``--check --diff`` run against the
+fresh hosts, the rollout, testinfra checks of every validator host, a second run that
+changes nothing, ``--check --diff`` against the deployed network, a refused second genesis,
+and restart.yml. Run alone (as root; ``-s`` prints the measured times):
 
     .venv/bin/python -m pytest -p no:cacheprovider -s tests/e2e/test_testnet.py
 """
 
 import json
 import re
-import sys
-import time
 import tomllib
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import testinfra
 
 import testbed as tb
+from e2e_testnet import NAME, REGIONS, Testnet, testnet
+from qnet.localnode import wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "ops"))
-import testnet  # noqa: E402  (ops/testnet.py: artifacts, inventory, ansible-playbook runs)
-
-NAME, SUBNET = "qt", "10.79.1"
-REGIONS = testnet.REGIONS  # one validator each, hosts qt-1..qt-4; qt-5 is the monitoring host
 VALIDATORS = [f"{NAME}-{i + 1}" for i in range(len(REGIONS))]
 HARDENING = {
     "User": "qnet",
@@ -63,35 +55,18 @@ HARDENING = {
 pytestmark = pytest.mark.timeout(900)
 
 
-class Network:
-    """The module's testbed, its inventory and what the playbook runs reported."""
+def infra_host(network: Testnet, name: str):
+    """A testinfra host for ``name``, over ssh with the testbed's key."""
+    options = " ".join(tb.SSH_OPTIONS)
+    return testinfra.get_host(
+        f"ssh://root@{network.host(name).address}",
+        ssh_identity_file=str(network.bed.key),
+        ssh_extra_args=f"{options} -o BatchMode=yes",
+    )
 
-    def __init__(self, bed: tb.Testbed, inventory: Path, network_dir: Path):
-        self.bed = bed
-        self.inventory = inventory
-        self.network_dir = network_dir
-        self.runs: dict[str, testnet.Run] = {}
-        self.left_after_check: list[str] = []  # what the check-mode run made (nothing)
 
-    def run(self, playbook: str, *args: str) -> testnet.Run:
-        return testnet.run_playbook(self.inventory, playbook, *args, state=self.bed.dir)
-
-    def host(self, name: str) -> tb.Host:
-        return next(h for h in self.bed.hosts if h.name == name)
-
-    def status(self, name: str) -> dict:
-        status = testnet.node_status(self.host(name).address)
-        assert status is not None, f"{name} does not answer"
-        return status
-
-    def testinfra(self, name: str):
-        """A testinfra host for ``name``, over ssh with the testbed's key."""
-        options = " ".join(tb.SSH_OPTIONS)
-        return testinfra.get_host(
-            f"ssh://root@{self.host(name).address}",
-            ssh_identity_file=str(self.bed.key),
-            ssh_extra_args=f"{options} -o BatchMode=yes",
-        )
+def status(network: Testnet, name: str) -> dict:
+    return network.status(network.host(name))
 
 
 def show(run: testnet.Run) -> str:
@@ -100,44 +75,16 @@ def show(run: testnet.Run) -> str:
 
 
 @pytest.fixture(scope="module")
-def network(can_boot, tmp_path_factory):
-    """The testbed (4 validators, 1 monitoring host) after a check-mode run against the fresh
-    hosts and the real rollout; both runs are in ``runs``."""
-    tb.Testbed(0, NAME).down()  # a testbed left by an interrupted run of this module
-    home = tmp_path_factory.mktemp("testnet")
-    with ThreadPoolExecutor(2) as pool:
-        wheelhouse = pool.submit(testnet.build_artifacts, home / "artifacts")
-        booted = pool.submit(tb.Testbed(len(REGIONS) + 1, NAME, SUBNET).up)
-        try:
-            wheelhouse.result()
-        finally:
-            bed = booted.result()
-    try:
-        testnet.build_debs(tb.image())
-        network_dir = bed.dir / "network"
-        inventory = testnet.write_inventory(
-            bed, bed.dir / "testnet-inventory.yml", network_dir, home / "artifacts"
-        )
-        net = Network(bed, inventory, network_dir)
-        net.runs["check fresh"] = net.run("testnet.yml", "--check", "--diff")
-        made = "ls -d /opt/qnet /var/lib/qnet /etc/systemd/system/qnet-node.service 2>/dev/null"
-        for host in bed.hosts:
-            net.left_after_check += [f"{host.name}:{p}" for p in bed.ssh(host, made).stdout.split()]
-        if network_dir.exists():
-            net.left_after_check.append(str(network_dir))
-        net.runs["rollout"] = net.run("testnet.yml")
-        for what, run in net.runs.items():
-            print(f"\ntestnet.yml ({what}): {run.seconds:.1f} s")
-        yield net
-    finally:
-        testnet.close_connections(bed.dir)
-        bed.down()
+def network(shared_net):
+    for what, run in shared_net.runs.items():
+        print(f"\ntestnet.yml ({what}): {run.seconds:.1f} s")
+    return shared_net
 
 
 def test_check_mode_on_fresh_hosts_runs_cleanly_and_changes_nothing(network):
     run = network.runs["check fresh"]
     assert run.returncode == 0 and not run.failed, show(run)
-    assert sorted(run.recap) == sorted(["localhost", *(h.name for h in network.bed.hosts)])
+    assert sorted(run.recap) == network.inventory_hosts()
     # It said what it would do (the diff of the unit it would write) and did none of it.
     assert all(run.changed[name] > 0 for name in VALIDATORS), run.changed
     assert "+ExecStart=/opt/qnet/current/bin/qnet-node --data-dir /var/lib/qnet" in run.output
@@ -153,18 +100,19 @@ def test_rollout_brings_up_validators_that_commit_and_peer(network):
     assert {s["api_url"] for s in genesis["seeds"]} == {
         f"http://{network.host(name).address}:7370" for name in VALIDATORS
     }
-    first = {name: network.status(name) for name in VALIDATORS}
+    first = {name: status(network, name) for name in VALIDATORS}
     for name, region in zip(VALIDATORS, REGIONS, strict=True):
-        status = first[name]
-        assert (status["node_type"], status["region"]) == ("super", region)
-        assert in_genesis[status["node_id"]] == region
-        assert status["version"] == testnet.project_version()
-        assert status["genesis_hash"] == first[VALIDATORS[0]]["genesis_hash"]
-        assert status["peers"] >= len(VALIDATORS) - 1
-    deadline = time.monotonic() + 30
-    while not all(network.status(n)["height"] > first[n]["height"] for n in VALIDATORS):
-        assert time.monotonic() < deadline, "the validators stopped committing"
-        time.sleep(0.5)
+        mine = first[name]
+        assert (mine["node_type"], mine["region"]) == ("super", region)
+        assert in_genesis[mine["node_id"]] == region
+        assert mine["version"] == testnet.project_version()
+        assert mine["genesis_hash"] == first[VALIDATORS[0]]["genesis_hash"]
+        assert mine["peers"] >= len(VALIDATORS) - 1
+    wait_for(
+        lambda: all(status(network, n)["height"] > first[n]["height"] for n in VALIDATORS),
+        30,
+        "the validators to commit",
+    )
     report = testnet.status_report(network.inventory)
     for name, region in zip(VALIDATORS, REGIONS, strict=True):
         row = rf"^{name}\s+{re.escape(network.host(name).address)}\s+{region}\s+super\s+\d+\s+3\s"
@@ -173,7 +121,7 @@ def test_rollout_brings_up_validators_that_commit_and_peer(network):
 
 @pytest.mark.parametrize("name", VALIDATORS)
 def test_validator_host_is_deployed_and_hardened(network, name):
-    host = network.testinfra(name)
+    host = infra_host(network, name)
     region = REGIONS[VALIDATORS.index(name)]
     service = host.service("qnet-node")
     assert service.is_enabled and service.is_running
@@ -233,7 +181,7 @@ def test_second_run_changes_nothing(network):
     print(f"\ntestnet.yml (second run): {run.seconds:.1f} s")
     assert run.returncode == 0 and not run.failed, show(run)
     assert set(run.changed.values()) == {0}, (run.changed, show(run))
-    assert set(run.changed) == {"localhost", *(h.name for h in network.bed.hosts)}
+    assert sorted(run.changed) == network.inventory_hosts()
 
 
 def test_check_diff_on_the_deployed_network_changes_nothing(network):
@@ -266,33 +214,34 @@ def test_stop_and_start_one_validator_while_the_others_commit(network):
     name, witness = VALIDATORS[2], VALIDATORS[0]
     stopped = network.run("stop.yml", "-l", name)
     assert stopped.returncode == 0 and stopped.changed == {name: 1}, show(stopped)
-    assert not network.testinfra(name).service("qnet-node").is_running
+    assert not infra_host(network, name).service("qnet-node").is_running
     assert testnet.node_status(network.host(name).address) is None
-    height = network.status(witness)["height"]
-    deadline = time.monotonic() + 30
-    while network.status(witness)["height"] <= height:  # three of four: still a quorum
-        assert time.monotonic() < deadline, "the chain stalled with one validator stopped"
-        time.sleep(0.5)
+    height = status(network, witness)["height"]
+    wait_for(  # three of four: still a quorum
+        lambda: status(network, witness)["height"] > height,
+        30,
+        "the chain to advance with one validator stopped",
+    )
     again = network.run("stop.yml", "-l", name)
     assert again.returncode == 0 and again.changed == {name: 0}, show(again)
 
     started = network.run("start.yml", "-l", name)
     assert started.returncode == 0 and started.changed == {name: 1}, show(started)
-    assert network.testinfra(name).service("qnet-node").is_running
-    assert network.status(name)["height"] > height
+    assert infra_host(network, name).service("qnet-node").is_running
+    assert status(network, name)["height"] > height
 
 
 def test_restart_restarts_one_validator_and_it_catches_up(network):
     name = VALIDATORS[1]
-    host = network.testinfra(name)
+    host = infra_host(network, name)
     pid = host.check_output("systemctl show --property MainPID --value qnet-node")
     run = network.run("restart.yml", "-l", name)
     assert run.returncode == 0 and not run.failed, show(run)
     assert run.changed == {name: 1}, run.changed
     assert "Wait until the node commits blocks, with its peers and in step with them" in run.output
     assert host.check_output("systemctl show --property MainPID --value qnet-node") != pid
-    restarted = network.status(name)
-    others = max(network.status(n)["height"] for n in VALIDATORS if n != name)
+    restarted = status(network, name)
+    others = max(status(network, n)["height"] for n in VALIDATORS if n != name)
     assert restarted["sync_lag_blocks"] <= 10 and restarted["height"] >= others - 10
     assert restarted["uptime_s"] < run.seconds
 
