@@ -13,8 +13,8 @@ from aiohttp import web
 from . import region as region_mod
 from .api import create_app
 from .bft import BftConsensus
-from .discovery import ScrapeTargets
 from .config import NODE_TYPES, ConfigError, NodeConfig, load_config
+from .discovery import ScrapeTargets
 from .genesis import REGIONS, Genesis, GenesisError
 from .light import LightNode
 from .node import Node, StateDivergence, load_node_key

@@ -216,6 +216,7 @@ def test_join_activates_a_full_node_in_a_new_region(net):
         "job": "qnet",
         "node_type": "full",
         "region": JOIN_REGION,
+        "community": "true",  # not in the inventory: its alerts are a person's, not recovery's
     }
     assert target["scrapeUrl"] == f"http://{joiner.address}:7370/metrics"
     assert target["discoveredLabels"]["__meta_qnet_node_id"] == mine["node_id"]

@@ -21,8 +21,8 @@ from referencing.jsonschema import DRAFT202012
 
 from qnet import crypto, tx
 from qnet.api import create_app
-from qnet.discovery import ScrapeTargets
 from qnet.config import NodeConfig, load_config
+from qnet.discovery import ScrapeTargets
 from qnet.errors import Rejected
 from qnet.genesis import Params, make_genesis
 from qnet.localnode import CHAIN_ID, NO_EMPTY_BLOCKS, LocalNode

@@ -101,7 +101,7 @@ def test_a_notification_is_one_json_line_with_the_time_it_came(alert_log):
         "no-labels",
         "too-big",
         "path",
-    ],  # fmt: skip
+    ],
 )
 def test_anything_else_is_refused_and_writes_nothing(alert_log, body, path, status):
     url, log = alert_log

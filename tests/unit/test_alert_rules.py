@@ -146,6 +146,7 @@ def alertmanager_config(tmp_path_factory) -> Path:
         ("alertname=QNetRestartLoop severity=critical action=none", "human"),
         ("alertname=QNetChainHalted severity=critical action=none", "recovery,human"),
         ("alertname=QNetWatchdog severity=none action=none", "deadman"),
+        ("alertname=QNetNodeDown severity=critical action=restart community=true", "human"),
     ],
 )
 def test_the_routing_sends_each_alert_to_its_receivers(alertmanager_config, labels, receivers):
