@@ -351,6 +351,7 @@ class BftConsensus:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             node.relay = None
+            await self._hand_off()
             await self.net.stop()
             self.log.close()
             self.signing_state.close()
@@ -361,6 +362,21 @@ class BftConsensus:
             "sync_lag_blocks": self.stats.lag(self.node.state.height),
             "consensus_round": self.core.round if self.core is not None and self._height else 0,
         }
+
+    async def _hand_off(self) -> None:
+        """At a stop, hand every pending transaction up: one this node admitted may be
+        nowhere else yet (its relay batch not sent, or sent to no one), and the node that
+        starts again from this data dir has an empty mempool. Peers that have it already
+        drop it as a duplicate; ``net.stop`` lets the frames leave before it closes."""
+        txs = self.node.mempool.pending()
+        peers = self._upstream()
+        if not txs or not peers:
+            return
+        for start in range(0, len(txs), TX_BATCH):
+            data = encode_batch(txs[start : start + TX_BATCH])
+            for peer in peers:
+                await self.net.send(peer.node_id, KIND_TXS, data)
+        log.info("handed %d pending transactions to %d peers", len(txs), len(peers))
 
     def _queue_relay(self, txs: list[Transaction], source: str | None) -> None:
         self._relay.extend((t, source) for t in txs)

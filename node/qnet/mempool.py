@@ -149,6 +149,10 @@ class Mempool:
         if not queue.entries:
             del shard.senders[sender]
 
+    def pending(self) -> list[Transaction]:
+        """Every waiting transaction, each sender's in nonce order."""
+        return [e.tx for shard in self.shards for q in shard.senders.values() for e in q.entries]
+
     def select(self, max_txs: int) -> list[Transaction]:
         """Executable transactions for the next block, highest priority (fee, heartbeats
         first) first, nonce order kept."""

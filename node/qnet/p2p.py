@@ -81,6 +81,7 @@ BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 10.0
 PROTOCOL_BAN_S = 60.0  # how long a peer that broke the protocol is refused
 CLOSE_TIMEOUT_S = 1.0  # a peer that does not answer our close frame gets its socket cut
+DRAIN_S = 3.0  # at a stop, how long the frames already queued for peers may take to leave
 FRAME_OVERHEAD = 64  # bytes charged per queued frame, so a flood of tiny frames is bounded
 
 # Labels of qnet_p2p_dropped_peers_total, all exported from the start so alerts see them.
@@ -418,6 +419,7 @@ class _Connection:
         self.bucket = bucket
         self.dropped_for = ""  # the drop reason once we decided to drop it
         self.closed = asyncio.Event()
+        self.writer: asyncio.Task | None = None
 
 
 class _Refused(Exception):
@@ -566,12 +568,20 @@ class PeerNetwork:
         )
 
     async def stop(self) -> None:
-        """Stop dialling, close every connection politely (so peers notice at once rather
-        than by heartbeat), then cancel whatever is still running."""
+        """Stop dialling, let what is queued for each peer leave (for at most ``DRAIN_S``),
+        close every connection politely (so peers notice at once rather than by
+        heartbeat), then cancel whatever is still running."""
         self._running = False
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        writers = []
+        for conn in list(self._peers.values()):
+            conn.outbox.finish()  # the writer ends after the frames queued before
+            if conn.writer is not None:
+                writers.append(conn.writer)
+        if writers:
+            await asyncio.wait(writers, timeout=DRAIN_S)
         await asyncio.gather(
             *(_close(ws, WSCloseCode.GOING_AWAY, "shutdown") for ws in list(self._sockets))
         )
@@ -934,7 +944,9 @@ class PeerNetwork:
                 conn.address,
             )
             await self._notify(info, True)
-        writer = asyncio.create_task(self._write(conn), name=f"p2p-write-{info.node_id}")
+        writer = conn.writer = asyncio.create_task(
+            self._write(conn), name=f"p2p-write-{info.node_id}"
+        )
         dispatcher = asyncio.create_task(self._dispatch(conn), name=f"p2p-in-{info.node_id}")
         try:
             self._enqueue(conn, frame(KIND_GET_PEERS))

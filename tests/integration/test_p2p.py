@@ -429,6 +429,24 @@ def test_a_stopped_peer_is_noticed_and_redialled_when_it_returns() -> None:
     run(scenario)
 
 
+def test_frames_queued_before_a_stop_reach_the_peer() -> None:
+    """A stopping node sends what it queued (a node's last transactions, say) before it
+    closes its connections."""
+
+    async def scenario(c: Cluster) -> None:
+        receiver = await c.start()
+        stopping = await c.start(seeds=(receiver.address,))
+        await until(lambda: stopping.peer_ids() == {receiver.id}, "the connection")
+        frames = [i.to_bytes(4, "big") * 2**18 for i in range(40)]  # 40 MiB in all
+        for payload in frames:  # queued; the writer has not run yet
+            assert await stopping.net.send(receiver.id, APP, payload)
+        await c.stop(stopping)
+        await until(lambda: len(receiver.received) == len(frames), "every queued frame")
+        assert [payload for _, _, payload in receiver.received] == frames
+
+    run(scenario)
+
+
 def test_a_peer_that_stops_answering_is_dropped_by_the_heartbeat() -> None:
     async def scenario(c: Cluster) -> None:
         node = await c.start(heartbeat_s=0.5)
