@@ -62,6 +62,14 @@ def get(url: str, timeout: float = 5) -> dict:
     return body
 
 
+def api(host: tb.Host) -> str:
+    return f"http://{host.address}:7370"
+
+
+def status(host: tb.Host) -> dict:
+    return get(f"{api(host)}/api/v1/status")
+
+
 class Testnet:
     """The testbed, its inventory and the controller's state: artifacts, keys, wallets."""
 
@@ -116,17 +124,14 @@ class Testnet:
         assert out.returncode == 0, f"{host.name}: {command}: {out.stderr}"
         return out.stdout
 
-    def status(self, host: tb.Host) -> dict:
-        return get(f"http://{host.address}:7370/api/v1/status")
-
     def heights(self, hosts: list[tb.Host] | None = None) -> dict[str, int]:
-        return {h.name: self.status(h)["height"] for h in hosts or self.validators}
+        return {h.name: status(h)["height"] for h in hosts or self.validators}
 
     def wait_advancing(self, hosts: list[tb.Host], blocks: int = 3, timeout: float = 60) -> None:
         """Every host's height moves on by ``blocks``."""
         start = self.heights(hosts)
         wait_for(
-            lambda: all(self.status(h)["height"] >= start[h.name] + blocks for h in hosts),
+            lambda: all(status(h)["height"] >= start[h.name] + blocks for h in hosts),
             timeout,
             f"{[h.name for h in hosts]} to commit {blocks} more blocks",
         )
@@ -171,7 +176,7 @@ def deploy(home: Path) -> Testnet:
         rollout = net.runs["rollout"]
         assert rollout.returncode == 0, rollout.output[-6000:]
         print(f"\nshared testnet: testnet.yml took {time.monotonic() - started:.1f} s")
-        net.chain_id = net.status(net.validators[0])["chain_id"]
+        net.chain_id = status(net.validators[0])["chain_id"]
     except BaseException:
         close(net)
         raise

@@ -372,10 +372,8 @@ class BftConsensus:
         peers = self._upstream()
         if not txs or not peers:
             return
-        for start in range(0, len(txs), TX_BATCH):
-            data = encode_batch(txs[start : start + TX_BATCH])
-            for peer in peers:
-                await self.net.send(peer.node_id, KIND_TXS, data)
+        self._relay = [(t, None) for t in txs]  # the whole mempool holds what was queued
+        await self._send_up()
         log.info("handed %d pending transactions to %d peers", len(txs), len(peers))
 
     def _queue_relay(self, txs: list[Transaction], source: str | None) -> None:
@@ -776,15 +774,19 @@ class BftConsensus:
         peer they came from."""
         while True:
             await asyncio.sleep(TX_FLUSH_S)  # batching window for gossip
-            while self._relay:
-                batch, self._relay[:TX_BATCH] = self._relay[:TX_BATCH], []
-                sources = {source for _, source in batch}
-                whole = b""
-                for peer in self._upstream():
-                    if peer.node_id in sources:
-                        txs = [t for t, source in batch if source != peer.node_id]
-                        data = encode_batch(txs) if txs else b""
-                    else:
-                        data = whole = whole or encode_batch([t for t, _ in batch])
-                    if data:
-                        await self.net.send(peer.node_id, KIND_TXS, data)
+            await self._send_up()
+
+    async def _send_up(self) -> None:
+        """Send what waits in the relay queue to the upstream peers, in batches."""
+        while self._relay:
+            batch, self._relay[:TX_BATCH] = self._relay[:TX_BATCH], []
+            sources = {source for _, source in batch}
+            whole = b""
+            for peer in self._upstream():
+                if peer.node_id in sources:
+                    txs = [t for t, source in batch if source != peer.node_id]
+                    data = encode_batch(txs) if txs else b""
+                else:
+                    data = whole = whole or encode_batch([t for t, _ in batch])
+                if data:
+                    await self.net.send(peer.node_id, KIND_TXS, data)

@@ -26,7 +26,7 @@ import dashboards
 import pytest
 import yaml
 
-from e2e_testnet import ROOT, Testnet, get
+from e2e_testnet import ROOT, Testnet, api, get
 from qnet import crypto, loadgen
 from qnet.localnode import wait_for
 
@@ -125,7 +125,7 @@ def test_every_dashboard_query_returns_data_while_the_testnet_commits(net):
     rate = 40  # transfers per second, from the funded load keys, for 100 s
     sink = crypto.KeyPair.generate().address
     transfers = loadgen.presign(net.load_keys, net.chain_id, rate * 100, 1_000, sink)
-    urls = [f"http://{h.address}:7370" for h in net.validators]
+    urls = [api(h) for h in net.validators]
     sent: dict = {}
     load = threading.Thread(
         target=lambda: sent.update(

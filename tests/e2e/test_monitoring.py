@@ -219,12 +219,16 @@ def test_every_inventory_node_is_a_target_with_its_labels(monitoring):
 
     targets = wait_for(scraped, 60, "a first scrape of every target")
     other = monitoring.bed.hosts[1]
-    qnet = {
-        (t["labels"]["instance"], t["labels"]["region"], t["labels"]["node_type"], t["scrapeUrl"])
-        for t in targets
-        if t["labels"]["job"] == "qnet"
-    }
-    assert qnet == {
+
+    def of_job(job: str) -> set[tuple[str, str, str, str]]:
+        return {
+            (t["labels"]["instance"], t["labels"]["region"], t["labels"]["node_type"],
+             t["scrapeUrl"])
+            for t in targets
+            if t["labels"]["job"] == job
+        }  # fmt: skip
+
+    assert of_job("qnet") == {
         ("qc-1", "na", "full", f"http://{monitoring.monitor.address}:7370/metrics"),
         ("qc-2", "eu", "super", f"http://{other.address}:7370/metrics"),
         ("qc-2-light", "ap", "light", f"http://{other.address}:7371/metrics"),
@@ -239,12 +243,7 @@ def test_every_inventory_node_is_a_target_with_its_labels(monitoring):
         ("prometheus", "qc-1"): "up",
         ("alertmanager", "qc-1"): "up",
     }
-    node = {
-        (t["labels"]["instance"], t["labels"]["region"], t["labels"]["node_type"], t["scrapeUrl"])
-        for t in targets
-        if t["labels"]["job"] == "node"
-    }
-    assert node == {
+    assert of_job("node") == {
         ("qc-1", "na", "full", f"http://{monitoring.monitor.address}:9100/metrics"),
         ("qc-2", "eu", "super", f"http://{other.address}:9100/metrics"),
     }

@@ -29,7 +29,7 @@ import pytest
 
 import testbed as tb
 from commands import run as run_command
-from e2e_testnet import BIN, OWNER, PASSWORD, ROOT, Testnet, cli, get, testnet
+from e2e_testnet import BIN, OWNER, PASSWORD, ROOT, Testnet, api, cli, get, status, testnet
 from qnet import crypto, loadgen
 from qnet.localnode import LocalNode, http, wait_for
 from qnet.tx import Transaction, encode_batch
@@ -107,14 +107,6 @@ def build_release(artifacts: Path, version: str, broken: bool = False) -> Path:
 
 
 # ---- the network ----------------------------------------------------------------------------
-
-
-def api(host: tb.Host) -> str:
-    return f"http://{host.address}:7370"
-
-
-def status(host: tb.Host) -> dict:
-    return get(f"{api(host)}/api/v1/status")
 
 
 def block(host: tb.Host, height: int) -> dict:

@@ -17,6 +17,7 @@ import tomllib
 import pytest
 import testinfra
 
+import e2e_testnet
 import testbed as tb
 from e2e_testnet import NAME, REGIONS, Testnet, testnet
 from qnet.localnode import wait_for
@@ -66,7 +67,7 @@ def infra_host(network: Testnet, name: str):
 
 
 def status(network: Testnet, name: str) -> dict:
-    return network.status(network.host(name))
+    return e2e_testnet.status(network.host(name))
 
 
 def show(run: testnet.Run) -> str:
