@@ -61,8 +61,8 @@ integration: $(STAMP)
 # ruff finds Python files by their suffix; the alert log program has none.
 ALERT_LOG := monitoring/alertmanager/qnet-alert-log
 lint: $(STAMP) $(TOOLS)/.unpacked
-	$(BIN)/ruff check node tests loadtest ops monitoring $(ALERT_LOG)
-	$(BIN)/ruff format --check node tests loadtest ops monitoring $(ALERT_LOG)
+	$(BIN)/ruff check node recovery tests loadtest ops monitoring $(ALERT_LOG)
+	$(BIN)/ruff format --check node recovery tests loadtest ops monitoring $(ALERT_LOG)
 	$(ANSIBLE_LINT)
 	$(PROMTOOL) check rules monitoring/rules/*.yml
 	cd monitoring && ../$(PROMTOOL) test rules tests/*.yml
