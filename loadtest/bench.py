@@ -5,7 +5,11 @@ funding many senders; transfers are signed before
 the timed window; they are sent through the batch endpoint at a requested rate; committed
 TPS is read from the chain (block contents over block times) over the measured window.
 The same run measures one core's PyNaCl verifications per second, the node's ceiling per
-core. Prints a table and writes JSON with the machine, commit and settings.
+core. Each run is made with the mempool journal on and off (``--journal``), so the cost of
+keeping every accepted transaction across a crash shows beside the figures without it;
+with it on, the nodes' journal metrics give the fsyncs per second, the transactions each
+fsync covers and the time an fsync takes. Prints a table and writes JSON with the machine,
+commit and settings.
 """
 
 import argparse
@@ -113,19 +117,43 @@ def delta_mean(before: dict, after: dict, name: str) -> float:
 
 
 def metric_sums(text: str) -> dict[str, float]:
-    """``*_sum`` and ``*_count`` of the node's stage histograms."""
+    """``*_sum`` and ``*_count`` of the node's stage histograms and its ``*_total``
+    counters without labels."""
     out = {}
-    for m in re.finditer(r"^(qnet_\w+_(?:sum|count)) (\S+)$", text, re.M):
+    for m in re.finditer(r"^(qnet_\w+_(?:sum|count|total)) (\S+)$", text, re.M):
         out[m.group(1)] = float(m.group(2))
     return out
 
 
-def start_network(args, senders, workdir: Path) -> list[LocalNode]:
+def all_metric_sums(nodes: list[LocalNode]) -> dict[str, float]:
+    """``metric_sums`` added up over the nodes."""
+    out: dict[str, float] = {}
+    for node in nodes:
+        for name, value in metric_sums(http("GET", node.url + "/metrics")[1]).items():
+            out[name] = out.get(name, 0) + value
+    return out
+
+
+def journal_figures(before: dict, after: dict, seconds: float) -> dict:
+    """Fsyncs per second, transactions per fsync and time per fsync, over all nodes."""
+    fsyncs = after.get("qnet_journal_fsyncs_total", 0) - before.get("qnet_journal_fsyncs_total", 0)
+    records = after.get("qnet_journal_records_total", 0) - before.get(
+        "qnet_journal_records_total", 0
+    )
+    return {
+        "fsyncs": int(fsyncs),
+        "fsyncs_per_second": round(fsyncs / seconds, 1) if seconds else 0.0,
+        "mean_records_per_fsync": round(records / fsyncs, 1) if fsyncs else 0.0,
+        "mean_fsync_ms": round(1000 * delta_mean(before, after, "qnet_journal_fsync_seconds"), 3),
+    }
+
+
+def start_network(args, senders, workdir: Path, journal: bool) -> list[LocalNode]:
     funded = {k.address: FUNDS for k in senders}
     params = Params(
         block_interval_ms=args.block_interval_ms, max_block_txs=args.max_block_txs, min_fee=FEE
     )
-    config = {"mempool_capacity": args.mempool}
+    config = {"mempool_capacity": args.mempool, "journal": journal}
     nodes = local_net(workdir, args.validators, funded, params, config)
     for node in nodes:
         node.start()
@@ -137,13 +165,14 @@ def start_network(args, senders, workdir: Path) -> list[LocalNode]:
     return nodes
 
 
-async def one_run(args, senders, txs, workdir: Path) -> dict:
-    nodes = start_network(args, senders, workdir)
+async def one_run(args, senders, txs, workdir: Path, journal: bool) -> dict:
+    nodes = start_network(args, senders, workdir, journal)
     node = nodes[0]  # the chain is read, the commit watched and the profile taken here
     profiler = None
     watcher = loadgen.CommitWatcher(node.url)
     try:
         before = metric_sums(http("GET", node.url + "/metrics")[1])
+        journal_before = all_metric_sums(nodes)
         if args.profile:
             profiler = subprocess.Popen(
                 [
@@ -165,6 +194,7 @@ async def one_run(args, senders, txs, workdir: Path) -> dict:
             )
         watcher.start()
         report = await loadgen.send_at_rate([n.url for n in nodes], txs, args.rate, args.batch)
+        journal_after = all_metric_sums(nodes)
         # Let the mempools drain so late commits count toward latency, not toward the window.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and any(n.status()["mempool_size"] for n in nodes):
@@ -189,11 +219,14 @@ async def one_run(args, senders, txs, workdir: Path) -> dict:
         )
         for name in ("tx_verify", "block_build", "block_commit")
     }
+    send_wall_s = report.finished - report.started
     return {
+        "journal": journal,
         "requested_rate": args.rate,
         "achieved_send_rate": round(report.achieved_rate, 1),
         "reached_send_rate": report.reached_rate,
         "accepted": report.accepted,
+        "accepted_tps": round(report.accepted / send_wall_s, 1) if send_wall_s else 0.0,
         "rejected": report.rejected,
         "http_errors": report.http_errors,
         "committed_in_window": figures.committed,
@@ -211,9 +244,34 @@ async def one_run(args, senders, txs, workdir: Path) -> dict:
         "proposal_to_commit_ms": round(
             1000 * delta_mean(before, after, "qnet_commit_latency_seconds"), 1
         ),
-        "send_wall_s": round(report.finished - report.started, 2),
+        "send_wall_s": round(send_wall_s, 2),
+        "journal_fsyncs": journal_figures(journal_before, journal_after, send_wall_s)
+        if journal
+        else None,
         "profile_inclusive_percent": profile,
     }
+
+
+def print_run(number: int, run: dict) -> None:
+    lat = run["latency_ms"]
+    print(
+        f"run {number}, journal {'on' if run['journal'] else 'off'}: committed "
+        f"{run['committed_tps']:>9,.1f} tx/s (min {run['min_committed_per_second']:,}/s), "
+        f"accepted {run['accepted_tps']:,.0f}/s, sent {run['achieved_send_rate']:,.0f}/s"
+        f"{'' if run['reached_send_rate'] else ' (requested rate NOT reached)'}, "
+        f"latency p50/p95/p99 {lat['p50']}/{lat['p95']}/{lat['p99']} ms, "
+        f"rejected {run['rejected'] or 0}, rounds/height {run['rounds_per_height']}, "
+        f"proposal-to-commit mean {run['proposal_to_commit_ms']} ms"
+    )
+    if run["journal_fsyncs"]:
+        j = run["journal_fsyncs"]
+        print(
+            f"    journal: {j['fsyncs_per_second']:,.1f} fsyncs/s, "
+            f"{j['mean_records_per_fsync']:,.1f} transactions per fsync, "
+            f"{j['mean_fsync_ms']} ms per fsync"
+        )
+    for name, pct in run["profile_inclusive_percent"]:
+        print(f"    {pct:5.1f}%  {name}")
 
 
 def main() -> int:
@@ -229,6 +287,12 @@ def main() -> int:
     p.add_argument("--block-interval-ms", type=int, default=200)
     p.add_argument("--max-block-txs", type=int, default=20_000)
     p.add_argument("--mempool", type=int, default=400_000)
+    p.add_argument(
+        "--journal",
+        choices=("both", "on", "off"),
+        default="both",
+        help="run with the mempool journal on, off, or both ways in each run (default)",
+    )
     p.add_argument(
         "--profile",
         action="store_true",
@@ -253,39 +317,41 @@ def main() -> int:
         f"signed {count:,} transfers before the timed window in "
         f"{time.perf_counter() - started:.1f} s"
     )
+    settings = {"both": (True, False), "on": (True,), "off": (False,)}[args.journal]
     runs = []
     for i in range(args.runs):
-        with tempfile.TemporaryDirectory(prefix="qnet-bench-") as tmp:
-            run = asyncio.run(one_run(args, senders, txs, Path(tmp)))
-        runs.append(run)
-        lat = run["latency_ms"]
-        print(
-            f"run {i + 1}: committed {run['committed_tps']:>9,.1f} tx/s "
-            f"(min {run['min_committed_per_second']:,}/s), sent "
-            f"{run['achieved_send_rate']:,.0f}/s"
-            f"{'' if run['reached_send_rate'] else ' (requested rate NOT reached)'}, "
-            f"latency p50/p95/p99 {lat['p50']}/{lat['p95']}/{lat['p99']} ms, "
-            f"rejected {run['rejected'] or 0}, rounds/height {run['rounds_per_height']}, "
-            f"proposal-to-commit mean {run['proposal_to_commit_ms']} ms"
-        )
-        for name, pct in run["profile_inclusive_percent"]:
-            print(f"    {pct:5.1f}%  {name}")
-    tps = [r["committed_tps"] for r in runs]
+        for journal in settings:
+            with tempfile.TemporaryDirectory(prefix="qnet-bench-") as tmp:
+                run = asyncio.run(one_run(args, senders, txs, Path(tmp), journal))
+            runs.append(run)
+            print_run(i + 1, run)
+    by_journal = {}
+    for journal in settings:
+        chosen = [r for r in runs if r["journal"] == journal]
+        by_journal["on" if journal else "off"] = {
+            "median_committed_tps": loadgen.median([r["committed_tps"] for r in chosen]),
+            "median_accepted_tps": loadgen.median([r["accepted_tps"] for r in chosen]),
+            "median_latency_p99_ms": loadgen.median([r["latency_ms"]["p99"] or 0 for r in chosen]),
+        }
+    main_setting = by_journal["on" if settings[0] else "off"]
     summary = {
         "benchmark": f"{label} committed throughput",
         "machine": machine(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "verify_per_second_one_core": round(ceiling),
-        "median_committed_tps": loadgen.median(tps),
-        "median_latency_p99_ms": loadgen.median([r["latency_ms"]["p99"] or 0 for r in runs]),
+        "median_committed_tps": main_setting["median_committed_tps"],
+        "median_latency_p99_ms": main_setting["median_latency_p99_ms"],
+        "journal": by_journal,
         "runs": runs,
     }
-    print(
-        f"{label}: median committed TPS over {len(runs)} runs "
-        f"{summary['median_committed_tps']:,.1f} (target {args.target:,.0f}), median p99 commit "
-        f"latency {summary['median_latency_p99_ms']} ms; verify ceiling one core "
-        f"{ceiling:,.0f}/s"
-    )
+    for setting, figures in by_journal.items():
+        print(
+            f"{label}, journal {setting}: median committed TPS over {args.runs} runs "
+            f"{figures['median_committed_tps']:,.1f} (target {args.target:,.0f}), accepted "
+            f"{figures['median_accepted_tps']:,.1f}/s, median p99 commit latency "
+            f"{figures['median_latency_p99_ms']} ms"
+        )
+    print(f"verify ceiling one core {ceiling:,.0f}/s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}")

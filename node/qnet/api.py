@@ -89,6 +89,18 @@ def _require_type(request: web.Request, content_type: str) -> None:
         )
 
 
+def _check_admitting(node: Node) -> None:
+    """Once a graceful stop begins, nothing more is admitted (the pending transactions are
+    being handed on)."""
+    if node.stopping:
+        raise _Refusal(
+            503,
+            "stopping",
+            "the node is shutting down and admits no new transactions: send them to another "
+            "node, or again once this one is back",
+        )
+
+
 def _rejection(exc: Rejected) -> web.Response:
     return error(STATUS_FOR.get(exc.code, 422), exc.code, exc.message)
 
@@ -134,6 +146,7 @@ async def submit_transaction(request: web.Request) -> web.Response:
         tx = from_json(obj)
     except DecodeError as exc:
         return _rejection(node.refuse(None, Rejected("malformed", str(exc))))
+    _check_admitting(node)
     (outcome,) = await node.submit([tx])
     if outcome is not None:
         return _rejection(outcome)
@@ -157,6 +170,7 @@ async def submit_batch(request: web.Request) -> web.Response:
             f"batch holds {len(frames)} transactions; at most "
             f"{node.config.max_batch_txs} per request",
         )
+    _check_admitting(node)
     outcomes = await node.submit_raw(frames)
     rejected = [
         {"index": i, "code": o.code, "message": o.message}

@@ -5,7 +5,8 @@ Every default is here. Flags given on the command line win over the file.
 
 import json
 import tomllib
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .genesis import NODE_TYPES, REGIONS
@@ -43,6 +44,8 @@ class NodeConfig:
     max_batch_txs: int = 20_000
     max_json_bytes: int = 64 * 1024
     log_level: str = "INFO"
+    # Journal accepted transactions (mempool.journal) so a crash loses none of them.
+    journal: bool = True
 
     @property
     def genesis_path(self) -> Path:
@@ -69,60 +72,131 @@ class NodeConfig:
         host = "127.0.0.1" if self.api_host in ("0.0.0.0", "") else self.api_host
         return f"http://{host}:{self.api_port}"
 
-    def validate(self) -> None:
-        if self.node_type not in NODE_TYPES:
-            raise ConfigError(f"node type must be one of {', '.join(NODE_TYPES)}")
-        if self.region not in (None, "auto", *REGIONS):
-            raise ConfigError(f"region must be auto or one of {', '.join(REGIONS)}")
-        for name in ("api_port", "p2p_port"):
-            if not 0 < getattr(self, name) < 65536:
-                raise ConfigError(f"{name} must be 1..65535")
-        for peer in self.peers:
-            try:
-                split_address(peer)
-            except ValueError:
-                raise ConfigError(f"peer {peer!r} must be host:port") from None
-        if not 0 < self.empty_block_interval_ms < self.timeout_propose_ms:
-            raise ConfigError(
-                "empty_block_interval_ms must be below timeout_propose_ms, or validators "
-                "give up on an idle proposer"
-            )
-        for name in (
-            "timeout_vote_ms",
-            "timeout_delta_ms",
-            "mempool_shards",
-            "mempool_capacity",
-            "mempool_per_sender",
-            "verify_threads",
-            "max_batch_bytes",
-            "max_batch_txs",
-            "max_json_bytes",
-        ):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive")
+    @property
+    def journal_path(self) -> Path:
+        return self.data_dir / "mempool.journal"
+
+
+MAX_MS = 2**31 - 1  # what asyncio's timers and a signed 32-bit field hold
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+FLAGS = {"node_type": "--type", "peers": "--peer"}  # flags not named after their setting
+
+
+def _integer(low: int, high: int) -> Callable[[object], str | None]:
+    def check(value: object) -> str | None:
+        if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+            return None
+        return f"must be an integer from {low} to {high}"
+
+    return check
+
+
+def _number(high: float) -> Callable[[object], str | None]:
+    def check(value: object) -> str | None:
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= high:
+            return None
+        return f"must be a number above 0 and at most {high:g}"
+
+    return check
+
+
+def _choice(choices: tuple[str, ...], fold_case: bool = False) -> Callable[[object], str | None]:
+    def check(value: object) -> str | None:
+        if isinstance(value, str) and (value.upper() if fold_case else value) in choices:
+            return None
+        return f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def _string(value: object) -> str | None:
+    return None if isinstance(value, str) else "must be a string"
+
+
+def _boolean(value: object) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def _peers(value: object) -> str | None:
+    if not isinstance(value, list):
+        return 'must be a list of "host:port" strings'
+    for peer in value:
+        try:
+            if not isinstance(peer, str):
+                raise ValueError(peer)
+            split_address(peer)
+        except ValueError:
+            return f'must be a list of "host:port" strings; {json.dumps(peer, default=str)} is not'
+    return None
+
+
+# The type and range of every setting: its check returns what is wrong, or None.
+RULES: dict[str, Callable[[object], str | None]] = {
+    "node_type": _choice(NODE_TYPES),
+    "region": _choice(("auto", *REGIONS)),
+    "api_host": _string,
+    "api_port": _integer(1, 65535),
+    "p2p_host": _string,
+    "p2p_port": _integer(1, 65535),
+    "peers": _peers,
+    "timeout_propose_ms": _integer(1, MAX_MS),
+    "timeout_vote_ms": _integer(1, MAX_MS),
+    "timeout_delta_ms": _integer(1, MAX_MS),
+    "empty_block_interval_ms": _integer(1, MAX_MS),
+    "mempool_shards": _integer(1, 4096),
+    "mempool_capacity": _integer(1, 100_000_000),
+    "mempool_per_sender": _integer(1, 1_000_000),
+    "mempool_ttl_s": _number(30 * 86400),
+    "verify_threads": _integer(1, 256),
+    "max_batch_bytes": _integer(1, 2**30),
+    "max_batch_txs": _integer(1, 1_000_000),
+    "max_json_bytes": _integer(1, 2**24),
+    "log_level": _choice(LOG_LEVELS, fold_case=True),
+    "journal": _boolean,
+}
+
+
+def check_settings(values: dict, source: dict[str, str]) -> None:
+    """Refuse the first setting of the wrong type or out of range, naming it and where it
+    came from (``source[name]``: the file, or the flag); also the settings that only make
+    sense together."""
+    for name, value in values.items():
+        problem = RULES[name](value)
+        if problem is not None:
+            shown = json.dumps(value, default=str)
+            raise ConfigError(f"{source[name]}: {name} = {shown}: {problem}")
+    interval = values.get("empty_block_interval_ms", NodeConfig.empty_block_interval_ms)
+    propose = values.get("timeout_propose_ms", NodeConfig.timeout_propose_ms)
+    if interval >= propose:
+        where = source.get("empty_block_interval_ms") or source["timeout_propose_ms"]
+        raise ConfigError(
+            f"{where}: empty_block_interval_ms = {interval} must be below timeout_propose_ms = "
+            f"{propose}, or validators give up on an idle proposer"
+        )
 
 
 def load_config(data_dir: Path, **overrides) -> NodeConfig:
-    """Defaults, then ``config.toml`` in the data dir, then non-None overrides."""
+    """Defaults, then ``config.toml`` in the data dir, then non-None overrides (flags)."""
     data_dir = Path(data_dir).resolve()
     values: dict = {}
     path = data_dir / "config.toml"
-    known = {f.name for f in fields(NodeConfig)} - {"data_dir"}
     if path.exists():
         try:
             values = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - set(RULES))
         if unknown:
-            raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        config = NodeConfig(data_dir=data_dir, **values)
-    except TypeError as exc:
-        raise ConfigError(str(exc)) from None
-    config.validate()
-    return config
+            raise ConfigError(
+                f"{path}: unknown setting(s) {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(RULES))})"
+            )
+    source = dict.fromkeys(values, str(path))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values.update(given)
+    source.update({k: FLAGS.get(k, "--" + k.replace("_", "-")) for k in given})
+    check_settings(values, source)
+    return NodeConfig(data_dir=data_dir, **values)
 
 
 def write_config(path: Path, values: dict) -> None:

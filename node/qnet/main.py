@@ -1,9 +1,17 @@
-"""``qnet-node``: run one node in the foreground until SIGTERM or SIGINT."""
+"""``qnet-node``: run one node in the foreground until SIGTERM or SIGINT.
+
+Exit status: 0 after a graceful stop; 2 for a configuration or genesis error (one line on
+stderr; restarting cannot help); 3 when the node's data cannot be trusted: a damaged chain
+database or a state that does not match the stored chain, at start or while running
+(restarting cannot help either: resync the node). systemd's ``RestartPreventExitStatus=2 3``
+relies on these.
+"""
 
 import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -18,9 +26,13 @@ from .discovery import ScrapeTargets
 from .genesis import REGIONS, Genesis, GenesisError
 from .light import LightNode
 from .node import Node, StateDivergence, load_node_key
-from .storage import StorageError
+from .storage import DamagedStorage, StorageError
 
 log = logging.getLogger("qnet.main")
+
+EXIT_CONFIG = 2
+EXIT_DAMAGED = 3
+DAMAGED = "the node's data is damaged and cannot be trusted: resync the node (qnet-ops resync HOST)"
 
 
 def pid_alive(pid: int) -> bool:
@@ -82,6 +94,8 @@ def build(config: NodeConfig, region_rtt_ms: dict[str, float] | None = None) -> 
     app = create_app(node, targets)
 
     async def lifecycle(app: web.Application):
+        if isinstance(node, Node):
+            await node.restore_journal()  # before the API serves and the network runs
         task = asyncio.create_task(driver, name="network")
         task.add_done_callback(_stop_on_failure)
         log.info(
@@ -94,12 +108,21 @@ def build(config: NodeConfig, region_rtt_ms: dict[str, float] | None = None) -> 
             node.height,
         )
         yield
-        task.cancel()
+        task.cancel()  # the driver hands pending transactions on as it stops
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        node.close()
+        if isinstance(node, Node):
+            await node.aclose()
+        else:
+            node.close()
         log.info("stopped cleanly at height %d", node.height)
 
+    async def stop_admitting(app: web.Application) -> None:
+        """A graceful stop refuses new transactions first (the API answers 503 stopping),
+        then hands on the pending ones (``lifecycle``)."""
+        node.stopping = True
+
+    app.on_shutdown.append(stop_admitting)
     app.cleanup_ctx.append(lifecycle)
     return app
 
@@ -107,8 +130,8 @@ def build(config: NodeConfig, region_rtt_ms: dict[str, float] | None = None) -> 
 def _stop_on_failure(task: asyncio.Task) -> None:
     if task.cancelled() or task.exception() is None:
         return
-    log.critical("consensus stopped: %s", task.exception(), exc_info=task.exception())
-    os._exit(3)  # state divergence or storage failure: stop loudly, lose nothing committed
+    log.critical("consensus stopped: %s; %s", task.exception(), DAMAGED, exc_info=task.exception())
+    os._exit(EXIT_DAMAGED)  # state divergence or storage failure: stop loudly, lose nothing
 
 
 @click.command()
@@ -130,7 +153,8 @@ def main(data_dir: Path, node_type, region, api_host, api_port, peers) -> None:
             peers=list(peers) or None,
         )
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        click.echo(f"qnet-node: {exc}", err=True)
+        raise SystemExit(EXIT_CONFIG) from None
     logging.basicConfig(
         level=config.log_level.upper(),
         stream=sys.stderr,
@@ -144,16 +168,20 @@ def main(data_dir: Path, node_type, region, api_host, api_port, peers) -> None:
         settle_identity(genesis, config)
         claim_pidfile(config.pid_path)
         app = build(config, rtts)
+    except (DamagedStorage, StateDivergence) as exc:
+        log.critical("%s; %s", exc, DAMAGED)
+        raise SystemExit(EXIT_DAMAGED) from None
     except (
         ConfigError,
         GenesisError,
         StorageError,
-        StateDivergence,
         LookupError,
         ValueError,
+        OSError,
+        sqlite3.Error,
     ) as exc:
         log.error("%s", exc)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_CONFIG) from None
     try:
         web.run_app(
             app,

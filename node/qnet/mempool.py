@@ -52,6 +52,7 @@ class Mempool:
         self.per_sender = per_sender
         self.ttl_s = ttl_s
         self.by_id: dict[bytes, Entry] = {}
+        self.raw_bytes = 0  # of the pending transactions' canonical encodings (the journal's)
         self._seq = itertools.count()
 
     def __len__(self) -> int:
@@ -103,6 +104,7 @@ class Mempool:
         queue.spend = spend
         shard.count += 1
         self.by_id[tx.id] = entry
+        self.raw_bytes += len(tx.raw)
         return evicted
 
     def _replace(self, queue: SenderQueue, tx: Transaction, balance: int, now: float) -> list:
@@ -123,6 +125,7 @@ class Mempool:
         queue.spend = spend
         del self.by_id[old.tx.id]
         self.by_id[tx.id] = entry
+        self.raw_bytes += len(tx.raw) - len(old.tx.raw)
         return [old]
 
     def _make_room(self, shard: Shard, tx: Transaction) -> list[Entry]:
@@ -145,6 +148,7 @@ class Mempool:
         for entry in gone:
             queue.spend -= entry.tx.cost
             del self.by_id[entry.tx.id]
+            self.raw_bytes -= len(entry.tx.raw)
         shard.count -= len(gone)
         if not queue.entries:
             del shard.senders[sender]

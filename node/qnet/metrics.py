@@ -104,6 +104,23 @@ class Metrics:
             "qnet_tx_committed", "Transactions in committed blocks", registry=r
         )
         self.blocks = Counter("qnet_blocks_committed", "Blocks committed", registry=r)
+        self.journal_fsyncs = Counter(
+            "qnet_journal_fsyncs",
+            "Writes of accepted transactions to the mempool journal, each ending in an fsync "
+            "(concurrent submissions share one)",
+            registry=r,
+        )
+        self.journal_records = Counter(
+            "qnet_journal_records",
+            "Transactions written to the mempool journal (compactions included)",
+            registry=r,
+        )
+        self.journal_fsync_seconds = Histogram(
+            "qnet_journal_fsync_seconds",
+            "Time to write and fsync one batch of journal records",
+            buckets=_FAST,
+            registry=r,
+        )
         self.verify_seconds = Histogram(
             "qnet_tx_verify_seconds",
             "Signature verification time per submitted batch",

@@ -23,6 +23,7 @@ from .block import Block, BlockError, CommitCertificate, Header, precommit_messa
 from .config import NodeConfig
 from .errors import Rejected
 from .genesis import NODE_TYPES, REGIONS, Genesis
+from .journal import Journal, read_journal
 from .mempool import Mempool
 from .metrics import Metrics
 from .storage import Storage, StorageError
@@ -101,6 +102,13 @@ class Node:
             config.mempool_per_sender,
             config.mempool_ttl_s,
         )
+        # Accepted transactions, on disk before the API says so (None: journal = false).
+        self.journal = (
+            Journal(config.journal_path, self.mempool, self._journal_synced)
+            if config.journal
+            else None
+        )
+        self.stopping = False  # set when a graceful stop begins: admit nothing more
         self.rejected: OrderedDict[bytes, Rejected] = OrderedDict()
         self._heartbeat_epochs: dict[bytes, int] = {}  # sender -> epoch of its pending one
         self.work = asyncio.Event()
@@ -151,6 +159,12 @@ class Node:
         log.info(
             "resumed at height %d, state digest %s", self.state.height, self.state.digest.hex()[:16]
         )
+
+    async def aclose(self) -> None:
+        """Close after a stop: the journal once a write under way is done, then the rest."""
+        if self.journal is not None:
+            await self.journal.close()
+        self.close()
 
     def close(self) -> None:
         self._verify_pool.shutdown(wait=True)
@@ -215,7 +229,17 @@ class Node:
     ) -> list[Rejected | None]:
         """Admit decoded transactions in order; returns None or the refusal for each.
         Admitted ones are handed to the network to gossip if ``relay``, with ``source``,
-        the peer they came from."""
+        the peer they came from. Those that did not come from a peer are journaled before
+        this returns: accepted means kept, across a crash too (the peer that accepted the
+        others journaled them). Raises JournalError if they could not be made durable."""
+        outcome, admitted = await self._admit(txs, relay, source)
+        if source is None and self.journal is not None:
+            await self.journal.append(admitted)
+        return outcome
+
+    async def _admit(
+        self, txs: list[Transaction | DecodeError], relay: bool, source: str | None
+    ) -> tuple[list[Rejected | None], list[Transaction]]:
         outcome: list[Rejected | None] = [None] * len(txs)
         to_verify: list[tuple[int, Transaction]] = []
         view = ledger.begin_block(self.state, self.rules, self.epoch_now())
@@ -253,7 +277,47 @@ class Node:
             self.work.set()
             if relay and self.relay is not None:
                 self.relay(admitted, source)
-        return outcome
+        return outcome, admitted
+
+    async def restore_journal(self) -> None:
+        """At start, before the API serves: re-admit what the journal holds (accepted before
+        a stop or a crash) through the usual checks, then rewrite it to hold only what is
+        pending. Committed and now invalid transactions are dropped and counted in the log;
+        the invalid ones are reported rejected by the transaction status."""
+        path = self.config.journal_path
+        records = read_journal(path).records
+        txs: list[Transaction | DecodeError] = []
+        committed = 0
+        for raw in records:
+            try:
+                tx = decode(raw)
+            except DecodeError as exc:
+                txs.append(exc)
+                continue
+            if self.storage.tx_location(tx.id) is None:
+                txs.append(tx)
+            else:
+                committed += 1
+        outcome, admitted = await self._admit(txs, relay=False, source=None)
+        if records:
+            refused = Counter(o.code for o in outcome if o is not None)
+            log.info(
+                "journal: %d transactions, %d re-admitted, %d already committed, %d refused%s",
+                len(records),
+                len(admitted),
+                committed,
+                refused.total(),
+                "".join(f", {n} {code}" for code, n in sorted(refused.items())),
+            )
+        if self.journal is not None:
+            await self.journal.rewrite_with([tx.raw for tx in self.mempool.pending()])
+        else:
+            path.unlink(missing_ok=True)  # its transactions are in the mempool, unjournaled
+
+    def _journal_synced(self, records: int, seconds: float) -> None:
+        self.metrics.journal_fsyncs.inc()
+        self.metrics.journal_records.inc(records)
+        self.metrics.journal_fsync_seconds.observe(seconds)
 
     async def submit_raw(
         self, raws: list[bytes], relay: bool = True, source: str | None = None

@@ -6,6 +6,7 @@ after a crash the database holds either all of a block or none of it, and restar
 at the last committed block.
 """
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -37,6 +38,31 @@ class StorageError(RuntimeError):
     pass
 
 
+class DamagedStorage(StorageError):
+    """The chain database is unreadable, fails its integrity check or holds a state that
+    does not add up: its data cannot be trusted (resync the node)."""
+
+
+_DAMAGE_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _one_line(problems: list[str], limit: int = 300) -> str:
+    text = "; ".join(line for p in problems for line in p.splitlines() if line.strip())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+@contextlib.contextmanager
+def _damage_reported(path: Path):
+    """SQLite's "database disk image is malformed" and "file is not a database" as
+    DamagedStorage naming the file; other SQLite errors (cannot open, locked) as they are."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _DAMAGE_CODES:
+            raise DamagedStorage(f"chain database {path} is damaged: {exc}") from None
+        raise
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -50,10 +76,20 @@ class Storage:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._writer = _connect(self.path)
-        self._writer.executescript(SCHEMA)
-        self._reader = _connect(self.path)
+        with _damage_reported(self.path):
+            self._writer = _connect(self.path)
+            self._check_integrity()
+            self._writer.executescript(SCHEMA)
+            self._reader = _connect(self.path)
         self._read_lock = threading.Lock()
+
+    def _check_integrity(self) -> None:
+        """SQLite's quick check of every page at open: damage found now stops the node
+        before it builds on it."""
+        problems = [row[0] for row in self._writer.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            self._writer.close()
+            raise DamagedStorage(f"chain database {self.path} is damaged: {_one_line(problems)}")
 
     def close(self) -> None:
         self._writer.close()
@@ -61,7 +97,8 @@ class Storage:
 
     # ---- meta --------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
-        row = self._writer.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        with _damage_reported(self.path):
+            row = self._writer.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else None
 
     def initialise(self, chain_id: str, genesis_hash: bytes, state: State) -> None:
@@ -92,6 +129,16 @@ class Storage:
             )
 
     def load_state(self) -> State:
+        with _damage_reported(self.path):
+            state = self._load_state()
+        if state.accumulator != int(self.get_meta("accumulator")):
+            raise DamagedStorage(
+                f"chain database {self.path} is damaged: its state entries do not match "
+                "the stored accumulator"
+            )
+        return state
+
+    def _load_state(self) -> State:
         accounts = {
             a: (b, n)
             for a, b, n in self._writer.execute("SELECT address, balance, nonce FROM accounts")
@@ -104,7 +151,7 @@ class Storage:
             e: EpochRecord.decode(r)
             for e, r in self._writer.execute("SELECT epoch, record FROM epochs")
         }
-        state = State(
+        return State(
             accounts,
             Supply(**json.loads(self.get_meta("supply"))),
             int(self.get_meta("height")),
@@ -114,9 +161,6 @@ class Storage:
             epochs,
             EpochClock(**json.loads(self.get_meta("clock"))),
         )
-        if state.accumulator != int(self.get_meta("accumulator")):
-            raise StorageError("stored state entries do not match the stored accumulator")
-        return state
 
     # ---- commit ------------------------------------------------------------------------
     def commit_block(self, block: Block, cert: CommitCertificate, diff: Diff) -> None:
@@ -183,7 +227,7 @@ class Storage:
 
     # ---- reads (API thread) ------------------------------------------------------------
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._read_lock:
+        with self._read_lock, _damage_reported(self.path):
             return self._reader.execute(sql, args).fetchall()
 
     def block(self, height: int) -> tuple[Block, CommitCertificate] | None:

@@ -41,6 +41,7 @@ REQUEST_CODES = {
     "bad_request",
     "method_not_allowed",
     "internal",
+    "stopping",
 }
 FUNDS = 1_000 * 10**9
 FEE = Params().min_fee
@@ -641,6 +642,35 @@ def test_op_network_arrivals(exercise):
     assert [r["height"] for r in rows] == list(range(1, height + 1))
     times = [r["time_ms"] for r in rows]
     assert times == sorted(times) and times[-1] <= time.time() * 1000
+
+
+def test_op_a_stopping_node_admits_nothing(exercise, in_process_node):
+    """Once a graceful stop begins, both submit operations answer 503 stopping (checked on an
+    in-process node: a stopping server closes its listening socket first)."""
+    api, node = exercise, in_process_node
+    alice = crypto.KeyPair.generate()
+    transfer = tx.make_transfer(alice, "routes", 0, FEE, alice.address, 1)
+
+    async def exchange() -> list[Answer]:
+        async with TestClient(TestServer(app_of(node))) as client:
+            node.stopping = True
+            answers = []
+            for path, body, ctype in (
+                ("/api/v1/transactions", json.dumps(transfer.to_json()).encode(),
+                 "application/json"),
+                ("/api/v1/transactions/batch", tx.encode_batch([transfer]),
+                 "application/octet-stream"),
+            ):  # fmt: skip
+                resp = await client.post(path, data=body, headers={"Content-Type": ctype})
+                answers.append(Answer(resp.status, resp.content_type, resp.headers,
+                                      await resp.json()))  # fmt: skip
+                api._check("POST", path, answers[-1])
+            return answers
+
+    for answer in asyncio.run(exchange()):
+        assert answer.status == 503 and answer.body["error"]["code"] == "stopping", answer
+        assert "shutting down" in answer.body["error"]["message"]
+    assert len(node.mempool) == 0 and node.tx_status(transfer.id) is None
 
 
 def test_every_documented_response_was_produced(api):
