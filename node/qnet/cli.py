@@ -942,22 +942,29 @@ def node_snapshot(settings: Settings, data_dir: Path, out: Path) -> None:
     required=True,
     help="A snapshot written by `node snapshot`.",
 )
+@click.option(
+    "--aside",
+    is_flag=True,
+    help="Move the old chain (chain.db, its WAL files, consensus.wal) into "
+    "DATA_DIR/aside/<UTC time>/ instead of deleting it.",
+)
 @pass_settings
-def node_restore(settings: Settings, data_dir: Path, archive: Path) -> None:
+def node_restore(settings: Settings, data_dir: Path, archive: Path, aside: bool) -> None:
     """Replace DATA_DIR's chain with a snapshot, after replaying it from genesis; the node
-    must be stopped. Its key and signing state stay."""
+    must be stopped. Its key and signing state stay. The old chain is never opened, so a
+    damaged one is replaced too."""
     pid = running_pid(Path(data_dir).resolve())
     if pid is not None:
         raise CliError(f"the node of {data_dir} is running (pid {pid}); stop it first")
     try:
-        manifest = snapshot.restore(archive, data_dir)
+        manifest = snapshot.restore(archive, data_dir, aside=aside)
     except (snapshot.SnapshotError, GenesisError, StorageError) as exc:
         raise CliError(f"not restored, {data_dir} is unchanged: {exc}") from None
-    settings.emit(
-        {**manifest, "restored": str(data_dir)},
-        [("restored", data_dir), ("height", manifest["height"]),
-         ("block hash", manifest["block_hash"])],
-    )  # fmt: skip
+    rows = [("restored", data_dir), ("height", manifest["height"]),
+            ("block hash", manifest["block_hash"])]  # fmt: skip
+    if aside:
+        rows.append(("old chain moved to", manifest["aside"] or "(there was none)"))
+    settings.emit({**manifest, "restored": str(data_dir)}, rows)
 
 
 @node.command("activate")

@@ -12,7 +12,9 @@ sign again what it may already have signed; see ``BftConsensus``), not the conse
 Restore refuses a snapshot of another chain, checks the archive against its manifest,
 replays every block of the copy from genesis (certificates and state digests), and only then
 swaps it in; the node must be stopped. The node key and signing state already in the data dir
-stay.
+stay. It never opens the chain it replaces, so it also repairs a damaged one; with
+``aside=True`` that chain (``chain.db`` with its WAL files, and ``consensus.wal``) is moved
+into ``<data_dir>/aside/<UTC time>/`` rather than deleted, for a later look.
 """
 
 import io
@@ -34,6 +36,9 @@ from .storage import Storage
 
 MANIFEST = "MANIFEST.json"
 MEMBERS = {MANIFEST, "genesis.json", "config.toml", "chain.db"}
+# What a restore replaces in the data dir: the chain, its SQLite WAL files, the consensus log.
+REPLACED = ("chain.db", "chain.db-wal", "chain.db-shm", "consensus.wal")
+ASIDE = "aside"
 
 
 class SnapshotError(RuntimeError):
@@ -109,9 +114,32 @@ def read_manifest(archive: Path) -> dict:
         raise SnapshotError(f"{archive} is not a QNet snapshot: {exc}") from None
 
 
-def restore(archive: Path, data_dir: Path) -> dict:
+def _set_aside(data_dir: Path) -> Path | None:
+    """Move the chain files of ``data_dir`` (those of REPLACED that exist) into a new
+    ``aside/<UTC time>/`` directory of it; that directory, or None if there was nothing."""
+    present = [data_dir / name for name in REPLACED if (data_dir / name).exists()]
+    if not present:
+        return None
+    when = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    (data_dir / ASIDE).mkdir(mode=0o700, exist_ok=True)
+    for attempt in range(100):
+        target = data_dir / ASIDE / (when if attempt == 0 else f"{when}-{attempt}")
+        try:
+            target.mkdir(mode=0o700)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise SnapshotError(f"cannot make a new directory in {data_dir / ASIDE}")
+    for path in present:  # the same file system: renames, not copies
+        os.replace(path, target / path.name)
+    return target
+
+
+def restore(archive: Path, data_dir: Path, aside: bool = False) -> dict:
     """Replace ``data_dir``'s chain with the snapshot's after checking it; returns the
-    manifest. The caller makes sure the node is stopped."""
+    manifest, with ``"aside"`` (the directory the old chain went to, or None) when ``aside``.
+    The caller makes sure the node is stopped."""
     config = NodeConfig(data_dir=Path(data_dir).resolve())
     manifest = read_manifest(archive)
     if config.genesis_path.exists():
@@ -156,8 +184,12 @@ def restore(archive: Path, data_dir: Path) -> dict:
             raise SnapshotError("the snapshot's chain is not at the height its manifest says")
         if state.digest != stored.digest:
             raise SnapshotError("the snapshot's stored state differs from its replayed chain")
-        for stale in ("chain.db-wal", "chain.db-shm", "consensus.wal"):
-            (config.data_dir / stale).unlink(missing_ok=True)
+        if aside:
+            moved = _set_aside(config.data_dir)
+            manifest = {**manifest, "aside": None if moved is None else str(moved)}
+        else:
+            for stale in ("chain.db-wal", "chain.db-shm", "consensus.wal"):
+                (config.data_dir / stale).unlink(missing_ok=True)
         for name in ("genesis.json", "config.toml"):
             if (staged / name).exists() and not (config.data_dir / name).exists():
                 shutil.copy2(staged / name, config.data_dir / name)

@@ -78,3 +78,71 @@ def test_a_bad_inventory_is_one_clear_error(tmp_path):
         [OPS, "-i", str(tmp_path / "empty.yml"), "status"], capture_output=True, text=True
     )
     assert done.returncode == 1 and "no node hosts" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["stop"], ["restart"], ["start"], ["-l", "region_eu", "restart"], ["--json", "stop"]],
+)
+def test_changing_nodes_needs_host_names_or_all_and_touches_nothing_without(inventory, args):
+    command, flags = args[-1], args[:-1]
+    done = subprocess.run(
+        [OPS, "-i", str(inventory), *flags, command], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert "name the hosts" in done.stderr and "--all" in done.stderr
+    assert "unreachable" not in done.stderr and done.stdout == ""
+
+
+def test_stop_all_goes_host_by_host_and_stops_at_the_first_failure(inventory):
+    done = subprocess.run(
+        [OPS, "-i", str(inventory), "--json", "stop", "--all"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    report = json.loads(done.stdout)
+    assert report["hosts"] == [] and list(report["errors"]) == ["v1"]
+    assert report["not_done"] == ["v2", "f1"]  # never tried after v1 failed
+    table = subprocess.run(
+        [OPS, "-i", str(inventory), "-l", "region_eu", "restart", "--all"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert table.returncode == 1
+    assert "[1/2] restart v1: failed" in table.stderr
+    assert "not done (stopped at the first failure): f1" in table.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["resync", "v1"], "--from FILE or --source HOST2"),
+        (["resync", "v1", "--source", "v1"], "another host"),
+        (["resync", "nosuch", "--source", "v1"], "nosuch is not a node host"),
+        (["resync", "v1", "v2", "--source", "f1"], "unexpected extra argument"),
+    ],
+)
+def test_resync_is_for_one_named_host_with_one_source(inventory, args, message):
+    done = subprocess.run(
+        [OPS, "-i", str(inventory), *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_resync_from_a_file_that_is_no_snapshot_fails_before_any_host_is_touched(
+    inventory, tmp_path
+):
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"not a snapshot")
+    done = subprocess.run(
+        [OPS, "-i", str(inventory), "--json", "resync", "f1", "--from", str(junk)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    errors = json.loads(done.stdout)["errors"]
+    assert "not a QNet snapshot" in errors["f1"] and "unreachable" not in errors["f1"]

@@ -110,3 +110,45 @@ def test_a_bad_snapshot_is_refused_and_changes_nothing(tmp_path, damage):
     assert done.returncode != 0
     assert "unchanged" in done.stderr, done.stderr
     assert fingerprint(node.data_dir) == before
+
+
+def test_restore_aside_keeps_a_damaged_chain_and_the_restored_one_verifies(tmp_path):
+    node = LocalNode.single(tmp_path / "node", {})
+    node.start()
+    try:
+        deadline = time.monotonic() + 20
+        while node.status()["height"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        taken = snapshot(node, tmp_path / "snap.tar.gz")
+    finally:
+        node.stop()
+    data_dir = node.data_dir
+    db = data_dir / "chain.db"
+    with open(db, "r+b") as damaged:  # SQLite's header and first pages: unreadable now
+        damaged.write(b"\xde\xad" * 4096)
+    broken = cli("node", "verify", "--data-dir", str(data_dir))
+    assert broken.returncode != 0
+    old = {name: (data_dir / name).read_bytes()
+           for name in ("chain.db", "chain.db-wal", "chain.db-shm", "consensus.wal")
+           if (data_dir / name).exists()}  # fmt: skip
+    assert "chain.db" in old
+    kept = {name: (data_dir / name).read_bytes() for name in ("node_key", "genesis.json")}
+    done = cli("node", "restore", "--data-dir", str(data_dir), "--from",
+               str(tmp_path / "snap.tar.gz"), "--aside")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    aside = Path(json.loads(done.stdout)["aside"])
+    assert aside.parent == data_dir / "aside"
+    assert {f.name: f.read_bytes() for f in aside.iterdir()} == old  # moved, byte for byte
+    assert not (data_dir / "consensus.wal").exists() and not (data_dir / "chain.db-wal").exists()
+    assert {name: (data_dir / name).read_bytes() for name in kept} == kept
+    verified = cli("node", "verify", "--data-dir", str(data_dir))
+    assert verified.returncode == 0, verified.stderr
+    assert json.loads(verified.stdout)["height"] == taken["height"]
+    again = cli("node", "restore", "--data-dir", str(data_dir), "--from",
+                str(tmp_path / "snap.tar.gz"), "--aside")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    second = Path(json.loads(again.stdout)["aside"])
+    assert second != aside and sorted(p.name for p in (data_dir / "aside").iterdir()) == sorted(
+        [aside.name, second.name]
+    )  # every restore gets a directory of its own
