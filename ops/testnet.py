@@ -5,10 +5,11 @@
     python ops/testnet.py status [--name qnet]
     python ops/testnet.py down [--name qnet]                      # make testnet-down
 
-``up`` boots the testbed hosts (tests/testbed.py), builds the artifacts (the qnet wheel and a
-wheelhouse of its dependencies, plus the Debian packages of the monitoring roles), writes an
-inventory of 4 genesis validators in the regions na, eu, ap and sa and one monitoring host,
-runs ``ops/playbooks/testnet.yml`` against it and prints a status table. Run again, it keeps
+``up`` boots the testbed hosts (tests/testbed.py), builds the artifacts (the qnet wheel, with
+qnet-recovery, and a wheelhouse of its dependencies, plus the Debian packages of the
+monitoring roles), writes an inventory of 4 genesis validators in the regions na, eu, ap and
+sa and one monitoring host (which runs qnet-recovery too), runs ``ops/playbooks/testnet.yml``
+against it and prints a status table. Run again, it keeps
 the hosts and the network and runs the playbook again (which then changes nothing). The
 network's keys and genesis live with the testbed's state and go with ``down``.
 """
@@ -42,7 +43,7 @@ REGIONS = ("na", "eu", "ap", "sa")  # one genesis validator in each, in this ord
 CHAIN_ID = "qnet-testnet"
 # What the wheel is built from: a copy of these, so stale files of an earlier build
 # (setuptools' build/ directory) never end up in it.
-SOURCES = ("pyproject.toml", "README.md", "node")
+SOURCES = ("pyproject.toml", "README.md", "node", "recovery")
 # Wheels record their files' times; a fixed one makes a rebuild of the same source
 # byte-identical, so Ansible ships nothing when nothing changed.
 SOURCE_DATE_EPOCH = "315532800"  # 1980-01-01, the earliest time a zip file can hold
@@ -326,6 +327,10 @@ def status_report(inventory: Path) -> str:
             state = "" if answers(f"{url}/-/ready") else "  (not answering)"
             urls.append(f"{service:<12} {name}: {url}{state}")
         urls.append(f"alert log    {name}: /var/log/qnet-alerts/alerts.jsonl (ssh root@{address})")
+        urls.append(
+            f"recovery     {name}: /opt/qnet-recovery/current/bin/qnet-recovery status, "
+            f"/var/log/qnet-recovery/audit.jsonl (ssh root@{address})"
+        )
     widths = [max(len(row[i]) for row in rows if len(row) > i) for i in range(len(rows[0]))]
     table = "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip()

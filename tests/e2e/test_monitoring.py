@@ -131,7 +131,9 @@ def write_inventory(bed: tb.Testbed, path: Path, monitor_region: str | None = "n
         "light": [f"{other.name}-light"],
         "region_eu": [other.name],
     }
-    return tb.write_inventory(path, groups, hostvars, bed.connection_vars())
+    # No release to install here: qnet-recovery is deployed and tested on the shared testnet.
+    everyone = {**bed.connection_vars(), "qnet_recovery_enabled": False}
+    return tb.write_inventory(path, groups, hostvars, everyone)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@
 Every alerting rule: a `for`, a severity, an action recovery can match, the labels node,
 region and node_type, a summary and a runbook_url naming a runbook that exists; every rung
 of every alert fires in a promtool test, and every alert has a quiet case; every runbook
-belongs to an alert; the routing sends what it should where it should."""
+belongs to an alert (or to the alert qnet-recovery posts itself); the routing sends what it
+should where it should, and never sends recovery an alert about recovery."""
 
 import subprocess
 from collections import defaultdict
@@ -21,6 +22,8 @@ RUNBOOKS = sorted(p for p in (MONITORING / "runbooks").glob("*.md") if p.name !=
 SEVERITIES = {"warning", "critical"}
 ACTIONS = {"restart", "resync", "none"}
 ALWAYS_FIRING = {"QNetWatchdog"}  # the dead-man switch has no quiet case
+# Alerts no rule makes: qnet-recovery posts them to Alertmanager itself.
+POSTED_ALERTS = {"QNetRecoveryEscalated": MONITORING / "runbooks" / "recovery-escalated.md"}
 
 
 def alerting_rules() -> list[dict]:
@@ -63,12 +66,18 @@ def test_every_alert_has_for_severity_action_labels_and_a_runbook(rule):
     severities = SEVERITIES | ({"none"} if rule["alert"] in ALWAYS_FIRING else set())
     assert labels["severity"] in severities
     assert labels["action"] in ACTIONS
-    assert labels["scope"] in ("node", "network")
+    assert labels["scope"] in ("node", "network", "recovery")
     if labels["scope"] == "node":
         assert labels["node"] == "{{ $labels.instance }}"
         assert "{{ $labels.instance }}" in annotations["summary"]
-    else:
+    elif labels["scope"] == "network":
         assert (labels["node"], labels["region"], labels["node_type"]) == ("network", "all", "all")
+    else:  # about recovery: the node it gave up on, or the host of the service itself
+        assert labels["action"] == "none", "recovery must never act on an alert about itself"
+        assert labels["node"] in ("{{ $labels.node }}", "{{ $labels.instance }}")
+        assert labels["node"] in annotations["summary"]
+        if labels["node"] == "{{ $labels.instance }}":
+            assert (labels["region"], labels["node_type"]) == ("all", "all")
     runbook = ROOT / annotations["runbook_url"]
     assert runbook.is_file() and runbook.parent == MONITORING / "runbooks", runbook
     if labels["action"] != "none":
@@ -77,7 +86,13 @@ def test_every_alert_has_for_severity_action_labels_and_a_runbook(rule):
 
 def test_every_runbook_belongs_to_an_alert():
     used = {ROOT / r["annotations"]["runbook_url"] for r in alerting_rules()}
-    assert set(RUNBOOKS) == used
+    assert set(RUNBOOKS) == used | set(POSTED_ALERTS.values())
+
+
+def test_the_runbook_index_lists_every_alert():
+    index = (MONITORING / "runbooks" / "README.md").read_text()
+    for alert in {r["alert"] for r in alerting_rules()} | POSTED_ALERTS.keys():
+        assert f"| {alert} |" in index, f"{alert} is not in runbooks/README.md"
 
 
 def test_every_rules_file_has_a_test_file():
@@ -147,6 +162,20 @@ def alertmanager_config(tmp_path_factory) -> Path:
         ("alertname=QNetChainHalted severity=critical action=none", "recovery,human"),
         ("alertname=QNetWatchdog severity=none action=none", "deadman"),
         ("alertname=QNetNodeDown severity=critical action=restart community=true", "human"),
+        ("alertname=QNetNodeDataDamaged severity=critical action=resync", "recovery,human"),
+        ("alertname=QNetRecoveryDown severity=critical action=none scope=recovery", "human"),
+        ("alertname=QNetRecoveryFailing severity=warning action=none scope=recovery", "human"),
+        (
+            "alertname=QNetRecoveryBudgetExhausted severity=critical action=none scope=recovery",
+            "human",
+        ),
+        (
+            "alertname=QNetRecoveryEscalated severity=critical action=none scope=recovery",
+            "human",
+        ),
+        # Whatever its labels say, an alert about recovery never goes back to it.
+        ("alertname=QNetRecoveryEscalated severity=critical action=resync", "human"),
+        ("alertname=QNetRecoveryDown severity=critical action=restart scope=recovery", "human"),
     ],
 )
 def test_the_routing_sends_each_alert_to_its_receivers(alertmanager_config, labels, receivers):
@@ -160,7 +189,7 @@ def test_the_routing_sends_each_alert_to_its_receivers(alertmanager_config, labe
 
 
 def test_the_inhibition_rules_name_alerts_that_exist():
-    names = {r["alert"] for r in alerting_rules()}
+    names = {r["alert"] for r in alerting_rules()} | POSTED_ALERTS.keys()
     rules = yaml.safe_load(ROUTING.read_text())["inhibit_rules"]
     for rule in rules:
         for matcher in rule["source_matchers"] + rule["target_matchers"]:
