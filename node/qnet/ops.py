@@ -51,7 +51,7 @@ from invoke.exceptions import UnexpectedExit
 
 NODE_GROUPS = ("genesis", "full", "light")
 SERVICE = "qnet-node"
-SERVICE_ACTIONS = ("is-active", "start", "stop", "restart")
+SERVICE_ACTIONS = ("is-active", "start", "stop", "restart", "reset-failed")
 CONNECT_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 60.0
 SNAPSHOT_TIMEOUT_S = 600.0
@@ -454,7 +454,15 @@ def stop(conn: Connection, host: Host) -> dict:
     return {"host": host.name, "service": state}
 
 
+def _clear_start_limit(conn: Connection, host: Host) -> None:
+    """A deliberate start is not a crash loop: clear systemd's start limit (5 starts in
+    5 minutes), which would refuse it. Crash loops are QNetRestartLoop's to report, and
+    recovery keeps its own budget."""
+    _run(conn, host, service_argv("reset-failed"))
+
+
 def start(conn: Connection, host: Host, timeout: float = 120.0) -> dict:
+    _clear_start_limit(conn, host)
     _run(conn, host, service_argv("start"))
     return wait_caught_up(conn, host, 0, timeout)
 
@@ -467,6 +475,7 @@ def restart(conn: Connection, host: Host, timeout: float = 120.0) -> dict:
     except OpsError:
         before = 0  # not answering now: any height will do
     started = time.monotonic()
+    _clear_start_limit(conn, host)
     _run(conn, host, service_argv("restart"))
     return wait_caught_up(conn, host, before, timeout, started)
 

@@ -311,7 +311,25 @@ class ExecServer(paramiko.ServerInterface):
 
     def check_channel_exec_request(self, channel, command: bytes) -> bool:
         argv = gate.admit(self.layout, command.decode())
-        threading.Thread(target=self._run, args=(channel, argv), daemon=True).start()
+        # As sshd does, answer the exec request before the command can exit and close the
+        # channel: paramiko sends the answer after this returns, in the transport's thread,
+        # as the next message (one channel at a time here); the command runs once it left.
+        answered = threading.Event()
+        transport = channel.transport
+        send = transport._send_user_message
+
+        def send_and_mark(message) -> None:
+            transport._send_user_message = send
+            send(message)
+            answered.set()
+
+        transport._send_user_message = send_and_mark
+
+        def run() -> None:
+            answered.wait()
+            self._run(channel, argv)
+
+        threading.Thread(target=run, daemon=True).start()
         return True
 
     @staticmethod
