@@ -8,7 +8,7 @@ DEVNET_DIR ?= .devnet
 VALIDATORS ?= 4
 HOSTS ?= 5
 
-.PHONY: help system-deps venv tools test unit integration lint bench bench-network devnet \
+.PHONY: help system-deps venv tools test unit integration lint bench bench-network drill devnet \
 	devnet-down testbed-up testbed-down artifacts testnet testnet-down clean
 
 help:
@@ -19,6 +19,8 @@ help:
 	@echo "make devnet   VALIDATORS (default 4) local validators with a funded faucet wallet"
 	@echo "make bench    throughput benchmark (prints figures, writes bench-results/)"
 	@echo "make bench-network  100 node processes: block propagation and memory per node type"
+	@echo "make drill    on a testnet of its own: UPGRADES (10) rolling upgrades under load, then"
+	@echo "              DRILLS (20) faults: detect/act/recover times per kind"
 	@echo "make lint     ruff, ansible-lint (production profile), promtool and amtool checks"
 	@echo "make testbed-up    HOSTS (default 5) Debian hosts with systemd and sshd on 10.77.0.0/24"
 	@echo "make testbed-down  stop them and remove everything testbed-up made"
@@ -80,6 +82,15 @@ bench: $(STAMP)
 bench-network: $(STAMP)
 	$(BIN)/python loadtest/network.py --nodes 100 --seconds 30
 
+# Its own testnet (testbed hosts qt-*, test intervals): UPGRADES rolling upgrades in a row
+# under load (every accepted transaction committed?), then DRILLS faults one at a time on
+# random validators; a table of detect/act/recover times per fault kind, JSON in
+# drill-results/.
+DRILLS ?= 20
+UPGRADES ?= 10
+drill: system-deps $(STAMP)
+	$(BIN)/python tests/drills.py --drills $(DRILLS) --upgrades $(UPGRADES) --out drill-results
+
 devnet: $(STAMP)
 	$(BIN)/python -m qnet.devnet up --data-dir $(DEVNET_DIR) --validators $(VALIDATORS)
 
@@ -113,4 +124,4 @@ testbed-down: $(STAMP)
 	$(BIN)/python tests/testbed.py down
 
 clean:
-	rm -rf $(VENV) $(DEVNET_DIR) bench-results
+	rm -rf $(VENV) $(DEVNET_DIR) bench-results drill-results

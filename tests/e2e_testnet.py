@@ -8,24 +8,32 @@ runs with the test intervals below: Prometheus scrapes and evaluates every 2 s a
 Alertmanager groups within 2 s; the rules' ``for:`` durations are the production ones.
 
 The modules use it in this order (tests/e2e/conftest.py sorts them): test_testnet (the
-rollout itself, idempotence, stop/start), test_alerting (alerts, dashboards), and
+rollout itself, idempotence, stop/start), test_alerting (alerts, dashboards),
 test_operations (join, upgrade, backup/restore, qnet-ops), which leaves the fleet on
-another release.
+another release, and test_recovery (qnet-recovery acting on faults, with shorter ``for:``).
+tests/drills.py deploys one of its own. Below the testnet: the releases an upgrade goes to,
+and a steady load whose every accepted transaction must be committed.
 """
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
 
 import testbed as tb
-from qnet import crypto
+from qnet import crypto, loadgen
 from qnet.localnode import http, wait_for
+from qnet.tx import Transaction, encode_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "ops"))
@@ -186,3 +194,158 @@ def deploy(home: Path) -> Testnet:
 def close(net: Testnet) -> None:
     testnet.close_connections(net.bed.dir)
     net.bed.down()
+
+
+# ---- releases and load, for test_operations and the drills' upgrade soak ----------------
+
+
+def next_versions(version: str) -> tuple[str, str]:
+    """The next two patch versions: a good release and a broken one."""
+    major, minor, patch = (int(part) for part in re.match(r"(\d+)\.(\d+)\.(\d+)", version).groups())
+    return f"{major}.{minor}.{patch + 1}", f"{major}.{minor}.{patch + 2}"
+
+
+def release_tree(target: Path, version: str, broken: bool = False) -> Path:
+    """A copy of the repository's files (git ls-files: tracked and new, not ignored) with
+    ``version`` in pyproject.toml; ``broken``: its qnet-node exits 3 at start."""
+    listed = subprocess.run(
+        [
+            "git",
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+            "--",
+            *testnet.SOURCES,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():  # a tracked file deleted in the working tree is left out
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    pyproject = target / "pyproject.toml"
+    text, count = re.subn(
+        r'^version = "[^"]+"$',
+        f'version = "{version}"',
+        pyproject.read_text(),
+        count=1,
+        flags=re.MULTILINE,
+    )
+    assert count == 1, "no version line in pyproject.toml"
+    pyproject.write_text(text)
+    if broken:
+        main = target / "node/qnet/main.py"
+        docstring = '    """Run a QNet node from DATA_DIR'
+        source = main.read_text()
+        assert docstring in source, "qnet.main.main() is not where the broken release patches"
+        line = source[source.index(docstring) :].split("\n", 1)[0]
+        main.write_text(
+            source.replace(
+                line,
+                f"{line}\n    click.echo('qnet-node {version} is broken on purpose', err=True)"
+                "\n    raise SystemExit(3)",
+                1,
+            )
+        )
+    return target
+
+
+def build_release(artifacts: Path, version: str, broken: bool = False) -> Path:
+    with tempfile.TemporaryDirectory(prefix=f"qe-release-{version}-") as scratch:
+        return testnet.build_artifacts(artifacts, release_tree(Path(scratch), version, broken))
+
+
+def block(host: tb.Host, height: int) -> dict:
+    return get(f"{api(host)}/api/v1/blocks/{height}")
+
+
+def set_version(net: Testnet, version: str) -> None:
+    net.edit_inventory(lambda everyone: everyone["vars"].update(qnet_version=version))
+
+
+class Load:
+    """Steady transfers from the funded senders to the validators' APIs, in a thread.
+
+    Each validator has its own senders; a batch a validator does not take (it is down or
+    restarting) goes to the next one, and what is refused for a nonce gap (the previous
+    transaction went to another validator and has not reached this one yet) is sent again,
+    so each sender's transactions arrive in nonce order. Every id a validator accepted is
+    kept: each must end up in a block."""
+
+    TICK_S = 0.1  # each sender sends one transaction per tick: 160 tx/s from 16 senders
+
+    def __init__(
+        self, urls: list[str], senders: list[crypto.KeyPair], chain_id: str, each: int = 3_000
+    ):
+        sink = crypto.KeyPair.generate().address
+        self.urls = urls
+        self.queues: dict[bytes, list[Transaction]] = {
+            s.address: loadgen.presign([s], chain_id, each, 1_000, sink) for s in senders
+        }
+        self.next = dict.fromkeys(self.queues, 0)
+        self.groups = [[s.address for s in senders[i :: len(urls)]] for i in range(len(urls))]
+        self.accepted: set[str] = set()
+        self.refused: Counter[str] = Counter()
+        self.unsent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="load")
+
+    def _send(self, home: int, group: list[bytes]) -> None:
+        batch = [self.queues[s][self.next[s]] for s in group if self.next[s] < len(self.queues[s])]
+        if not batch:
+            return
+        body = encode_batch(batch)
+        for k in range(len(self.urls)):
+            url = self.urls[(home + k) % len(self.urls)]
+            try:
+                code, answer = http(
+                    "POST",
+                    f"{url}/api/v1/transactions/batch",
+                    body,
+                    "application/octet-stream",
+                    timeout=3,
+                )
+            except OSError:
+                continue  # down or restarting: the next validator takes it
+            if code != 200:
+                continue
+            refused = {r["index"]: r["code"] for r in answer["rejected"]}
+            for i, tx in enumerate(batch):
+                code = refused.get(i)
+                if code in (None, "duplicate"):  # duplicate: pending already, from a retry
+                    self.accepted.add(tx.id.hex())
+                if code in (None, "duplicate", "stale_nonce"):
+                    self.next[tx.sender] += 1
+                else:
+                    self.refused[code] += 1
+            return
+        self.unsent += 1
+
+    def _run(self) -> None:
+        tick = time.monotonic()
+        while not self._stop.is_set():
+            for home, group in enumerate(self.groups):
+                self._send(home, group)
+            tick += self.TICK_S
+            self._stop.wait(max(0.0, tick - time.monotonic()))
+
+    def __enter__(self) -> "Load":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def committed_ids(host: tb.Host, first: int, last: int) -> tuple[set[str], list[int]]:
+    """The transaction ids and the header times (ms) of blocks ``first``..``last``."""
+    with ThreadPoolExecutor(8) as pool:
+        blocks = list(pool.map(lambda h: block(host, h), range(first, last + 1)))
+    ids = {t for b in blocks for t in b["transactions"]}
+    return ids, [b["header"]["time_ms"] for b in blocks]

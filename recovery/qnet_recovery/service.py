@@ -49,7 +49,7 @@ HEALTH_TIMEOUT_S = 2.0
 POLL_S = 1.0  # verification polls the node's status this often
 TICK_S = 15.0  # time-only bookkeeping (healthy resets, forgetting old deliveries)
 RECENT = 50  # decisions kept for /status
-RUNBOOK = "https://github.com/qnet/qnet/blob/main/monitoring/runbooks/QNetRecoveryEscalated.md"
+RUNBOOK = "monitoring/runbooks/recovery-escalated.md"  # as the rules give theirs
 _FINGERPRINT = re.compile(r"[0-9a-f]{1,64}")
 
 
@@ -309,7 +309,7 @@ class Recovery:
         archive, fetched = self._archive(others)
         try:
             with self._connect(host) as conn:
-                ops.resync(conn, host, archive)
+                ops.resync(conn, host, archive, timeout=timeout)
         finally:
             if fetched:
                 archive.unlink(missing_ok=True)
@@ -343,8 +343,9 @@ class Recovery:
         return conn
 
     async def escalate(self, d: Decision) -> None:
-        """Tell a human, through Alertmanager: an alert routed to the human receiver."""
-        if not self.config.alertmanagers:
+        """Tell a human, through Alertmanager: an alert routed to the human receiver. Not
+        for the chain-halted alert: the human receiver has that one already."""
+        if not self.config.alertmanagers or d.reason == "chain_halted":
             return
         node = self.config.nodes.get(d.node)
         now = time.time()

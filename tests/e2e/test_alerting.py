@@ -85,6 +85,7 @@ def test_prometheus_loads_every_rule_and_scrapes_every_node_and_host(net):
         *(("node", name) for name in validators),
         ("prometheus", net.monitor.name),
         ("alertmanager", net.monitor.name),
+        ("qnet-recovery", net.monitor.name),
     }
     for target in targets:
         if target["labels"]["job"] in ("qnet", "node"):

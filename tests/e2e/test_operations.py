@@ -16,12 +16,8 @@ Run alone (as root; ``-s`` prints the measured figures):
 import itertools
 import json
 import re
-import shutil
 import subprocess
-import tempfile
-import threading
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,10 +25,23 @@ import pytest
 
 import testbed as tb
 from commands import run as run_command
-from e2e_testnet import BIN, OWNER, PASSWORD, ROOT, Testnet, api, cli, get, status, testnet
-from qnet import crypto, loadgen
+from e2e_testnet import (
+    BIN,
+    OWNER,
+    PASSWORD,
+    Load,
+    api,
+    block,
+    build_release,
+    cli,
+    committed_ids,
+    get,
+    next_versions,
+    set_version,
+    status,
+    testnet,
+)
 from qnet.localnode import LocalNode, http, wait_for
-from qnet.tx import Transaction, encode_batch
 
 REGIONS = ("na", "eu", "ap", "sa")  # the genesis validators', in host order
 JOIN_REGION = "oc"  # none of the validators is there
@@ -42,83 +51,11 @@ START_TIMEOUT_S = 20
 pytestmark = pytest.mark.timeout(900)
 
 
-# ---- releases -------------------------------------------------------------------------------
-
-
-def next_versions(version: str) -> tuple[str, str]:
-    """The next two patch versions: a good release and a broken one."""
-    major, minor, patch = (int(part) for part in re.match(r"(\d+)\.(\d+)\.(\d+)", version).groups())
-    return f"{major}.{minor}.{patch + 1}", f"{major}.{minor}.{patch + 2}"
-
-
-def release_tree(target: Path, version: str, broken: bool = False) -> Path:
-    """A copy of the repository's files (git ls-files: tracked and new, not ignored) with
-    ``version`` in pyproject.toml; ``broken``: its qnet-node exits 3 at start."""
-    listed = subprocess.run(
-        [
-            "git",
-            "ls-files",
-            "-z",
-            "--cached",
-            "--others",
-            "--exclude-standard",
-            "--",
-            *testnet.SOURCES,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
-        source = ROOT / name
-        if source.is_file():  # a tracked file deleted in the working tree is left out
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    pyproject = target / "pyproject.toml"
-    text, count = re.subn(
-        r'^version = "[^"]+"$',
-        f'version = "{version}"',
-        pyproject.read_text(),
-        count=1,
-        flags=re.MULTILINE,
-    )
-    assert count == 1, "no version line in pyproject.toml"
-    pyproject.write_text(text)
-    if broken:
-        main = target / "node/qnet/main.py"
-        docstring = '    """Run a QNet node from DATA_DIR'
-        source = main.read_text()
-        assert docstring in source, "qnet.main.main() is not where the broken release patches"
-        line = source[source.index(docstring) :].split("\n", 1)[0]
-        main.write_text(
-            source.replace(
-                line,
-                f"{line}\n    click.echo('qnet-node {version} is broken on purpose', err=True)"
-                "\n    raise SystemExit(3)",
-                1,
-            )
-        )
-    return target
-
-
-def build_release(artifacts: Path, version: str, broken: bool = False) -> Path:
-    with tempfile.TemporaryDirectory(prefix=f"qe-release-{version}-") as scratch:
-        return testnet.build_artifacts(artifacts, release_tree(Path(scratch), version, broken))
-
-
 # ---- the network ----------------------------------------------------------------------------
-
-
-def block(host: tb.Host, height: int) -> dict:
-    return get(f"{api(host)}/api/v1/blocks/{height}")
 
 
 def precommitters(host: tb.Host, height: int) -> set[str]:
     return {p["validator"] for p in block(host, height)["certificate"]["precommits"]}
-
-
-def set_version(net: Testnet, version: str) -> None:
-    net.edit_inventory(lambda everyone: everyone["vars"].update(qnet_version=version))
 
 
 @pytest.fixture(scope="module")
@@ -223,87 +160,6 @@ def test_join_activates_a_full_node_in_a_new_region(net):
 
 
 # ---- a. rolling upgrade under load, and a broken release rolled back ------------------------
-
-
-class Load:
-    """Steady transfers from the funded senders to the validators' APIs, in a thread.
-
-    Each validator has its own senders; a batch a validator does not take (it is down or
-    restarting) goes to the next one, and what is refused for a nonce gap (the previous
-    transaction went to another validator and has not reached this one yet) is sent again,
-    so each sender's transactions arrive in nonce order. Every id a validator accepted is
-    kept: each must end up in a block."""
-
-    TICK_S = 0.1  # each sender sends one transaction per tick: 160 tx/s from 16 senders
-
-    def __init__(self, urls: list[str], senders: list[crypto.KeyPair], chain_id: str):
-        sink = crypto.KeyPair.generate().address
-        self.urls = urls
-        self.queues: dict[bytes, list[Transaction]] = {
-            s.address: loadgen.presign([s], chain_id, 3_000, 1_000, sink) for s in senders
-        }
-        self.next = dict.fromkeys(self.queues, 0)
-        self.groups = [[s.address for s in senders[i :: len(urls)]] for i in range(len(urls))]
-        self.accepted: set[str] = set()
-        self.refused: Counter[str] = Counter()
-        self.unsent = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="load")
-
-    def _send(self, home: int, group: list[bytes]) -> None:
-        batch = [self.queues[s][self.next[s]] for s in group if self.next[s] < len(self.queues[s])]
-        if not batch:
-            return
-        body = encode_batch(batch)
-        for k in range(len(self.urls)):
-            url = self.urls[(home + k) % len(self.urls)]
-            try:
-                code, answer = http(
-                    "POST",
-                    f"{url}/api/v1/transactions/batch",
-                    body,
-                    "application/octet-stream",
-                    timeout=3,
-                )
-            except OSError:
-                continue  # down or restarting: the next validator takes it
-            if code != 200:
-                continue
-            refused = {r["index"]: r["code"] for r in answer["rejected"]}
-            for i, tx in enumerate(batch):
-                code = refused.get(i)
-                if code in (None, "duplicate"):  # duplicate: pending already, from a retry
-                    self.accepted.add(tx.id.hex())
-                if code in (None, "duplicate", "stale_nonce"):
-                    self.next[tx.sender] += 1
-                else:
-                    self.refused[code] += 1
-            return
-        self.unsent += 1
-
-    def _run(self) -> None:
-        tick = time.monotonic()
-        while not self._stop.is_set():
-            for home, group in enumerate(self.groups):
-                self._send(home, group)
-            tick += self.TICK_S
-            self._stop.wait(max(0.0, tick - time.monotonic()))
-
-    def __enter__(self) -> "Load":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-
-def committed_ids(host: tb.Host, first: int, last: int) -> tuple[set[str], list[int]]:
-    """The transaction ids and the header times (ms) of blocks ``first``..``last``."""
-    with ThreadPoolExecutor(8) as pool:
-        blocks = list(pool.map(lambda h: block(host, h), range(first, last + 1)))
-    ids = {t for b in blocks for t in b["transactions"]}
-    return ids, [b["header"]["time_ms"] for b in blocks]
 
 
 UPGRADED = re.compile(r"([\w.-]+): qnet (\S+) -> (\S+), healthy after ([\d.]+) s")
