@@ -41,6 +41,7 @@ from pathlib import Path
 from . import crypto, tendermint
 from .block import Block, BlockError, CommitCertificate, Header
 from .config import NodeConfig
+from .journal import JournalError
 from .node import InvalidBlock, Node
 from .p2p import PeerInfo, PeerNetwork
 from .topology import PeerPolicy
@@ -763,7 +764,11 @@ class BftConsensus:
         heartbeat = self.node.heartbeat()
         if heartbeat is None:
             return
-        (refused,) = await self.node.submit([heartbeat])
+        try:
+            (refused,) = await self.node.submit([heartbeat])
+        except JournalError as exc:  # a full disk, say: the next status round tries again
+            log.error("heartbeat for epoch %d not journaled: %s", heartbeat.epoch, exc)
+            return
         if refused is None:
             log.info("heartbeat for epoch %d submitted", heartbeat.epoch)
         else:

@@ -1,4 +1,4 @@
-"""The mempool journal: a transaction this node answered "accepted" for is on disk first.
+"""The mempool journal: a transaction is on disk before this node answers "accepted" for it.
 
 An append-only file (``mempool.journal`` in the data dir) of records
 ``length:u32 crc32:u32 payload``, each payload a transaction's canonical encoding

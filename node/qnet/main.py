@@ -128,10 +128,17 @@ def build(config: NodeConfig, region_rtt_ms: dict[str, float] | None = None) -> 
 
 
 def _stop_on_failure(task: asyncio.Task) -> None:
+    """Consensus stopped: stop loudly, lose nothing committed. Exit 3 (not restarted; resync)
+    only when the data cannot be trusted; any other failure exits 1, and systemd restarts
+    the node (QNetRestartLoop tells when that repeats)."""
     if task.cancelled() or task.exception() is None:
         return
-    log.critical("consensus stopped: %s; %s", task.exception(), DAMAGED, exc_info=task.exception())
-    os._exit(EXIT_DAMAGED)  # state divergence or storage failure: stop loudly, lose nothing
+    exc = task.exception()
+    if isinstance(exc, StorageError | StateDivergence | sqlite3.DatabaseError):
+        log.critical("consensus stopped: %s; %s", exc, DAMAGED, exc_info=exc)
+        os._exit(EXIT_DAMAGED)
+    log.critical("consensus stopped: %s", exc, exc_info=exc)
+    os._exit(1)
 
 
 @click.command()

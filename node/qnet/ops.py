@@ -175,8 +175,10 @@ def restore_argv(node: NodeLayout, name: str) -> list[str]:
     )  # fmt: skip
 
 
+# Files of the snapshot directory are read and removed as the node's user, never as root:
+# that user owns the directory, and could put a link there to a file only root may read.
 def read_file_argv(node: NodeLayout, name: str) -> list[str]:
-    return ["cat", node.scratch_file(name)]
+    return _as_node_user(node, ["cat", node.scratch_file(name)])
 
 
 def write_file_argv(node: NodeLayout, name: str) -> list[str]:
@@ -184,7 +186,7 @@ def write_file_argv(node: NodeLayout, name: str) -> list[str]:
 
 
 def remove_file_argv(node: NodeLayout, name: str) -> list[str]:
-    return ["rm", "-f", node.scratch_file(name)]
+    return _as_node_user(node, ["rm", "-f", node.scratch_file(name)])
 
 
 def recovery_commands(
@@ -568,6 +570,7 @@ def resync(
     finally:
         _remove_scratch(conn, host, name, failing)
     say(f"old chain moved to {restored.get('aside')}; starting the node")
+    _clear_start_limit(conn, host)
     _run(conn, host, service_argv("start"))
     caught_up = wait_caught_up(conn, host, manifest["height"], timeout)
     return {
@@ -597,6 +600,15 @@ def newest_backup(backup_dir: Path, max_age_s: float, now: float) -> Path | None
         if best is None or key > best[0]:
             best = (key, path)
     return best[1] if best else None
+
+
+def snapshot_of_healthy(conn: Connection, host: Host, dest: Path) -> Path:
+    """A snapshot of ``host``'s chain in ``dest``, to resync another node from: only while
+    the node runs and lags its peers by no block."""
+    health = status(conn, host)
+    if health["service"] != "active" or health["lag"] != 0:
+        raise OpsError(f"{host.name} is not a healthy source: {health}")
+    return Path(snapshot(conn, host, dest)["file"])
 
 
 # ---- across the fleet ----------------------------------------------------------------------
@@ -843,10 +855,7 @@ def resync_command(
         origin = found[source]
         say(f"taking a snapshot of {source}")
         with connect(origin) as conn:
-            health = status(conn, origin)
-            if health["service"] != "active" or health["lag"] != 0:
-                raise OpsError(f"{source} is not a healthy source: {health}")
-            return Path(snapshot(conn, origin, work)["file"])
+            return snapshot_of_healthy(conn, origin, work)
 
     with tempfile.TemporaryDirectory(prefix="qnet-resync-") as work:
         try:

@@ -18,6 +18,7 @@ from qnet.ops import Host
 from .engine import Budget, NodeInfo, Policy
 
 DEFAULT_PATH = Path("/etc/qnet-recovery/config.yml")
+ABSOLUTE = (lambda v: v.startswith("/"), "an absolute path")
 _DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 
 
@@ -37,6 +38,7 @@ class Node:
     validator: bool
     home: str
     data_dir: str
+    user: str
     power: int
 
     @property
@@ -59,6 +61,7 @@ class Node:
             api_port=self.api_port,
             home=self.home,
             data_dir=self.data_dir,
+            node_user=self.user,
         )
 
 
@@ -181,6 +184,13 @@ def _node(name: object, data: object) -> Node:
         data_dir=r.take(
             "data_dir", str, "/var/lib/qnet", lambda v: v.startswith("/"), "an absolute path"
         ),
+        user=r.take(
+            "user",
+            str,
+            "qnet",
+            lambda v: bool(re.fullmatch(r"[a-z_][a-z0-9_-]*", v)),
+            "a user name (the node's, as the gate knows it)",
+        ),
         power=r.take("power", int, 1, lambda v: v > 0, "a positive integer"),
     )
     r.done()
@@ -238,16 +248,15 @@ def parse(data: object) -> Config:
     )
     rs.done()
     s = r.sub("ssh")
-    key_file = s.take("key_file", str, "/var/lib/qnet-recovery/.ssh/id_ed25519")
-    known_hosts = s.take("known_hosts", str, "/var/lib/qnet-recovery/.ssh/known_hosts")
+    key_file = s.take("key_file", str, "/var/lib/qnet-recovery/.ssh/id_ed25519", *ABSOLUTE)
+    known_hosts = s.take("known_hosts", str, "/var/lib/qnet-recovery/.ssh/known_hosts", *ABSOLUTE)
     s.done()
-    absolute = (lambda v: v.startswith("/"), "an absolute path")
     config = Config(
         nodes=nodes,
         listen_host=host.strip("[]"),
         listen_port=int(port),
-        state_file=Path(r.take("state_file", str, "/var/lib/qnet-recovery/state.json", *absolute)),
-        audit_log=Path(r.take("audit_log", str, "/var/log/qnet-recovery/audit.jsonl", *absolute)),
+        state_file=Path(r.take("state_file", str, "/var/lib/qnet-recovery/state.json", *ABSOLUTE)),
+        audit_log=Path(r.take("audit_log", str, "/var/log/qnet-recovery/audit.jsonl", *ABSOLUTE)),
         dry_run=r.take("dry_run", bool, False),
         alertmanagers=tuple(ams),
         match=match,

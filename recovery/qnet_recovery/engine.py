@@ -19,13 +19,17 @@ The rules, in the order they are checked for a firing alert:
    would exceed it blocks the node and escalates, once;
 8. the quorum guard: a validator is acted on only if the others that are healthy hold
    more than 2/3 of the voting power (the target counts as down while it is acted on);
-9. the backoff: attempts on a node are spaced by ``backoff_initial`` doubling up to
-   ``backoff_max``; the count resets after ``healthy_reset`` seconds without an alert.
+9. the backoff: an attempt on a node waits ``backoff_initial``, doubling up to
+   ``backoff_max``, after the previous one ended; the count resets after ``healthy_reset``
+   seconds without an alert.
 
 Queued actions are checked again (halt, quorum, budget) when they become due, and a
-resolved alert cancels the queued action it caused. The outcome of an action (verified
-or not) comes back through ``finish``; a failed one is retried after the backoff while its
-alert still fires, within the budget. Every outcome counts against the budget.
+resolved alert cancels the queued action it caused. An alert refused for the halt or the
+quorum is deferred, not forgotten: once the chain moves and the quorum allows it, and it
+still fires, it is planned again (``replan``), without a second escalation. The outcome of
+an action (verified or not) comes back through ``finish``; a failed one is retried after
+the backoff while its alert still fires, within the budget. Every outcome counts against
+the budget.
 """
 
 from __future__ import annotations
@@ -142,6 +146,7 @@ class Engine:
         self.seen: dict[str, float] = {}  # fingerprint@startsAt -> forget after
         self.firing: dict[str, Alert] = {}  # fingerprint -> the matching alert that fires
         self.halted: set[str] = set()  # fingerprints of the chain-halted alert that fire
+        self.deferred: set[str] = set()  # firing alerts refused for the halt or the quorum
         self.next_id = 1
 
     # ---- events ------------------------------------------------------------------------
@@ -192,11 +197,29 @@ class Engine:
             node.running = action
             node.attempts.append(now)
             node.consecutive += 1
-            node.next_allowed = now + self.policy.budget.backoff(node.consecutive)
             out.append(Decision(now, "start", "due", guards=self._guards(name, now, healthy),
                                 **base))  # fmt: skip
             start.append(action)
         return start, out
+
+    def replan(self, now: float, healthy: dict[str, bool]) -> list[Decision]:
+        """Plan again the deferred alerts that still fire, once nothing refuses them."""
+        out: list[Decision] = []
+        if self.halted:
+            return out
+        for fp in sorted(self.deferred):
+            alert = self.firing.get(fp)
+            node = self.nodes.get(alert.node) if alert else None
+            if alert is None or node is None or node.blocked:
+                self.deferred.discard(fp)
+                continue
+            if node.running or node.queued or not self._quorum_ok(alert.node, healthy):
+                continue
+            self.deferred.discard(fp)
+            base = {"alertname": alert.name, "fingerprint": fp, "node": alert.node}
+            action = Action(self.next_id, alert.node, alert.action, fp, alert.name, now)
+            out += self._plan(action, now, healthy, base, reason="deferred")
+        return out
 
     def finish(self, action_id: int, outcome: str, now: float) -> list[Decision]:
         """The running action ``action_id`` ended: ``succeeded`` or ``failed``."""
@@ -209,6 +232,8 @@ class Engine:
         action = node.running
         node.running = None
         node.quiet_since = now
+        # The backoff counts from the end of an attempt: its verification may take minutes.
+        node.next_allowed = now + self.policy.budget.backoff(node.consecutive)
         base = {"alertname": action.alertname, "fingerprint": action.fingerprint,
                 "node": node_name, "action": action.kind, "action_id": action.id}  # fmt: skip
         out = [Decision(now, "finish", outcome, outcome=outcome, **base)]
@@ -264,6 +289,7 @@ class Engine:
         healthy: dict[str, bool] | None,
         base: dict,
         retry_of: int = 0,
+        reason: str = "matched",
     ) -> list[Decision]:
         """Queue ``action`` for its node if the guards allow it now (``healthy`` None: the
         quorum is checked when it becomes due)."""
@@ -281,7 +307,7 @@ class Engine:
         if action.due > now:
             guards["backoff_s"] = round(action.due - now, 3)
             return [Decision(now, "queue", "backoff", guards=guards, **base)]
-        return [Decision(now, "act", "retry" if retry_of else "matched", guards=guards, **base)]
+        return [Decision(now, "act", "retry" if retry_of else reason, guards=guards, **base)]
 
     def _refusal(
         self, name: str, now: float, healthy: dict[str, bool] | None, base: dict
@@ -290,39 +316,35 @@ class Engine:
         if node.blocked:
             return Decision(now, "skip", "blocked", **base)
         if self.halted:
+            self.deferred.add(base["fingerprint"])
             return self._escalate(now, "chain_halted", base)
         if self._left(name, now) <= 0:
             node.blocked = True
             return self._escalate(now, "budget_exhausted", base)
         if healthy is not None and not self._quorum_ok(name, healthy):
+            self.deferred.add(base["fingerprint"])
             return self._escalate(now, "quorum", {**base}, self._guards(name, now, healthy))
         return None
 
     def _escalate(self, now: float, reason: str, base: dict, guards: dict | None = None):
         return Decision(now, "escalate", reason, guards=guards or {}, **base)
 
+    def _power(self, name: str, healthy: dict[str, bool]) -> tuple[int, int]:
+        """The voting power of the healthy validators other than ``name``, and the total."""
+        validators = {v: n.power for v, n in self.policy.nodes.items() if n.validator}
+        running = sum(p for v, p in validators.items() if v != name and healthy.get(v, False))
+        return running, sum(validators.values())
+
     def _quorum_ok(self, name: str, healthy: dict[str, bool]) -> bool:
-        info = self.policy.nodes[name]
-        if not info.validator:
+        if not self.policy.nodes[name].validator:
             return True
-        total = sum(n.power for n in self.policy.nodes.values() if n.validator)
-        running = sum(
-            n.power
-            for other, n in self.policy.nodes.items()
-            if n.validator and other != name and healthy.get(other, False)
-        )
+        running, total = self._power(name, healthy)
         return 3 * running > 2 * total
 
     def _guards(self, name: str, now: float, healthy: dict[str, bool] | None) -> dict:
         guards = {"budget_left": self._left(name, now)}
-        info = self.policy.nodes[name]
-        if info.validator and healthy is not None:
-            total = sum(n.power for n in self.policy.nodes.values() if n.validator)
-            running = sum(
-                n.power
-                for other, n in self.policy.nodes.items()
-                if n.validator and other != name and healthy.get(other, False)
-            )
+        if self.policy.nodes[name].validator and healthy is not None:
+            running, total = self._power(name, healthy)
             guards["quorum"] = f"{running}/{total} power running without {name}"
         return guards
 
@@ -336,6 +358,7 @@ class Engine:
 
     def _resolved(self, alert: Alert, now: float, base: dict) -> list[Decision]:
         self.halted.discard(alert.fingerprint)
+        self.deferred.discard(alert.fingerprint)
         known = self.firing.pop(alert.fingerprint, None)
         node = self.nodes.get(alert.node)
         if node is not None and known is not None:
@@ -353,9 +376,9 @@ class Engine:
         return self.nodes.setdefault(name, NodeState())
 
     def _remember(self, key: str, now: float) -> None:
-        self.seen[key] = now + SEEN_TTL_S
+        self.seen[key] = now + SEEN_TTL_S  # one TTL: insertion order is expiry order
         while len(self.seen) > MAX_SEEN:
-            del self.seen[min(self.seen, key=self.seen.__getitem__)]
+            del self.seen[next(iter(self.seen))]
 
     # ---- state -----------------------------------------------------------------------------
 
@@ -365,6 +388,7 @@ class Engine:
             "next_id": self.next_id,
             "seen": dict(self.seen),
             "halted": sorted(self.halted),
+            "deferred": sorted(self.deferred),
             "firing": {fp: asdict(a) for fp, a in self.firing.items()},
             "nodes": {name: asdict(n) for name, n in self.nodes.items()},
         }
@@ -375,10 +399,20 @@ class Engine:
             raise ValueError(f"state of version {data.get('version')!r}, expected 1")
         engine = cls(policy)
         engine.next_id = int(data["next_id"])
-        engine.seen = {str(k): float(v) for k, v in data["seen"].items()}
+        # Oldest first, as they were remembered (the file is written with sorted keys).
+        engine.seen = dict(sorted(((str(k), float(v)) for k, v in data["seen"].items()),
+                                  key=lambda kv: kv[1]))  # fmt: skip
         engine.halted = set(data["halted"])
-        engine.firing = {fp: Alert(**a) for fp, a in data["firing"].items()}
+        engine.deferred = set(data["deferred"])
+        # Nodes no longer in the configuration are forgotten, with their alerts and actions.
+        engine.firing = {
+            fp: Alert(**a) for fp, a in data["firing"].items() if a["labels"].get("node") in
+            policy.nodes
+        }  # fmt: skip
+        engine.deferred &= set(engine.firing)
         for name, n in data["nodes"].items():
+            if name not in policy.nodes:
+                continue
             state = NodeState(**{**n, "queued": None, "running": None})
             state.queued = Action(**n["queued"]) if n["queued"] else None
             state.running = Action(**n["running"]) if n["running"] else None

@@ -246,8 +246,12 @@ class Recovery:
                 data = await resp.json()
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
-        ok = isinstance(data, dict) and isinstance(data.get("height"), int)
-        return data if ok else None
+        ok = (
+            isinstance(data, dict)
+            and isinstance(data.get("height"), int)
+            and isinstance(data.get("sync_lag_blocks"), int)
+        )
+        return data if ok else None  # what does not look like a node's status is no answer
 
     async def statuses(self, nodes: list[Node]) -> dict[str, dict | None]:
         found = await asyncio.gather(*(self.node_status(n) for n in nodes))
@@ -257,10 +261,7 @@ class Recovery:
         """Validators that answer and are within two blocks of the head they report."""
         validators = [n for n in self.config.nodes.values() if n.validator]
         found = await self.statuses(validators)
-        return {
-            name: s is not None and int(s.get("sync_lag_blocks", 0)) <= 2
-            for name, s in found.items()
-        }
+        return {name: s is not None and s["sync_lag_blocks"] <= 2 for name, s in found.items()}
 
     async def perform(self, action: Action, node: Node, resumed: bool) -> Outcome:
         """Do ``action`` (not in a dry run, nor when resuming after a restart of this
@@ -328,13 +329,9 @@ class Recovery:
             host = other.host(c.ssh_key_file)
             try:
                 with self._connect(host) as conn:
-                    if ops.status(conn, host).get("lag") != 0:
-                        continue
-                    made = ops.snapshot(conn, host, c.work_dir)
+                    return ops.snapshot_of_healthy(conn, host, c.work_dir), True
             except ops.OpsError as exc:
                 log.warning("no snapshot from %s: %s", other.name, exc)
-                continue
-            return Path(made["file"]), True
         raise ops.OpsError("no recent backup, and no healthy node to take a snapshot from")
 
     def _connect(self, host: ops.Host):
@@ -344,8 +341,9 @@ class Recovery:
 
     async def escalate(self, d: Decision) -> None:
         """Tell a human, through Alertmanager: an alert routed to the human receiver. Not
-        for the chain-halted alert: the human receiver has that one already."""
-        if not self.config.alertmanagers or d.reason == "chain_halted":
+        for the chain-halted alert (the human receiver has that one already), nor in a dry
+        run (recorded in the audit log only)."""
+        if not self.config.alertmanagers or d.reason == "chain_halted" or self.dry_run:
             return
         node = self.config.nodes.get(d.node)
         now = time.time()
@@ -382,12 +380,26 @@ class Recovery:
     # ---- the loop ------------------------------------------------------------------------
 
     async def scheduler(self) -> None:
+        while True:
+            try:
+                await self._schedule()
+            except Exception:  # a bug must not stop recovery for good: log it, go on
+                log.exception("scheduler")
+                self.metrics.decisions.labels("error", "scheduler").inc()
+                await asyncio.sleep(TICK_S)  # not in a tight loop
+
+    async def _schedule(self) -> None:
         last_tick = 0.0
         while True:
             now = time.time()
             if now - last_tick >= TICK_S:
+                healthy = await self.validators_healthy() if self.engine.deferred else {}
                 async with self.lock:
-                    self._commit(self.engine.tick(now), now)
+                    now = time.time()
+                    decisions = self.engine.tick(now)
+                    if self.engine.deferred:
+                        decisions += self.engine.replan(now, healthy)
+                    self._commit(decisions, now)
                 last_tick = now
             await self.run_due()
             due = self.engine.next_due()
@@ -451,10 +463,9 @@ def _error(status: int, message: str) -> web.Response:
 
 
 async def webhook(request: web.Request) -> web.Response:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        return _error(413, f"body larger than {MAX_BODY} bytes")
-    body = await request.content.read(MAX_BODY + 1)
-    if len(body) > MAX_BODY:
+    try:
+        body = await request.read()  # at most client_max_size (MAX_BODY)
+    except web.HTTPRequestEntityTooLarge:
         return _error(413, f"body larger than {MAX_BODY} bytes")
     try:
         alerts = parse_webhook(json.loads(body))

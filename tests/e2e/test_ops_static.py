@@ -229,6 +229,7 @@ def test_recovery_gets_the_inventory_nodes_the_alerts_and_is_scraped(tmp_path):
         "validator": True,
         "home": "/opt/qnet",
         "data_dir": "/var/lib/qnet",
+        "user": "qnet",  # the node's user, which the gate runs its files' commands as
     }
     assert config["nodes"]["full-af-1.qnet.example.org"]["region"] == "af"
     assert not config["nodes"]["full-af-1.qnet.example.org"]["validator"]

@@ -3,6 +3,7 @@
 injections and near misses are refused with 126 and one line naming them."""
 
 import os
+import pwd
 import subprocess
 import sys
 
@@ -34,10 +35,11 @@ def passes(command: str) -> bool:
         f"runuser -u qnet -- {CLI} --json node snapshot --data-dir /var/lib/qnet --out {SNAP}",
         f"runuser -u qnet -- {CLI} --json node restore --data-dir /var/lib/qnet --from {SNAP} "
         "--aside",
-        f"cat {SNAP}",
+        f"runuser -u qnet -- cat {SNAP}",
         f"runuser -u qnet -- dd of={SNAP} status=none",
-        f"rm -f {SNAP}",
-        f"'rm' '-f' '{SNAP}'",  # quoting is the shell's business, the words are the same
+        f"runuser -u qnet -- rm -f {SNAP}",
+        f"'runuser' '-u' 'qnet' '--' 'rm' '-f' '{SNAP}'",  # quoting is the shell's business
+        "systemctl reset-failed qnet-node",
     ],
 )
 def test_the_commands_ops_sends_pass(command):
@@ -81,6 +83,8 @@ def test_the_commands_ops_sends_pass(command):
         "cat /var/lib/other/snapshots/x.tar.gz",
         "cat /var/lib/qnet/snapshots//x.tar.gz",
         f"cat {SNAP} /var/lib/qnet/node_key",
+        f"cat {SNAP}",  # as root: the node's user owns the directory and could plant a link
+        f"rm -f {SNAP}",
         f"rm -rf {SNAP}",
         f"rm -f {SNAP} /var/lib/qnet/chain.db",
         "rm -f /var/lib/qnet/snapshots",
@@ -100,11 +104,13 @@ def test_injections_and_near_misses_are_refused(command):
     assert not passes(command)
 
 
-def run_gate(command: str | None, data_dir: str = "/var/lib/qnet") -> subprocess.CompletedProcess:
+def run_gate(
+    command: str | None, data_dir: str = "/var/lib/qnet", user: str = "qnet"
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "SSH_ORIGINAL_COMMAND"}
     if command is not None:
         env["SSH_ORIGINAL_COMMAND"] = command
-    flags = [*GATE_FLAGS[:3], data_dir, *GATE_FLAGS[4:], "--user", "qnet"]
+    flags = [*GATE_FLAGS[:3], data_dir, *GATE_FLAGS[4:], "--user", user]
     return subprocess.run(
         [sys.executable, "-m", "qnet.gate", *flags], env=env, capture_output=True, timeout=30
     )
@@ -122,9 +128,11 @@ def test_the_gate_exits_126_with_one_line_naming_what_it_refused(command):
 def test_the_gate_execs_an_allowed_command_without_a_shell(tmp_path):
     (tmp_path / "snapshots").mkdir()
     (tmp_path / "snapshots" / NAME).write_bytes(b"\x00snapshot bytes\xff")
-    done = run_gate(f"cat {tmp_path}/snapshots/{NAME}", data_dir=str(tmp_path))
+    me = pwd.getpwuid(os.getuid()).pw_name  # the node's user here: runuser needs root
+    read = f"runuser -u {me} -- cat {tmp_path}/snapshots/{NAME}"
+    done = run_gate(read, data_dir=str(tmp_path), user=me)
     assert (done.returncode, done.stdout) == (0, b"\x00snapshot bytes\xff"), done.stderr
-    beside = run_gate(f"cat {tmp_path}/snapshots/{NAME}")  # another data dir than the gate's
+    beside = run_gate(read, user=me)  # another data dir than the gate's
     assert beside.returncode == 126
 
 

@@ -59,16 +59,17 @@ class NodeHost:
             action = argv[1]
             if action == "is-active":
                 return (0 if self.service == "active" else 3), f"{self.service}\n".encode(), b""
-            self.service = "inactive" if action == "stop" else "active"
+            if action != "reset-failed":
+                self.service = "inactive" if action == "stop" else "active"
             return 0, b"", b""
         if argv[0] == "journalctl":
             return 0, "".join(f"line {i}\n" for i in range(int(argv[4]))).encode(), b""
-        if argv[0] == "cat":
-            if argv[1] not in self.files:
+        if argv[0] == "runuser" and argv[4] == "cat":  # runuser -u qnet -- cat FILE
+            if argv[5] not in self.files:
                 return 1, b"", b"cat: No such file or directory"
-            return 0, self.files[argv[1]], b""
-        if argv[0] == "rm":
-            self.files.pop(argv[2], None)
+            return 0, self.files[argv[5]], b""
+        if argv[0] == "runuser" and argv[4] == "rm":  # runuser -u qnet -- rm -f FILE
+            self.files.pop(argv[6], None)
             return 0, b"", b""
         if argv[0] == "/opt/qnet/current/bin/qnet-cli":  # the node status call, as root
             if self.service != "active":
@@ -206,7 +207,7 @@ def test_every_command_of_the_recovery_functions_passes_the_gate(host, tmp_path)
     assert result["aside"] == "/var/lib/qnet/aside/20250101T000000Z" and result["height"] == 55
     assert host.refused == []
     kinds = {shlex.split(c)[0] for c in host.sent}
-    assert kinds == {"systemctl", "journalctl", "cat", "rm", "runuser", LAYOUT.cli}
+    assert kinds == {"systemctl", "journalctl", "runuser", LAYOUT.cli}
     assert host.files == {}  # nothing left in the snapshot directory
 
 
@@ -214,13 +215,13 @@ def test_a_snapshot_is_fetched_over_an_exec_channel_byte_for_byte(host, tmp_path
     taken = ops.snapshot(Connection(host), HOST, tmp_path)
     name = Path(taken["file"]).name
     assert Path(taken["file"]).read_bytes() == host.taken[0]
-    assert f"cat /var/lib/qnet/snapshots/{name}" in host.sent
-    assert f"rm -f /var/lib/qnet/snapshots/{name}" in host.sent
+    assert f"runuser -u qnet -- cat /var/lib/qnet/snapshots/{name}" in host.sent
+    assert f"runuser -u qnet -- rm -f /var/lib/qnet/snapshots/{name}" in host.sent
     assert [p.name for p in tmp_path.iterdir()] == [name]  # no partial file left beside it
 
 
 def test_a_failed_fetch_leaves_no_file_and_removes_the_hosts_copy(host, tmp_path, monkeypatch):
-    gone = lambda node, name: ["cat", node.scratch_file("gone.tar.gz")]  # noqa: E731
+    gone = lambda node, name: ops._as_node_user(node, ["cat", node.scratch_file("gone.tar.gz")])  # noqa: E731
     monkeypatch.setattr(ops, "read_file_argv", gone)
     with pytest.raises(ops.OpsError, match="exited 1: cat: No such file"):
         ops.snapshot(Connection(host), HOST, tmp_path)
@@ -234,7 +235,7 @@ def test_resync_sends_the_archive_restores_it_aside_and_waits_for_the_node(host,
     assert host.restored == [archive.read_bytes()]  # what arrived is what was sent
     assert (result["snapshot_height"], result["height"], host.service) == (77, 77, "active")
     order = [shlex.split(c)[1] for c in host.sent if c.startswith("systemctl ")]
-    assert order[-2:] == ["is-active", "start"] and "stop" in order
+    assert order[-2:] == ["reset-failed", "start"] and "stop" in order
     assert any("--aside" in c for c in host.sent) and host.files == {}
     assert len(steps) >= 4
 

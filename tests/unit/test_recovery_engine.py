@@ -84,6 +84,7 @@ class Run:
 
     def _due(self) -> None:
         halted = bool(self.engine.halted)
+        self._take(self.engine.replan(self.now, dict(self.healthy)))  # the service's tick
         started, decisions = self.engine.due(self.now, dict(self.healthy))
         self._take(decisions)
         for action in started:
@@ -230,6 +231,22 @@ def test_two_of_four_validators_down_escalates_and_does_nothing():
     assert run.starts and run.starts[-1][1] == "f1"
 
 
+def test_an_alert_refused_for_the_quorum_is_acted_on_once_the_quorum_allows_it():
+    run = Run()
+    run.step(("health", "v2", False))
+    run.step(("health", "v3", False))
+    run.step(("alert", alert(1, "firing", "v1", 0)))
+    run.step(("advance", 30))
+    assert (run.log[-1]["decision"], run.log[-1]["reason"]) == ("escalate", "quorum")
+    assert not run.starts
+    run.step(("health", "v3", True))  # v3 and v4 hold 2 of 4 without v1: still no
+    assert not run.starts
+    run.step(("health", "v2", True))
+    assert [n for _, n, _, _ in run.starts] == ["v1"]
+    decisions = [(r["decision"], r["reason"]) for r in run.log]
+    assert decisions.count(("escalate", "quorum")) == 1 and ("act", "deferred") in decisions
+
+
 def test_chain_halted_escalates_and_stops_everything():
     run = Run()
     run.step(("alert", alert(99, "firing", "", 0, "none", alertname=HALTED)))
@@ -237,8 +254,9 @@ def test_chain_halted_escalates_and_stops_everything():
     run.step(("alert", alert(1, "firing", "f1", 0)))
     assert (run.log[-1]["decision"], run.log[-1]["reason"]) == ("escalate", "chain_halted")
     run.step(("alert", alert(99, "resolved", "", 0, "none", alertname=HALTED)))
+    assert run.starts and run.starts[-1][1] == "f1"  # deferred, then planned again
     run.step(("alert", alert(1, "firing", "f1", 1)))
-    assert run.starts and run.starts[-1][1] == "f1"
+    assert (run.log[-1]["decision"], run.log[-1]["reason"]) == ("skip", "running")
 
 
 def test_alerts_that_do_not_match_are_only_recorded():
