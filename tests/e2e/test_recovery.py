@@ -76,7 +76,7 @@ def test_a_frozen_validator_is_restarted_catches_up_and_its_alert_resolves(net):
     assert finished[0]["rule"] == "QNetNodeDown"
     assert drill.detect_s <= DETECT_TARGET_S, drill
     assert drill.recover_s <= RECOVER_TARGET_S, drill
-    assert not drills._firing(net, host)  # resolved
+    assert not drills.active(net, host, "QNetNodeDown")  # resolved
 
 
 def test_a_corrupted_chain_database_is_resynced_and_matches_block_for_block(net):
