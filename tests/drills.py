@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -68,6 +69,9 @@ FAST_ALERTS = {
     "prometheus_alert_for_overrides": {
         "QNetNodeDown/critical": "10s",
         "QNetNodeDataDamaged/critical": "0s",
+        # Drills restart nodes on purpose, several times in 15 minutes: QNetRestartLoop would
+        # fire, and it inhibits the QNetNodeDown that recovery acts on.
+        "QNetRestartLoop/critical": "1h",
     }
 }
 # A disk that damaged the chain at rest: the node stops (its database is checkpointed into
@@ -203,25 +207,32 @@ def _times(drill: Drill, records: list[dict]) -> None:
         drill.recover_s = round(drill.recover_s, 1)
 
 
-def acting_alerts(net: Testnet, host) -> list[str]:
-    """The alerts of ``host`` that recovery acts on (action restart or resync) and that still
-    fire, as recovery knows them. Others may go on firing after a drill and are not its
-    business: QNetRestartLoop, say, after several faults on one node within 15 minutes."""
-    asked = net.bed.ssh(net.monitor, f"{RECOVERY_CLI} status --json")
-    if asked.returncode != 0:  # restarting: nothing known yet
-        return ["(qnet-recovery does not answer)"]
-    return [a for a in json.loads(asked.stdout)["firing"] if a.split()[-1] == host.name]
+def am_alerts(net: Testnet, inhibited: bool = True, **matchers: str) -> list[dict]:
+    """Alertmanager's active alerts matching ``matchers`` (label="value", or "~regex")."""
+    query = "&".join(
+        "filter=" + urllib.parse.quote(f'{k}=~"{v[1:]}"' if v.startswith("~") else f'{k}="{v}"')
+        for k, v in matchers.items()
+    )
+    code, alerts = http(
+        "GET",
+        f"{net.alertmanager}/api/v2/alerts?active=true&silenced=false"
+        f"&inhibited={str(inhibited).lower()}&{query}",
+        timeout=5,
+    )
+    return alerts if code == 200 else [{"error": code}]
+
+
+def acting_alerts(net: Testnet, host) -> list[dict]:
+    """``host``'s alerts that recovery acts on (action restart or resync), active and not
+    inhibited: Alertmanager is the source of truth (recovery does not hear that an alert
+    resolved while it was inhibited). Others may go on firing after a drill and are not
+    its business: QNetRestartLoop, say, after several faults on one node in 15 minutes."""
+    return am_alerts(net, inhibited=False, node=host.name, action="~restart|resync")
 
 
 def active(net: Testnet, host, alertname: str) -> list[dict]:
-    """``alertname``'s active alerts of ``host`` in Alertmanager (inhibited ones too)."""
-    code, alerts = http(
-        "GET",
-        f"{net.alertmanager}/api/v2/alerts?active=true&silenced=false&inhibited=true"
-        f"&filter=node%3D%22{host.name}%22&filter=alertname%3D%22{alertname}%22",
-        timeout=5,
-    )
-    return alerts if code == 200 else []
+    """``alertname``'s active alerts of ``host`` (inhibited ones too)."""
+    return am_alerts(net, node=host.name, alertname=alertname)
 
 
 def settle(net: Testnet, timeout: float = 120) -> None:
@@ -229,20 +240,23 @@ def settle(net: Testnet, timeout: float = 120) -> None:
     chain-halted one) fires any more, then give every node its full budget and backoff."""
 
     def quiet() -> bool:
-        asked = net.bed.ssh(net.monitor, f"{RECOVERY_CLI} status --json")
-        if asked.returncode != 0:  # not answering yet: restarting
-            return False
-        s = json.loads(asked.stdout)
-        return not s["chain_halted"] and not s["firing"]
+        halted = am_alerts(net, alertname="QNetChainHalted")
+        return not halted and not any(acting_alerts(net, h) for h in net.validators)
 
     wait_for(quiet, timeout, "recovery's alerts to resolve")
     for host in net.validators:
         recovery(net, "reset", host.name)
 
 
-def enable_fast_alerts(net: Testnet) -> None:
+def enable_fast_alerts(net: Testnet, timeout: float = 1000) -> None:
+    """FAST_ALERTS on the monitoring host, then wait until no QNetRestartLoop that fired
+    before is left (it resolves once its 15-minute window holds fewer than 3 starts)."""
     run = net.run("monitoring.yml", "-l", net.monitor.name, **FAST_ALERTS)
     assert run.returncode == 0, run.output[-4000:]
+    started = time.monotonic()
+    wait_for(lambda: not am_alerts(net, alertname="QNetRestartLoop"), timeout,
+             "earlier QNetRestartLoop alerts to resolve")  # fmt: skip
+    print(f"fast alerts on; no restart loop left after {time.monotonic() - started:.0f} s")
 
 
 def blocks_match(net: Testnet, host, other) -> int:
@@ -350,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("drill-results"))
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument(
+        "--name",
+        default="qd",
+        help="testbed name (hosts NAME-1..6); not the e2e tests' qt, which it would take down",
+    )
+    parser.add_argument("--subnet", default="10.79.2", help="the testbed's /24, first 3 octets")
+    parser.add_argument(
         "--upgrades", type=int, default=10, help="rolling upgrades in a row under load, first"
     )
     args = parser.parse_args(argv)
@@ -359,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds = [KINDS[i % len(KINDS)] for i in range(args.drills)]
     rng.shuffle(kinds)
     with tempfile.TemporaryDirectory(prefix="qnet-drill-") as home:
-        net = e2e_testnet.deploy(Path(home))
+        net = e2e_testnet.deploy(Path(home), args.name, args.subnet)
         drills: list[Drill] = []
         soak = None
         try:

@@ -145,13 +145,13 @@ class Testnet:
         )
 
 
-def deploy(home: Path) -> Testnet:
+def deploy(home: Path, name: str = NAME, subnet: str = SUBNET) -> Testnet:
     """Boot the hosts, build the artifacts, fund the wallets in the genesis, run a check-mode
     rollout against the fresh hosts and the real one; the caller takes the testbed down."""
-    tb.Testbed(0, NAME).down()  # a testbed left by an interrupted session
+    tb.Testbed(0, name).down()  # a testbed left by an interrupted session
     with ThreadPoolExecutor(2) as pool:
         wheelhouse = pool.submit(testnet.build_artifacts, home / "artifacts")
-        booted = pool.submit(tb.Testbed(len(REGIONS) + 2, NAME, SUBNET).up)
+        booted = pool.submit(tb.Testbed(len(REGIONS) + 2, name, subnet).up)
         try:
             wheelhouse.result()
         finally:

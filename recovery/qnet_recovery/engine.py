@@ -213,10 +213,14 @@ class Engine:
             if alert is None or node is None or node.blocked:
                 self.deferred.discard(fp)
                 continue
+            base = {"alertname": alert.name, "fingerprint": fp, "node": alert.node}
+            if healthy.get(alert.node):  # back by itself or by a human, maybe unheard of
+                self.deferred.discard(fp)  # (a resolution Alertmanager inhibited)
+                out.append(Decision(now, "skip", "healthy_now", **base))
+                continue
             if node.running or node.queued or not self._quorum_ok(alert.node, healthy):
                 continue
             self.deferred.discard(fp)
-            base = {"alertname": alert.name, "fingerprint": fp, "node": alert.node}
             action = Action(self.next_id, alert.node, alert.action, fp, alert.name, now)
             out += self._plan(action, now, healthy, base, reason="deferred")
         return out

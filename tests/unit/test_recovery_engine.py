@@ -224,6 +224,7 @@ def test_backoff_doubles_and_a_resolved_alert_cancels_the_queued_action():
 
 def test_two_of_four_validators_down_escalates_and_does_nothing():
     run = Run()
+    run.step(("health", "v1", False))
     run.step(("health", "v2", False))
     run.step(("alert", alert(1, "firing", "v1", 0)))
     assert run.log[-1]["decision"] == "escalate" and run.log[-1]["reason"] == "quorum"
@@ -233,8 +234,8 @@ def test_two_of_four_validators_down_escalates_and_does_nothing():
 
 def test_an_alert_refused_for_the_quorum_is_acted_on_once_the_quorum_allows_it():
     run = Run()
-    run.step(("health", "v2", False))
-    run.step(("health", "v3", False))
+    for down in ("v1", "v2", "v3"):
+        run.step(("health", down, False))
     run.step(("alert", alert(1, "firing", "v1", 0)))
     run.step(("advance", 30))
     assert (run.log[-1]["decision"], run.log[-1]["reason"]) == ("escalate", "quorum")
@@ -245,6 +246,18 @@ def test_an_alert_refused_for_the_quorum_is_acted_on_once_the_quorum_allows_it()
     assert [n for _, n, _, _ in run.starts] == ["v1"]
     decisions = [(r["decision"], r["reason"]) for r in run.log]
     assert decisions.count(("escalate", "quorum")) == 1 and ("act", "deferred") in decisions
+
+
+def test_a_deferred_alert_of_a_node_that_came_back_is_dropped():
+    run = Run()
+    for down in ("v1", "v2", "v3"):
+        run.step(("health", down, False))
+    run.step(("alert", alert(1, "firing", "v1", 0)))
+    run.step(("health", "v1", True))  # a human started it; its resolution was inhibited
+    assert (run.log[-1]["decision"], run.log[-1]["reason"]) == ("skip", "healthy_now")
+    run.step(("health", "v2", True))
+    run.step(("health", "v3", True))
+    assert not run.starts and not run.engine.deferred
 
 
 def test_chain_halted_escalates_and_stops_everything():
