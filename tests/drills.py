@@ -99,11 +99,12 @@ class Drill:
 
 
 def status_of(address: str) -> dict | None:
-    try:
-        code, body = http("GET", f"http://{address}:7370/api/v1/status", timeout=2)
-    except OSError:
-        return None
-    return body if code == 200 and isinstance(body, dict) else None
+    return e2e_testnet.testnet.node_status(address, timeout=2)
+
+
+def audit_of(net: Testnet, host, since: float) -> list[dict]:
+    """Recovery's audit records of ``host`` since ``since``."""
+    return [r for r in audit_since(net, since) if r.get("node") == host.name]
 
 
 def audit_since(net: Testnet, since: float) -> list[dict]:
@@ -170,7 +171,7 @@ def run_drill(net: Testnet, host, kind: str, deadline_s: float = RECOVER_DEADLIN
                     and (kind != "disconnect" or timer is None or not timer.is_alive())
                 ):
                     drill.recover_s = now - drill.started
-            records = [r for r in audit_since(net, drill.started) if r.get("node") == host.name]
+            records = audit_of(net, host, drill.started)
             _times(drill, records)
             settled = not any(r["decision"] in ("act", "queue", "start") for r in records) or any(
                 r["decision"] == "finish" for r in records
@@ -185,7 +186,7 @@ def run_drill(net: Testnet, host, kind: str, deadline_s: float = RECOVER_DEADLIN
         if timer is not None:
             timer.cancel()
             net.bed.heal(host)
-    drill.audit = [r for r in audit_since(net, drill.started) if r.get("node") == host.name]
+    drill.audit = audit_of(net, host, drill.started)
     _times(drill, drill.audit)
     escalations = [r["reason"] for r in drill.audit if r["decision"] == "escalate"]
     if escalations:
@@ -240,8 +241,13 @@ def settle(net: Testnet, timeout: float = 120) -> None:
     chain-halted one) fires any more, then give every node its full budget and backoff."""
 
     def quiet() -> bool:
-        halted = am_alerts(net, alertname="QNetChainHalted")
-        return not halted and not any(acting_alerts(net, h) for h in net.validators)
+        if am_alerts(net, alertname="QNetChainHalted") or any(
+            acting_alerts(net, h) for h in net.validators
+        ):
+            return False
+        # Recovery hears of the halt's end a moment after Alertmanager marks it resolved.
+        asked = net.bed.ssh(net.monitor, f"{RECOVERY_CLI} status --json")
+        return asked.returncode == 0 and not json.loads(asked.stdout)["chain_halted"]
 
     wait_for(quiet, timeout, "recovery's alerts to resolve")
     for host in net.validators:

@@ -8,17 +8,19 @@ of range is a ``ConfigError`` naming the key. Durations are Prometheus-style: ``
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from qnet.ops import Host
 
-from .engine import Budget, NodeInfo, Policy
+from .engine import DEFAULT_MATCH, Budget, NodeInfo, Policy
 
 DEFAULT_PATH = Path("/etc/qnet-recovery/config.yml")
 ABSOLUTE = (lambda v: v.startswith("/"), "an absolute path")
+USER = (lambda v: bool(re.fullmatch(r"[a-z_][a-z0-9_-]*", v)), "a user name")
+PORT = (lambda v: 1 <= v <= 65535, "a port (1-65535)")
 _DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 
 
@@ -67,24 +69,24 @@ class Node:
 
 @dataclass(frozen=True)
 class Config:
+    """A checked configuration; ``parse`` holds the defaults of the file's keys."""
+
     nodes: dict[str, Node]
-    listen_host: str = "127.0.0.1"
-    listen_port: int = 9097
-    state_file: Path = Path("/var/lib/qnet-recovery/state.json")
-    audit_log: Path = Path("/var/log/qnet-recovery/audit.jsonl")
-    dry_run: bool = False
-    alertmanagers: tuple[str, ...] = ()
-    match: dict[str, str] = field(
-        default_factory=lambda: {"severity": "critical", "action": "restart|resync"}
-    )
-    chain_halted_alert: str = "QNetChainHalted"
-    budget: Budget = field(default_factory=Budget)
-    verify_deadline_s: float = 120.0
-    backup_dir: Path | None = None
-    backup_max_age_s: float = 6 * 3600.0
-    work_dir: Path = Path("/var/lib/qnet-recovery/work")
-    ssh_key_file: str = "/var/lib/qnet-recovery/.ssh/id_ed25519"
-    known_hosts: str = "/var/lib/qnet-recovery/.ssh/known_hosts"
+    listen_host: str
+    listen_port: int
+    state_file: Path
+    audit_log: Path
+    dry_run: bool
+    alertmanagers: tuple[str, ...]
+    match: dict[str, str]
+    chain_halted_alert: str
+    budget: Budget
+    verify_deadline_s: float
+    backup_dir: Path | None
+    backup_max_age_s: float
+    work_dir: Path
+    ssh_key_file: str
+    known_hosts: str
 
     @property
     def policy(self) -> Policy:
@@ -148,10 +150,6 @@ class _Reader:
             raise ConfigError(f"unknown key(s): {names}")
 
 
-def _port(v: int) -> bool:
-    return 1 <= v <= 65535
-
-
 def _node(name: object, data: object) -> Node:
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", name):
         raise ConfigError(f"nodes: {name!r} is not a host name")
@@ -162,15 +160,9 @@ def _node(name: object, data: object) -> Node:
     node = Node(
         name=name,
         address=address,
-        ssh_port=r.take("ssh_port", int, 22, _port, "a port (1-65535)"),
-        ssh_user=r.take(
-            "ssh_user",
-            str,
-            "root",
-            lambda v: bool(re.fullmatch(r"[a-z_][a-z0-9_-]*", v)),
-            "a user name",
-        ),
-        api_port=r.take("api_port", int, 7370, _port, "a port (1-65535)"),
+        ssh_port=r.take("ssh_port", int, 22, *PORT),
+        ssh_user=r.take("ssh_user", str, "root", *USER),
+        api_port=r.take("api_port", int, 7370, *PORT),
         node_type=r.take(
             "node_type",
             str,
@@ -180,17 +172,9 @@ def _node(name: object, data: object) -> Node:
         ),
         region=r.take("region", str, "?"),
         validator=r.take("validator", bool, False),
-        home=r.take("home", str, "/opt/qnet", lambda v: v.startswith("/"), "an absolute path"),
-        data_dir=r.take(
-            "data_dir", str, "/var/lib/qnet", lambda v: v.startswith("/"), "an absolute path"
-        ),
-        user=r.take(
-            "user",
-            str,
-            "qnet",
-            lambda v: bool(re.fullmatch(r"[a-z_][a-z0-9_-]*", v)),
-            "a user name (the node's, as the gate knows it)",
-        ),
+        home=r.take("home", str, "/opt/qnet", *ABSOLUTE),
+        data_dir=r.take("data_dir", str, "/var/lib/qnet", *ABSOLUTE),
+        user=r.take("user", str, "qnet", *USER),  # the node's, as the gate knows it
         power=r.take("power", int, 1, lambda v: v > 0, "a positive integer"),
     )
     r.done()
@@ -203,7 +187,7 @@ def parse(data: object) -> Config:
         "listen", str, "127.0.0.1:9097", lambda v: bool(re.fullmatch(r".+:\d{1,5}", v)), "host:port"
     )
     host, _, port = listen.rpartition(":")
-    if not _port(int(port)):
+    if not PORT[0](int(port)):
         raise ConfigError(f"listen: port {port} is out of range")
     raw_nodes = r.take("nodes", dict, None)
     if not raw_nodes:
@@ -211,7 +195,7 @@ def parse(data: object) -> Config:
     nodes = {str(n): _node(n, d) for n, d in raw_nodes.items()}
     if not any(n.validator for n in nodes.values()):
         raise ConfigError("nodes: no validator (validator: true) among them")
-    match = r.take("match", dict, {"severity": "critical", "action": "restart|resync"})
+    match = r.take("match", dict, dict(DEFAULT_MATCH))
     for label, rx in match.items():
         if not isinstance(label, str) or not isinstance(rx, str):
             raise ConfigError(f"match.{label}: label and pattern must be strings")
@@ -223,13 +207,15 @@ def parse(data: object) -> Config:
     for url in ams:
         if not isinstance(url, str) or not re.fullmatch(r"https?://\S+", url):
             raise ConfigError(f"alertmanagers: {url!r} is not an http(s) URL")
-    b = r.sub("budget")
+    b, default = r.sub("budget"), Budget()
     budget = Budget(
-        max_actions=b.take("max_actions", int, 3, lambda v: 1 <= v <= 100, "from 1 to 100"),
-        window_s=b.duration("window", 1800.0),
-        backoff_initial_s=b.duration("backoff_initial", 10.0),
-        backoff_max_s=b.duration("backoff_max", 300.0),
-        healthy_reset_s=b.duration("healthy_reset", 600.0),
+        max_actions=b.take(
+            "max_actions", int, default.max_actions, lambda v: 1 <= v <= 100, "from 1 to 100"
+        ),
+        window_s=b.duration("window", default.window_s),
+        backoff_initial_s=b.duration("backoff_initial", default.backoff_initial_s),
+        backoff_max_s=b.duration("backoff_max", default.backoff_max_s),
+        healthy_reset_s=b.duration("healthy_reset", default.healthy_reset_s),
     )
     b.done()
     if budget.backoff_max_s < budget.backoff_initial_s:
@@ -239,13 +225,7 @@ def parse(data: object) -> Config:
         "backup_dir", str, "", lambda v: v == "" or v.startswith("/"), "an absolute path or empty"
     )
     resync_age = rs.duration("backup_max_age", 6 * 3600.0)
-    work_dir = rs.take(
-        "work_dir",
-        str,
-        "/var/lib/qnet-recovery/work",
-        lambda v: v.startswith("/"),
-        "an absolute path",
-    )
+    work_dir = rs.take("work_dir", str, "/var/lib/qnet-recovery/work", *ABSOLUTE)
     rs.done()
     s = r.sub("ssh")
     key_file = s.take("key_file", str, "/var/lib/qnet-recovery/.ssh/id_ed25519", *ABSOLUTE)
@@ -260,7 +240,7 @@ def parse(data: object) -> Config:
         dry_run=r.take("dry_run", bool, False),
         alertmanagers=tuple(ams),
         match=match,
-        chain_halted_alert=r.take("chain_halted_alert", str, "QNetChainHalted"),
+        chain_halted_alert=r.take("chain_halted_alert", str, Policy.chain_halted_alert),
         budget=budget,
         verify_deadline_s=r.duration("verify_deadline", 120.0, minimum=5.0),
         backup_dir=Path(backup_dir) if backup_dir else None,

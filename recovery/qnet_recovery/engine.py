@@ -38,6 +38,7 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 
 ACTIONS = ("restart", "resync")
+DEFAULT_MATCH = {"severity": "critical", "action": "restart|resync"}
 SEEN_TTL_S = 24 * 3600.0
 MAX_SEEN = 20_000  # deliveries remembered for deduplication (oldest forgotten first)
 
@@ -66,9 +67,7 @@ class NodeInfo:
 @dataclass(frozen=True)
 class Policy:
     nodes: dict[str, NodeInfo]
-    match: dict[str, str] = field(
-        default_factory=lambda: {"severity": "critical", "action": "restart|resync"}
-    )
+    match: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_MATCH))
     chain_halted_alert: str = "QNetChainHalted"
     budget: Budget = field(default_factory=Budget)
 

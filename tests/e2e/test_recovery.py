@@ -96,16 +96,31 @@ def test_a_corrupted_chain_database_is_resynced_and_matches_block_for_block(net)
     assert len(aside) == 1
 
 
+CONFIG = "/var/lib/qnet/config.toml"
+
+
+def break_config(net: Testnet, host) -> float:
+    """Restart ``host``'s node into a config.toml it refuses (exit 2, not restarted by
+    systemd, nor by recovery's restarts); when that began."""
+    net.ssh(host, f"cp -p {CONFIG} /root/config.toml.good && echo 'api_port = \"abc\"' >> "
+                  f"{CONFIG} && systemctl restart qnet-node")  # fmt: skip
+    return time.time()
+
+
+def mend_config(net: Testnet, host, restart: bool = False) -> None:
+    fix = f"cp -p /root/config.toml.good {CONFIG}"
+    if restart:
+        fix += " && systemctl reset-failed qnet-node && systemctl restart qnet-node"
+    net.ssh(host, fix)
+
+
 def test_a_node_that_fails_after_every_restart_gets_its_budget_then_one_escalation(net):
     host = net.validators[3]
-    config = "/var/lib/qnet/config.toml"
-    net.ssh(host, f"cp -p {config} /root/config.toml.good && echo 'api_port = \"abc\"' >> {config}"
-                  " && systemctl restart qnet-node")  # fmt: skip
-    started = time.time()
+    started = break_config(net, host)
     try:
 
         def escalated():
-            records = [r for r in drills.audit_since(net, started) if r.get("node") == host.name]
+            records = drills.audit_of(net, host, started)
             return records if ("escalate", "budget_exhausted") in decisions(records) else None
 
         spent = wait_for(escalated, 180, f"recovery to spend {host.name}'s budget")
@@ -113,7 +128,7 @@ def test_a_node_that_fails_after_every_restart_gets_its_budget_then_one_escalati
         # well past the time a fourth attempt would have come (backoff 40 s after the third).
         third = max(drills._wall(r["time"]) for r in spent if r["decision"] == "start")
         wait_for(lambda: time.time() > third + 60, 90, "a minute after the third attempt")
-        records = [r for r in drills.audit_since(net, started) if r.get("node") == host.name]
+        records = drills.audit_of(net, host, started)
         starts = [r for r in records if r["decision"] == "start"]
         outcomes = [r["outcome"] for r in records if r["decision"] == "finish"]
         print(
@@ -132,11 +147,7 @@ def test_a_node_that_fails_after_every_restart_gets_its_budget_then_one_escalati
         note = wait_for(lambda: escalation_notes(net, host, started), 60, "the escalation")
         assert len(note) == 1
     finally:
-        net.ssh(
-            host,
-            f"cp -p /root/config.toml.good {config} && systemctl reset-failed qnet-node && "
-            "systemctl restart qnet-node",
-        )
+        mend_config(net, host, restart=True)
 
 
 def escalation_notes(net: Testnet, host, since: float) -> list[dict]:
@@ -189,7 +200,7 @@ def test_the_same_alert_delivered_three_times_leads_to_one_action(net):
         post(net, {"version": "4", "status": status_, "alerts": [alert]})
 
     def finished():
-        records = [r for r in drills.audit_since(net, started) if r.get("node") == host.name]
+        records = drills.audit_of(net, host, started)
         return records if any(r["decision"] == "finish" for r in records) else None
 
     records = wait_for(finished, 150, "the restart to be verified")
@@ -216,28 +227,25 @@ def test_recovery_killed_in_the_middle_of_a_drill_repeats_nothing(net):
     backoff; qnet-recovery is killed while it waits and the config is fixed: the restarted
     service runs the queued retry once, repeats nothing, and keeps the budget spent."""
     host = net.validators[2]
-    config = "/var/lib/qnet/config.toml"
-    net.ssh(host, f"cp -p {config} /root/config.toml.good && echo 'api_port = \"abc\"' >> {config}"
-                  " && systemctl restart qnet-node")  # fmt: skip
-    started = time.time()
+    started = break_config(net, host)
     try:
 
         def queued():
-            records = [r for r in drills.audit_since(net, started) if r.get("node") == host.name]
+            records = drills.audit_of(net, host, started)
             return records if ("queue", "backoff") in decisions(records) else None
 
         wait_for(queued, 120, f"a failed restart of {host.name} and its retry queued")
-        net.ssh(host, f"cp -p /root/config.toml.good {config}")
+        mend_config(net, host)
         net.ssh(net.monitor, "systemctl kill --signal=KILL qnet-recovery")
         killed = time.time()
 
         def finished_twice():
-            records = [r for r in drills.audit_since(net, started) if r.get("node") == host.name]
+            records = drills.audit_of(net, host, started)
             return records if decisions(records).count(("finish", "succeeded")) else None
 
         records = wait_for(finished_twice, 120, "the restarted qnet-recovery to run the retry")
     finally:
-        net.ssh(host, f"cp -p /root/config.toml.good {config}")
+        mend_config(net, host)
     print(f"\nqnet-recovery killed during the backoff: {decisions(records)}")
     starts = [r for r in records if r["decision"] == "start"]
     finishes = [r for r in records if r["decision"] == "finish"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from qnet import crypto
-from qnet.localnode import LocalNode
+from qnet.localnode import LocalNode, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -116,10 +116,7 @@ def test_restore_aside_keeps_a_damaged_chain_and_the_restored_one_verifies(tmp_p
     node = LocalNode.single(tmp_path / "node", {})
     node.start()
     try:
-        deadline = time.monotonic() + 20
-        while node.status()["height"] < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_for(lambda: node.status()["height"] >= 2, 20, "two blocks")
         taken = snapshot(node, tmp_path / "snap.tar.gz")
     finally:
         node.stop()
