@@ -316,14 +316,21 @@ def write_inventory(
     return path
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, parent pid) of a process, None when there is none."""
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time in clock ticks after boot) of a process, None when
+    there is none."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1])
+    fields = stat[stat.rindex(")") + 2 :].split()  # from field 3, the state
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def _start_time(pid: int) -> int | None:
+    """When ``pid`` started; with the PID, it names one process (PIDs are reused)."""
+    stat = _proc_stat(pid)
+    return stat[2] if stat else None
 
 
 def _descendants(pid: int) -> list[int]:
@@ -415,7 +422,16 @@ class Testbed:
         try:
             self._save(first=True)  # before anything is made, so that down finds it all
         except FileExistsError:
-            raise TestbedError(f"testbed {self.prefix!r} is up already: run down first") from None
+            if not self._abandoned():
+                raise TestbedError(
+                    f"testbed {self.prefix!r} is up already: run down first"
+                ) from None
+            # Left by a run that was killed (its process and every host are gone): what it
+            # made (links, mounts, cgroups) would block this one, so remove it, then claim.
+            print(f"testbed {self.prefix!r}: removing the remains of a killed run", flush=True)
+            self.down()
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._save(first=True)
         try:
             install_packages()
             taken = self.bridge.existing()
@@ -691,6 +707,8 @@ class Testbed:
             "key": str(self.key),
             "inventory": str(self.inventory_path),
             "hosts": [asdict(h) for h in self.hosts],
+            # The process that claimed the name, with its start time (a PID is reused).
+            "owner": [os.getpid(), _start_time(os.getpid())],
         }
         text = json.dumps(state, indent=2) + "\n"
         if first:
@@ -700,6 +718,18 @@ class Testbed:
         partial = self.state_path.with_name("state.json.partial")
         partial.write_text(text)
         partial.rename(self.state_path)
+
+    def _abandoned(self) -> bool:
+        """Whether the claimed testbed's owner is gone and none of its hosts runs."""
+        state = self._load()
+        if state is None:
+            return False
+        owner = state.get("owner")
+        if owner is not None and _start_time(owner[0]) == owner[1]:
+            return False
+        other = Testbed(0, self.prefix)
+        other._adopt(state)
+        return not any(other.processes(h) for h in other.hosts)
 
     def _adopt(self, state: dict) -> None:
         self.subnet = state["subnet"]

@@ -1,8 +1,10 @@
 """The testbed hosts are what Ansible will meet: real hosts with systemd, sshd and addresses."""
 
+import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -202,3 +204,28 @@ def test_an_up_that_fails_removes_what_it_made(can_boot, monkeypatch):
     with pytest.raises(tb.TestbedError):
         bed.up()
     assert leftovers(NAME, set()) == []  # a cgroup goes only once its processes are gone
+
+
+def test_up_reclaims_a_testbed_whose_run_was_killed_and_refuses_a_live_one(can_boot):
+    """After a crash of the controller (every process gone, links, mounts and state left), the
+    next ``up`` removes the remains instead of refusing; a testbed that runs is never touched."""
+    try:
+        up = cli("up", "--hosts", "1", "--name", NAME, "--subnet", SUBNET)
+        assert up.returncode == 0, up.stdout + up.stderr
+        again = cli("up", "--hosts", "1", "--name", NAME, "--subnet", SUBNET)
+        assert again.returncode != 0 and "is up already" in again.stderr + again.stdout
+        pids = processes(NAME)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not any(running(p) for p in pids), 30, "the killed host's processes")
+        assert leftovers(NAME, pids)  # the links, mounts and state of the killed run
+        up = cli("up", "--hosts", "1", "--name", NAME, "--subnet", SUBNET)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "removing the remains of a killed run" in up.stdout
+        assert cli("status", "--name", NAME).returncode == 0
+        pids = processes(NAME)
+        assert cli("down", "--name", NAME).returncode == 0
+        assert leftovers(NAME, pids) == []
+    finally:
+        cli("down", "--name", NAME)
