@@ -30,9 +30,16 @@ class Client:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
 
-    def request(self, method: str, path: str, body: dict | None = None) -> dict:
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if data is not None else {}
+    def request(
+        self, method: str, path: str, body: dict | None = None, raw: bytes | None = None
+    ) -> dict:
+        """``body`` goes as JSON, ``raw`` as application/octet-stream."""
+        if raw is not None:
+            data, headers = raw, {"Content-Type": "application/octet-stream"}
+        elif body is not None:
+            data, headers = json.dumps(body).encode(), {"Content-Type": "application/json"}
+        else:
+            data, headers = None, {}
         req = urllib.request.Request(
             self.base_url + path, data=data, method=method, headers=headers
         )
@@ -97,6 +104,14 @@ class Client:
 
     def submit(self, tx: Transaction) -> dict:
         return self.request("POST", "/api/v1/transactions", tx.to_json())
+
+    def submit_batch(self, body: bytes) -> dict:
+        """A batch body (``tx.frame_batch``): ``accepted`` and the ``rejected`` by index."""
+        return self.request("POST", "/api/v1/transactions/batch", raw=body)
+
+    def block(self, height: int) -> dict:
+        """The block's header and the ids of its transactions."""
+        return self.request("GET", f"/api/v1/blocks/{height}")
 
     def tx_status(self, tx_id: str) -> dict:
         return self.request("GET", f"/api/v1/transactions/{tx_id}")

@@ -492,7 +492,12 @@ def from_json(obj: object) -> Transaction:
 
 
 def encode_batch(txs: list[Transaction]) -> bytes:
-    return b"".join(_FRAME.pack(len(t.raw)) + t.raw for t in txs)
+    return frame_batch([t.raw for t in txs])
+
+
+def frame_batch(raws: list[bytes]) -> bytes:
+    """A batch body of transactions already encoded (``split_batch`` cuts it again)."""
+    return b"".join(_FRAME.pack(len(raw)) + raw for raw in raws)
 
 
 def split_batch(data: bytes) -> list[bytes]:
