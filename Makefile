@@ -8,7 +8,7 @@ DEVNET_DIR ?= .devnet
 VALIDATORS ?= 4
 HOSTS ?= 5
 
-.PHONY: help system-deps venv tools test unit integration lint bench bench-network drill devnet \
+.PHONY: help system-deps venv tools test unit integration lint bench bench-network loadtest drill devnet \
 	devnet-down testbed-up testbed-down artifacts testnet testnet-down clean
 
 help:
@@ -19,6 +19,8 @@ help:
 	@echo "make devnet   VALIDATORS (default 4) local validators with a funded faucet wallet"
 	@echo "make bench    throughput benchmark (prints figures, writes bench-results/)"
 	@echo "make bench-network  100 node processes: block propagation and memory per node type"
+	@echo "make loadtest a load campaign (CAMPAIGN, default the short step) against the devnet:"
+	@echo "              committed TPS, latency from intended send times, the knee, reports/"
 	@echo "make drill    on a testnet of its own: UPGRADES (10) rolling upgrades under load, then"
 	@echo "              DRILLS (20) faults: detect/act/recover times per kind"
 	@echo "make lint     ruff, ansible-lint (production profile), promtool and amtool checks"
@@ -33,7 +35,7 @@ system-deps:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==25.3
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,load]'
 	touch $@
 
 venv: $(STAMP)
@@ -78,6 +80,16 @@ lint: $(STAMP) $(TOOLS)/.unpacked
 bench: $(STAMP)
 	$(BIN)/python loadtest/bench.py --validators 1 --rate 12000 --target 10000
 	$(BIN)/python loadtest/bench.py --validators 4 --rate 5000 --target 4000
+
+# A load campaign (Locust, headless) against the running devnet; LOADTEST_ARGS to aim it
+# elsewhere (--url URL..., or --inventory INV for the campaign's targets.group, --keystore
+# DIR --from WALLET to fund it). Reports in reports/<time>-<name>/.
+CAMPAIGN ?= loadtest/campaigns/short-step.yml
+LOADTEST_ARGS ?= --url http://127.0.0.1:7370 --url http://127.0.0.1:7372 \
+	--keystore $(DEVNET_DIR)/wallets --from faucet
+loadtest: $(STAMP)
+	QNET_WALLET_PASSWORD=$${QNET_WALLET_PASSWORD:-devnet} \
+		$(BIN)/python loadtest/campaign.py run $(CAMPAIGN) $(LOADTEST_ARGS)
 
 bench-network: $(STAMP)
 	$(BIN)/python loadtest/network.py --nodes 100 --seconds 30
@@ -124,4 +136,4 @@ testbed-down: $(STAMP)
 	$(BIN)/python tests/testbed.py down
 
 clean:
-	rm -rf $(VENV) $(DEVNET_DIR) bench-results drill-results
+	rm -rf $(VENV) $(DEVNET_DIR) bench-results drill-results reports

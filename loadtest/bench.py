@@ -15,8 +15,6 @@ commit and settings.
 import argparse
 import asyncio
 import json
-import os
-import platform
 import re
 import subprocess
 import sys
@@ -24,8 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from qnet import __version__, crypto, loadgen
+from qnet import crypto, loadgen
 from qnet.genesis import Params
+from qnet.load.report import machine
 from qnet.localnode import CHAIN_ID, LocalNode, http, local_net
 
 FEE = 1_000
@@ -42,35 +41,6 @@ def verify_rate(seconds: float = 2.0) -> float:
             crypto.verify(key.public_key, sig, msg)
         n += 1000
     return n / (time.perf_counter() - start)
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
-        ).stdout.strip()
-        commit += "-dirty" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "commit": commit,
-        "qnet": __version__,
-    }
 
 
 # Where a sample's time goes: the first of these, in this order, found in its stack.

@@ -1,0 +1,171 @@
+"""Load campaigns against a local network of 4 validators: the whole report and an accounting
+that closes; a distributed run with the same totals; an overloaded generator marked invalid;
+a frozen node's stall in the latency (coordinated omission)."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qnet import crypto
+from qnet.keystore import Keystore
+from qnet.localnode import local_net
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "loadtest" / "campaigns" / "smoke.yml"
+PASSWORD = "load-test"
+RUN_TIMEOUT = 240  # one campaign: funding, signing, about 30 s of load, the drain, the report
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory):
+    home = tmp_path_factory.mktemp("load")
+    faucet = crypto.KeyPair.generate()
+    Keystore(home / "wallets").add("faucet", PASSWORD, faucet)
+    nodes = local_net(home / "net", 4, {faucet.address: 10**15})
+    for node in nodes:
+        node.start()
+    yield home, nodes
+    for node in nodes:
+        node.stop()
+
+
+def campaign(args: list[str], home: Path, out: Path) -> subprocess.Popen:
+    """``campaign.py run`` with the network's faucet; its stderr (progress) goes to a file."""
+    argv = [sys.executable, str(ROOT / "loadtest" / "campaign.py"), "run", *args, "--json",
+            "--keystore", str(home / "wallets"), "--out", str(out / "reports")]  # fmt: skip
+    env = {**os.environ, "QNET_WALLET_PASSWORD": PASSWORD}
+    with open(out / "stderr.log", "w") as err:
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+
+
+def finish(proc: subprocess.Popen, out: Path) -> tuple[int, dict | None, str]:
+    stdout, _ = proc.communicate(timeout=RUN_TIMEOUT)
+    try:
+        summary = json.loads(stdout)
+    except json.JSONDecodeError:
+        summary = None
+    return proc.returncode, summary, stdout[-3000:] + (out / "stderr.log").read_text()[-3000:]
+
+
+def urls(nodes, *which: int) -> list[str]:
+    return [arg for i in which for arg in ("--url", nodes[i].url)]
+
+
+def variant(tmp_path: Path, drop: tuple[str, ...] = (), **changes) -> Path:
+    """The smoke campaign without the fields ``drop`` and with ``changes``."""
+    data = {k: v for k, v in yaml.safe_load(SMOKE.read_text()).items() if k not in drop}
+    path = tmp_path / "campaign.yml"
+    path.write_text(yaml.safe_dump({**data, **changes}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def single_run(network, tmp_path_factory):
+    """The smoke campaign from one process against the 4 validators."""
+    home, nodes = network
+    out = tmp_path_factory.mktemp("single")
+    code, summary, output = finish(campaign([str(SMOKE), *urls(nodes, 0, 1, 2, 3)], home, out), out)
+    assert code == 0, output
+    (report,) = (out / "reports").iterdir()
+    return summary, report
+
+
+def test_a_short_campaign_reports_everything_and_its_accounting_closes(single_run):
+    summary, report = single_run
+    files = ["summary.json", "run.json", "locust.html", "locust_stats.csv",
+             "locust_stats_history.csv", "timeline.png", "steps.png", "plan/plan.json"]  # fmt: skip
+    for name in files:
+        assert (report / name).stat().st_size > 0, name
+    acc = summary["accounting"]
+    assert acc["closes"] and acc["unaccounted"] == 0 and acc["lost"] == 0
+    assert acc["offered"] == acc["sent"] + acc["generator_backlog"]
+    assert acc["committed"] == acc["committed_readback"] == acc["sent"] > 0
+    assert summary["valid"], summary["invalid_because"]
+    assert [s["name"] for s in summary["stages"]] == ["step 1 (100/s)", "step 2 (200/s)"]
+    for stage in summary["stages"]:
+        assert stage["latency"]["p99_ms"] is not None
+        assert stage["committed_tps"] == pytest.approx(stage["offered_tps"], rel=0.25)
+    assert summary["machine"]["commit"] and summary["node_count"] == 4
+    # The commit tracker's own request type in Locust's statistics, one per transaction.
+    with open(report / "locust_stats.csv") as f:
+        rows = {(r["Type"], r["Name"]): r for r in csv.DictReader(f)}
+    assert int(rows["COMMIT", "transfer"]["Request Count"]) == acc["committed"]
+    assert int(rows["POST", "batch"]["Request Count"]) > 0
+
+
+def test_a_distributed_run_gives_the_totals_of_a_single_process_run(network, single_run, tmp_path):
+    home, nodes = network
+    proc = campaign([str(SMOKE), "--processes", "2", *urls(nodes, 0, 1, 2, 3)], home, tmp_path)
+    code, summary, output = finish(proc, tmp_path)
+    assert code == 0, output
+    assert len(summary["generators"]["workers"]) == 2
+    assert all(w is not None for w in summary["generators"]["workers"].values())
+    single = single_run[0]["accounting"]
+    acc = summary["accounting"]
+    for term in ("offered", "sent", "committed", "committed_readback", "rejected", "lost"):
+        assert acc[term] == single[term], term
+    assert acc["closes"]
+
+
+def test_a_generator_over_its_cpu_limit_marks_the_run_invalid(network, tmp_path):
+    home, nodes = network
+    # A limit below what sending 100-200 transactions a second costs any Locust process.
+    path = variant(tmp_path, steps=1, generator={"max_cpu": 0.05})
+    code, summary, output = finish(campaign([str(path), *urls(nodes, 0)], home, tmp_path), tmp_path)
+    assert code == 2, output
+    assert not summary["valid"]
+    assert any("of a core (limit 5%)" in why for why in summary["invalid_because"])
+    assert summary["accounting"]["closes"]  # the figures are kept, only not to be trusted
+
+
+def test_a_stall_of_the_target_node_shows_in_the_latency_from_the_intended_send_time(
+    network, tmp_path
+):
+    """Coordinated omission: the node every lane sends to is frozen for 3 s mid-run. Latency
+    from the intended send time includes the stall; latency from the actual send, what a
+    closed-loop generator reports, hides it (its requests waited instead of being sent)."""
+    home, nodes = network
+    path = variant(tmp_path, ("step_rate", "steps", "step_seconds"), shape="constant",
+                   duration_seconds=18, users=2)  # fmt: skip
+    frozen = nodes[3]
+    args = [str(path), *urls(nodes, 3), "--track", nodes[0].url]
+    proc = campaign(args, home, tmp_path)
+    freeze = threading.Thread(
+        target=freeze_mid_run, args=(tmp_path / "stderr.log", frozen.proc.pid)
+    )
+    freeze.start()
+    try:
+        code, summary, output = finish(proc, tmp_path)
+    finally:
+        freeze.join()
+    assert code == 0, output
+    honest, closed = summary["latency"], summary["latency_from_actual_send"]
+    assert honest["p99_ms"] >= 2000, honest  # a 3 s stall, and a tenth of the run due in it
+    assert closed["p95_ms"] < 1000 and closed["p99_ms"] < honest["p99_ms"] / 2, closed
+    assert summary["accounting"]["closes"]
+
+
+def freeze_mid_run(progress: Path, pid: int) -> None:
+    """SIGSTOP ``pid`` for 3 s, 8 s after the run's load began (its window is 20 s)."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while "running " not in progress.read_text():  # Locust starts; the first send ~3 s later
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.1)  # polling campaign.py's progress output
+    time.sleep(8)  # the fault's place in the run: its middle
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(3)  # the stall itself
+    finally:
+        os.kill(pid, signal.SIGCONT)
