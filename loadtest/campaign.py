@@ -29,7 +29,7 @@ from qnet.client import ApiError, Client
 from qnet.keystore import Keystore, KeystoreError
 from qnet.load import campaign as campaigns
 from qnet.load import plots
-from qnet.load.plan import Plan, PlanError, prepare
+from qnet.load.plan import Key, Plan, PlanError, prepare
 from qnet.load.report import INVALID_EXIT, UNCLOSED_EXIT, readback, summarise, unsettled
 
 HERE = Path(__file__).resolve().parent
@@ -88,30 +88,40 @@ def run_locust(plan_dir: Path, out: Path, processes: int, seconds: float) -> Non
         raise Failure(f"Locust failed (exit {done.returncode}); see its output above")
 
 
-def read_chain(plan: Plan, run: dict) -> tuple[list[dict], dict[int, dict | None]]:
-    """The blocks of the run (up to the tracker's last height, the end of the run), and the
-    nodes' answers about the transactions that neither committed nor were refused at once."""
+def read_chain(plan: Plan, run: dict) -> tuple[list[dict], dict, dict | None]:
+    """The blocks of the run (up to the tracker's last height, the end of the run), the
+    nodes' answers about the transactions that neither committed nor were refused at once,
+    and with a population every simulated node's record."""
     client = Client(plan.track, timeout=30)
     first, last = run["tracker"]["start_height"] + 1, run["tracker"]["last_height"]
     with ThreadPoolExecutor(READ_THREADS) as pool:
         blocks = list(pool.map(client.block, range(first, last + 1)))
     committed = readback(plan, blocks)
     asked = unsettled(plan, run, set(committed))
-    ids = {i: tx_id for tx_id, i in plan.tx_ids().items() if i in asked}
-    lanes = plan.lanes
+    ids = {key: tx_id for tx_id, key in plan.tx_ids().items() if key in asked}
 
-    def status(i: int) -> tuple[int, dict | None]:
-        node = Client(plan.target(asked[i] % lanes), timeout=30)
+    def status(key: Key) -> tuple[Key, dict | None]:
+        node = Client(plan.target(asked[key]), timeout=30)
         try:
-            return i, node.tx_status(ids[i].hex())
+            return key, node.tx_status(ids[key].hex())
         except ApiError as exc:
             if exc.code == "not_found":
-                return i, None
+                return key, None
+            raise
+
+    def record(node_id: str) -> tuple[str, dict | None]:
+        try:
+            return node_id, client.node(node_id)
+        except ApiError as exc:
+            if exc.code == "not_found":
+                return node_id, None
             raise
 
     with ThreadPoolExecutor(READ_THREADS) as pool:
         statuses = dict(pool.map(status, asked))
-    return blocks, statuses
+        beats = plan.meta.get("heartbeat")
+        nodes = dict(pool.map(record, beats["nodes"])) if beats else None
+    return blocks, statuses, nodes
 
 
 def print_summary(summary: dict, out: Path) -> None:
@@ -153,6 +163,22 @@ def print_summary(summary: dict, out: Path) -> None:
                 f"knee: {knee['stage']} (p95 {knee['p95_ms']} ms); next, {bad['stage']}: "
                 f"{bad['reason']}"
             )
+    for name, stream in summary["streams"].items():
+        if name == "transfer":
+            continue
+        acc = stream["accounting"]
+        click.echo(
+            f"{name}s: committed {stream['committed_per_second']:,.1f}/s; offered "
+            f"{acc['offered']:,}, committed {acc['committed']:,}, rejected "
+            f"{sum(acc['rejected'].values()):,}, pending {acc['pending_at_end']:,}, lost "
+            f"{acc['lost']:,}, unaccounted {acc['unaccounted']:,}"
+        )
+    if summary["population"]:
+        pop = summary["population"]
+        click.echo(
+            f"population: {pop['nodes']:,} {pop['node_type']} nodes, {pop['heartbeated']:,} "
+            f"heartbeated in epoch {pop['epoch']}, {pop['eligible']:,} of them eligible"
+        )
     if not summary["valid"]:
         click.echo("INVALID run: " + "; ".join(summary["invalid_because"]))
     click.echo(f"report: {out}")
@@ -161,8 +187,8 @@ def print_summary(summary: dict, out: Path) -> None:
 def report(out: Path, settings: dict, as_json: bool) -> int:
     plan = Plan.load(out / "plan")
     run = json.loads((out / "run.json").read_text())
-    blocks, statuses = read_chain(plan, run)
-    summary = summarise(plan, run, blocks, statuses, settings)
+    blocks, statuses, nodes = read_chain(plan, run)
+    summary = summarise(plan, run, blocks, statuses, settings, nodes)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plots.draw(summary, out)
     if as_json:
@@ -171,7 +197,7 @@ def report(out: Path, settings: dict, as_json: bool) -> int:
         print_summary(summary, out)
     if not summary["valid"]:
         return INVALID_EXIT
-    return 0 if summary["accounting"]["closes"] else UNCLOSED_EXIT
+    return 0 if summary["closes"] else UNCLOSED_EXIT
 
 
 @click.group()

@@ -1,16 +1,17 @@
 """QNet load campaigns under Locust; run them with ``loadtest/campaign.py`` (``make loadtest``).
 
-``--qnet-plan DIR`` is a plan that ``campaign.py prepare`` made (senders funded, every
-transaction signed); ``--qnet-out DIR`` is where the master writes ``run.json`` for the
-report. The processes split the work like this:
+``--qnet-plan DIR`` is a plan that ``campaign.py run`` prepared (senders funded, nodes
+activated, every transaction signed); ``--qnet-out DIR`` is where the master writes
+``run.json`` for the report. The processes split the work like this:
 
 - master (or the only process): sends the start time, deals the lanes to the workers, follows
   the committed blocks (``CommitTracker``) and reports each committed transaction as a Locust
   request of type ``COMMIT`` whose time is commit time minus *intended* send time; judges
   each step of a step campaign and stops the run past the knee; drains, writes ``run.json``.
-- every worker (or the only process): one ``TransferUser`` per lane sends the lane's batches,
-  each at its intended time (open model: a late answer delays nothing but that lane), and
-  streams what happened to each batch to the master.
+- every worker (or the only process): one ``LaneUser`` per lane sends the lane's batches
+  (transfers or heartbeats) or, on a wallet lane, acts like a person at the wallet; each
+  send at its intended time (open model: a late answer delays nothing but its own lane);
+  what happened to each batch streams to the master.
 - every process samples its own CPU and how late its event loop wakes up: a generator above
   its limits measures itself, and the report marks such a run invalid.
 """
@@ -34,12 +35,13 @@ LEAD_S = 2.0  # from the start message to the first intended send
 POLL_S = 0.05  # how often the tracker asks for the head: the resolution of commit times
 FLUSH_S = 1.0  # how often a worker streams its batch outcomes to the master
 LAG_TICK_S = 0.05  # the event-loop lag probe's sleep
+WALLET_POLL_S = 0.5  # how often a wallet asks whether its transaction committed
 LOCAL = "local"  # the node id of messages a process sends itself (Locust's LocalRunner)
 
 
 @events.init_command_line_parser.add_listener
 def _arguments(parser) -> None:
-    parser.add_argument("--qnet-plan", default="", help="a plan made by campaign.py prepare")
+    parser.add_argument("--qnet-plan", default="", help="a plan that campaign.py prepared")
     parser.add_argument("--qnet-out", default="", help="where the master writes run.json")
 
 
@@ -90,7 +92,10 @@ class Sender:
     def __init__(self, environment, plan: Plan):
         self.env = environment
         self.plan = plan
-        self.bodies = plan.bodies()
+        # Each stream's bodies, per variant (heartbeats: this epoch's and the next's).
+        self.bodies = {
+            name: [sp.bodies(v) for v in range(len(sp.files))] for name, sp in plan.streams.items()
+        }
         self.started = Event()
         self.finished = Event()
         self.t0 = 0.0
@@ -107,6 +112,8 @@ class Sender:
         self.t0 = msg.data["t0"]
         self.free_lanes = list(msg.data["lanes"])
         self.lanes_left = len(self.free_lanes)
+        if not self.free_lanes:  # more worker processes than lanes: nothing to send here
+            self.finished.set()
         gevent.spawn(self.health.run, self.t0, self.finished)
         gevent.spawn(self.flush)
         self.started.set()
@@ -138,15 +145,17 @@ class Coordinator:
         self.plan = plan
         self.out = out
         self.ids = plan.tx_ids()
-        self.batch_of = plan.batch_of()
-        self.offsets = plan.schedule.offsets
         self.t0 = 0.0
         self.stop_at = plan.campaign.seconds
         self.stop_reason = "the campaign ran to its end"
         self.outcomes: list[list] = []
-        self.rejected: set[int] = set()
+        self.awaiting: set[tuple[str, int]] = set()  # accepted by a node, not seen committed
+        self.commits: dict[str, dict[int, float]] = {name: {} for name in plan.streams}
         self.workers: dict[str, dict | None] = {}  # health reported when done, by node id
         self.tracker: CommitTracker | None = None
+        self.distributed = False
+        self.tracking: gevent.Greenlet | None = None
+        self.users = 0
         self.start_height = 0
         self.health = Health()
         self.done = Event()
@@ -163,10 +172,8 @@ class Coordinator:
         master = isinstance(runner, MasterRunner)
         ids = [c.id for c in runner.clients.all] if master else [LOCAL]
         lanes = self.plan.lanes
-        if lanes % len(ids):
-            raise RuntimeError(
-                f"{lanes} users (lanes) cannot be shared evenly by {len(ids)} worker processes"
-            )
+        # Locust shares the users out as evenly as it can; enough for every worker's lanes.
+        self.users = len(ids) * -(-lanes // len(ids))
         client = Client(self.plan.track, timeout=10)
         start_height = client.status()["height"]
         self.t0 = time.time() + LEAD_S
@@ -176,8 +183,10 @@ class Coordinator:
         for n, client_id in enumerate(ids):
             data = {"t0": self.t0, "lanes": list(range(n, lanes, len(ids)))}
             runner.send_message("qnet_start", data, client_id if master else None)
-        gevent.spawn(self.track)
-        gevent.spawn(self.health.run, self.t0, self.done)
+        self.tracking = gevent.spawn(self.track)
+        self.distributed = master
+        if master:  # the only process's health is the sender's, measured while it sends
+            gevent.spawn(self.health.run, self.t0, self.done)
         if self.plan.campaign.shape == "step":
             gevent.spawn(self.judge_steps)
         gevent.spawn(self.drain)
@@ -185,18 +194,25 @@ class Coordinator:
     # -- during the run ----------------------------------------------------------------------
 
     def track(self) -> None:
-        request = self.env.events.request
         while not self.done.is_set():
-            for i, seen in self.tracker.poll():
-                request.fire(
-                    request_type="COMMIT",
-                    name="transfer",
-                    response_time=(seen - self.offsets[i]) * 1000,
-                    response_length=0,
-                    exception=None,
-                    context={},
-                )
+            self.poll()
             gevent.sleep(POLL_S)
+
+    def poll(self) -> None:
+        """One step of the tracker; each new commit becomes a COMMIT request in Locust's
+        statistics, timed from the transaction's intended send time."""
+        for (name, i), seen in self.tracker.poll():
+            self.commits[name][i] = seen
+            self.awaiting.discard((name, i))
+            intended = self.plan.streams[name].schedule.offsets[i]
+            self.env.events.request.fire(
+                request_type="COMMIT",
+                name=name,
+                response_time=(seen - intended) * 1000,
+                response_length=0,
+                exception=None,
+                context={},
+            )
 
     def judge_steps(self) -> None:
         """Judge each step once the tracker has read past its evaluation time; past the knee,
@@ -206,7 +222,8 @@ class Coordinator:
             at = figures.evaluation_time(stage)
             while self.tracker.polled < at:
                 gevent.sleep(POLL_S)
-            lat = figures.stage_latencies(self.offsets, self.tracker.commits, stage, at)
+            offsets = self.plan.transfers.schedule.offsets
+            lat = figures.stage_latencies(offsets, self.commits["transfer"], stage, at)
             verdict = figures.step_verdict(stage, lat, first_p95, self.plan.campaign.knee)
             first_p95 = verdict.p95_ms if first_p95 is None else first_p95
             if not verdict.good:
@@ -217,11 +234,17 @@ class Coordinator:
 
     def on_sends(self, environment, msg, **kwargs) -> None:
         self.outcomes += msg.data
-        bounds = self.plan.schedule.bounds
-        for k, _free, _sent, status, rejected in msg.data:
+        for name, k, _free, _sent, status, rejected in msg.data:
             if status != 200:
-                self.rejected.update(range(bounds[k], bounds[k + 1]))
-            self.rejected.update(bounds[k] + index for index, _code in rejected)
+                continue  # the request failed: the node may know nothing of them
+            bounds = self.plan.streams[name].schedule.bounds
+            refused = {bounds[k] + index for index, _code in rejected}
+            committed = self.commits[name]
+            self.awaiting.update(
+                (name, i)
+                for i in range(bounds[k], bounds[k + 1])
+                if i not in refused and i not in committed
+            )
 
     def on_done(self, environment, msg, **kwargs) -> None:
         self.workers[msg.node_id] = msg.data  # LOCAL when there is only this process
@@ -231,15 +254,7 @@ class Coordinator:
     def drained(self) -> bool:
         """Every sent transaction that a node accepted is committed, or no target holds any
         pending transaction any more."""
-        bounds = self.plan.schedule.bounds
-        for k, *_ in self.outcomes:
-            for i in range(bounds[k], bounds[k + 1]):
-                if i not in self.rejected and i not in self.tracker.commits:
-                    break
-            else:
-                continue
-            break
-        else:
+        if not self.awaiting:
             return True
         pending = 0
         for url in self.plan.urls:
@@ -255,8 +270,9 @@ class Coordinator:
         deadline = time.time() + self.plan.campaign.drain_seconds
         while time.time() < deadline and not self.drained():
             gevent.sleep(0.2)  # waiting for the last commits
-        self.tracker.poll()
         self.done.set()
+        self.tracking.join()  # one poll at a time: the tracker reads blocks in order
+        self.poll()  # the blocks since the loop's last poll
         self.write()
         self.finished = True
 
@@ -271,11 +287,11 @@ class Coordinator:
                 "start_height": self.start_height,
                 "last_height": self.tracker.height,
                 "seen": {str(h): t for h, t in self.tracker.seen.items()},
-                "committed": len(self.tracker.commits),
+                "committed": {name: len(c) for name, c in self.commits.items()},
                 "errors": self.tracker.errors,
             },
             "generators": {
-                "master": self.health.to_json(),
+                "master": self.health.to_json() if self.distributed else None,
                 "workers": self.workers,
             },
             "outcomes": self.outcomes,
@@ -292,7 +308,7 @@ def _init(environment, **kwargs) -> None:
     global SENDER, COORDINATOR
     options = environment.parsed_options
     if options is None or not options.qnet_plan:
-        raise SystemExit("locustfile: --qnet-plan DIR is required (make one with campaign.py)")
+        raise SystemExit("locustfile: --qnet-plan DIR is required (campaign.py run makes one)")
     plan = Plan.load(Path(options.qnet_plan))
     runner = environment.runner
     if not isinstance(runner, MasterRunner):
@@ -301,9 +317,9 @@ def _init(environment, **kwargs) -> None:
         COORDINATOR = Coordinator(environment, plan, Path(options.qnet_out or "."))
 
 
-class TransferUser(FastHttpUser):
-    """One lane: its batches, each sent at its intended time, in order (the lane's senders'
-    nonces arrive in order at one node)."""
+class LaneUser(FastHttpUser):
+    """One lane: its stream's batches, each sent at its intended time, in order (a transfer
+    lane's senders' nonces arrive in order at one node)."""
 
     host = "http://unused"  # every request names its target node in full
 
@@ -316,29 +332,81 @@ class TransferUser(FastHttpUser):
             return
         lane = sender.free_lanes.pop(0)
         plan, t0 = sender.plan, sender.t0
-        url = plan.target(lane) + "/api/v1/transactions/batch"
-        headers = {"Content-Type": "application/octet-stream"}
-        for k in plan.lane_batches(lane):
-            due = plan.schedule.due(k)
+        sp, local = plan.lane(lane)
+        name = sp.stream.name
+        variants = sender.bodies[name]
+        switch = plan.epoch_switch
+        node = plan.target(lane)
+        wallet = plan.meta["wallets"][local] if sp.stream.endpoint == "json" else None
+        batches = sp.lane_batches(local)
+        for n, k in enumerate(batches):
+            due = sp.schedule.due(k)
             if due >= sender.stop_at:
                 break
             free = time.time() - t0
-            gevent.sleep(max(0.0, due - free))  # the open-loop schedule: wait for the due time
-            sent = time.time() - t0
-            status, rejected = 0, []
-            with self.client.post(
-                url, data=sender.bodies[k], headers=headers, name="batch", catch_response=True
-            ) as resp:
-                status = resp.status_code or 0
-                if status == 200:
-                    body = resp.json()
-                    rejected = [[r["index"], r["code"]] for r in body["rejected"]]
-                    resp.success()
-                else:
-                    resp.failure(f"HTTP {status}")
-            sender.outcomes.append([k, free, sent, status, rejected])
+            if wallet is not None:
+                self.client.get(f"{node}/api/v1/accounts/{wallet}", name="wallet balance")
+            # The open-loop schedule: wait for the transaction's due time.
+            gevent.sleep(max(0.0, due - (time.time() - t0)))
+            now = time.time()
+            next_epoch = len(variants) > 1 and switch is not None and now >= switch
+            body = variants[1 if next_epoch else 0][k]
+            if wallet is None:
+                status, rejected = self.send_batch(node, name, body)
+            else:
+                status, rejected = self.send_json(node, body)
+            sender.outcomes.append([name, k, free, now - t0, status, rejected])
+            if wallet is not None and not rejected and status == 200:
+                following = batches[n + 1] if n + 1 < len(batches) else None
+                until = t0 + (sp.schedule.due(following) if following is not None else due + 5)
+                self.follow(node, json.loads(body)["id"], until)
         sender.lane_done()
         sender.finished.wait()
+
+    def send_batch(self, node: str, name: str, body: bytes) -> tuple[int, list]:
+        """POST a binary batch: (HTTP status, [[index, code] of each refused transaction])."""
+        headers = {"Content-Type": "application/octet-stream"}
+        url = f"{node}/api/v1/transactions/batch"
+        with self.client.post(url, data=body, headers=headers, name=name, catch_response=True) as r:
+            if r.status_code == 200:
+                r.success()
+                return 200, [[x["index"], x["code"]] for x in r.json()["rejected"]]
+            r.failure(f"HTTP {r.status_code}")
+            return r.status_code or 0, []
+
+    def send_json(self, node: str, body: bytes) -> tuple[int, list]:
+        """POST one JSON transaction as a wallet does; a refusal the node explains counts as
+        answered (200 here) with its code, like a refusal inside a batch."""
+        headers = {"Content-Type": "application/json"}
+        url = f"{node}/api/v1/transactions"
+        with self.client.post(
+            url, data=body, headers=headers, name="wallet send", catch_response=True
+        ) as r:
+            if r.status_code == 202:
+                r.success()
+                return 200, []
+            try:
+                code = r.json()["error"]["code"]
+            except (ValueError, KeyError, TypeError):
+                code = None
+            if code is not None and 400 <= r.status_code < 500:
+                r.success()  # the node answered: the refusal goes in the accounting
+                return 200, [[0, code]]
+            r.failure(f"HTTP {r.status_code}")
+            return r.status_code or 0, []
+
+    def follow(self, node: str, tx_id: str, until: float) -> None:
+        """Poll a sent transaction's status as a wallet page does, until it leaves the
+        mempool or the wallet's next send is due; then the node's status."""
+        while time.time() + WALLET_POLL_S < until:
+            gevent.sleep(WALLET_POLL_S)  # a wallet page's refresh interval
+            with self.client.get(
+                f"{node}/api/v1/transactions/{tx_id}", name="wallet status", catch_response=True
+            ) as r:
+                r.success()  # a 404 right after the send is a normal answer too
+                if r.status_code == 200 and r.json().get("status") != "pending":
+                    break
+        self.client.get(f"{node}/api/v1/status", name="wallet node status")
 
 
 class CampaignShape(LoadTestShape):
@@ -348,5 +416,5 @@ class CampaignShape(LoadTestShape):
     def tick(self):
         if COORDINATOR is None or COORDINATOR.finished:
             return None
-        users = COORDINATOR.plan.lanes
+        users = COORDINATOR.users or COORDINATOR.plan.lanes  # known once the test starts
         return users, users

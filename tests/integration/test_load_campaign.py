@@ -1,6 +1,7 @@
 """Load campaigns against a local network of 4 validators: the whole report and an accounting
 that closes; a distributed run with the same totals; an overloaded generator marked invalid;
-a frozen node's stall in the latency (coordinated omission)."""
+a frozen node's stall in the latency (coordinated omission); a node population whose
+heartbeats make every one of its nodes eligible."""
 
 import csv
 import json
@@ -32,7 +33,7 @@ def network(tmp_path_factory):
     home = tmp_path_factory.mktemp("load")
     faucet = crypto.KeyPair.generate()
     Keystore(home / "wallets").add("faucet", PASSWORD, faucet)
-    nodes = local_net(home / "net", 4, {faucet.address: 10**15})
+    nodes = local_net(home / "net", 4, {faucet.address: 10**17})
     for node in nodes:
         node.start()
     yield home, nodes
@@ -101,7 +102,14 @@ def test_a_short_campaign_reports_everything_and_its_accounting_closes(single_ru
     with open(report / "locust_stats.csv") as f:
         rows = {(r["Type"], r["Name"]): r for r in csv.DictReader(f)}
     assert int(rows["COMMIT", "transfer"]["Request Count"]) == acc["committed"]
-    assert int(rows["POST", "batch"]["Request Count"]) > 0
+    assert int(rows["POST", "transfer"]["Request Count"]) > 0
+    # The wallet mix: its own lanes, reads and JSON sends, committed and accounted for.
+    wallet = summary["streams"]["wallet"]
+    assert wallet["closes"] and wallet["accounting"]["committed"] > 0
+    assert int(rows["COMMIT", "wallet"]["Request Count"]) == wallet["accounting"]["committed"]
+    for name in ("wallet balance", "wallet status", "wallet node status"):
+        assert int(rows["GET", name]["Request Count"]) > 0, name
+    assert int(rows["POST", "wallet send"]["Failure Count"]) == 0
 
 
 def test_a_distributed_run_gives_the_totals_of_a_single_process_run(network, single_run, tmp_path):
@@ -119,13 +127,21 @@ def test_a_distributed_run_gives_the_totals_of_a_single_process_run(network, sin
 
 
 def test_a_generator_over_its_cpu_limit_marks_the_run_invalid(network, tmp_path):
+    """1,500 requests a second (one transaction each) from one process: about a third of a
+    core on this machine, against a limit of a tenth."""
     home, nodes = network
-    # A limit below what sending 100-200 transactions a second costs any Locust process.
-    path = variant(tmp_path, steps=1, generator={"max_cpu": 0.05})
-    code, summary, output = finish(campaign([str(path), *urls(nodes, 0)], home, tmp_path), tmp_path)
+    path = variant(tmp_path, ("step_rate", "steps", "step_seconds", "wallets"), shape="constant",
+                   rate=1500, duration_seconds=8, batch=1, users=16, senders=64,
+                   generator={"max_cpu": 0.1})  # fmt: skip
+    code, summary, output = finish(
+        campaign([str(path), *urls(nodes, 0, 1)], home, tmp_path), tmp_path
+    )
     assert code == 2, output
     assert not summary["valid"]
-    assert any("of a core (limit 5%)" in why for why in summary["invalid_because"])
+    assert any(
+        why.startswith("worker local used") and why.endswith("of a core (limit 10%)")
+        for why in summary["invalid_because"]
+    ), summary["invalid_because"]
     assert summary["accounting"]["closes"]  # the figures are kept, only not to be trusted
 
 
@@ -169,3 +185,20 @@ def freeze_mid_run(progress: Path, pid: int) -> None:
         time.sleep(3)  # the stall itself
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def test_a_population_heartbeats_once_each_and_every_node_that_did_is_eligible(network, tmp_path):
+    home, nodes = network
+    population = {"nodes": 300, "owners": 3, "lanes": 2}
+    path = variant(tmp_path, ("step_rate", "steps", "step_seconds"), shape="constant",
+                   duration_seconds=10, population=population)  # fmt: skip
+    code, summary, output = finish(
+        campaign([str(path), *urls(nodes, 0, 1)], home, tmp_path), tmp_path
+    )
+    assert code == 0, output
+    beats = summary["streams"]["heartbeat"]
+    assert beats["accounting"]["offered"] == beats["accounting"]["committed"] == 300
+    assert beats["closes"] and beats["committed_per_second"] > 0
+    result = summary["population"]
+    assert result["heartbeated"] == result["eligible"] == 300, result
+    assert summary["closes"] and summary["valid"]

@@ -1,6 +1,7 @@
 """Campaign files, the open-loop schedule, lanes, latency percentiles, the knee and the
 accounting of a load run."""
 
+import json
 import math
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def step(**extra) -> dict:
 def test_every_shipped_campaign_parses(path):
     campaign = c.load(path)
     assert campaign.stages and campaign.seconds > 0
-    assert c.schedule(campaign).batches > 0
+    assert c.schedule(campaign.streams[0]).batches > 0
 
 
 @pytest.mark.parametrize(
@@ -90,7 +91,7 @@ def test_the_schedule_offers_each_stage_its_integral_in_batches_that_leave_when_
     data, batch, window_ms
 ):
     campaign = c.parse({**data, "batch": batch, "batch_window_ms": window_ms}, "x.yml")
-    sched = c.schedule(campaign)
+    sched = c.schedule(campaign.streams[0])
     assert len(sched.offsets) == sum(s.count for s in campaign.stages)
     for stage in campaign.stages:
         assert abs(stage.count - (stage.rate + stage.to_rate) / 2 * stage.seconds) < 1 + 1e-6
@@ -119,7 +120,7 @@ def test_a_ramp_is_due_at_the_integral_of_its_rate():
 def test_each_lane_has_its_own_senders_whose_nonces_come_in_order(data, senders, lanes):
     senders = max(senders, lanes)
     campaign = c.parse({**data, "batch": 7}, "x.yml")
-    sched = c.schedule(campaign)
+    sched = c.schedule(campaign.streams[0])
     work = plan.assignments(sched, senders, lanes)
     assert len(work) == len(sched.offsets)
     lane_of_sender: dict[int, int] = {}
@@ -158,7 +159,7 @@ def commits_for(campaign, offsets, latency_of_stage):
 
 def test_the_knee_is_the_last_step_before_latency_doubles():
     campaign = c.parse(step(steps=4), "x.yml")
-    offsets = c.schedule(campaign).offsets
+    offsets = c.schedule(campaign.streams[0]).offsets
     commits = commits_for(campaign, offsets, [0.1, 0.1, 0.15, 0.25, 0.3])
     verdicts, knee = figures.knee_verdicts(campaign, offsets, commits, campaign.seconds)
     assert [v.good for v in verdicts] == [True, True, False]
@@ -168,7 +169,7 @@ def test_the_knee_is_the_last_step_before_latency_doubles():
 
 def test_the_knee_is_the_last_step_before_commits_fall_behind_what_is_offered():
     campaign = c.parse(step(), "x.yml")
-    sched = c.schedule(campaign)
+    sched = c.schedule(campaign.streams[0])
     commits = commits_for(campaign, sched.offsets, [0.1, 0.1, 0.1, 0.1])
     third = campaign.stages[3]
     dropped = [i for i, t in enumerate(sched.offsets) if third.start_s <= t < third.end_s][::10]
@@ -223,30 +224,34 @@ class FakeChain:
 
 def make_plan(tmp_path, data) -> plan.Plan:
     campaign = c.parse(data, "x.yml")
-    sched = c.schedule(campaign)
+    sched = c.schedule(campaign.streams[0])
     keys = [crypto.KeyPair.generate() for _ in range(campaign.senders)]
     work = plan.assignments(sched, campaign.senders, campaign.users)
     raws = plan.sign_all([k.seed for k in keys], "qnet-test", campaign.fee, work, lambda n: None)
     return plan.write(tmp_path / "plan", data, campaign, "qnet-test", ["http://a", "http://b"],
-                      "http://a", raws, 0, {})  # fmt: skip
+                      "http://a", {"transfer": [raws]}, 0, {})  # fmt: skip
 
 
 def test_the_tracker_dates_each_commit_by_the_first_sighting_of_its_height(tmp_path):
     p = make_plan(tmp_path, {"shape": "constant", "rate": 20, "duration_seconds": 2,
                              "warmup_seconds": 0, "senders": 4, "users": 2})  # fmt: skip
     ids = p.tx_ids()
-    by_index = {i: tx_id for tx_id, i in ids.items()}
+    by_index = {i: tx_id for tx_id, (_stream, i) in ids.items()}
     chain, clock = FakeChain(), [100.0]
     tracker = CommitTracker(chain, ids, 100.0, 0, clock=lambda: clock[0])
     chain.commit([by_index[0], by_index[1], b"\x00" * 32], 100_500)
     clock[0] = 100.7
-    assert tracker.poll() == [(0, pytest.approx(0.7)), (1, pytest.approx(0.7))]
+    assert tracker.poll() == [
+        (("transfer", 0), pytest.approx(0.7)),
+        (("transfer", 1), pytest.approx(0.7)),
+    ]
     chain.commit([by_index[2]], 101_000)
     chain.fail_next = True
     clock[0] = 101.2
     assert tracker.poll() == [] and tracker.errors == 1
     clock[0] = 101.5
-    assert tracker.poll() == [(2, pytest.approx(1.2))]  # seen at the first poll that saw it
+    # Seen at the first poll that saw its height.
+    assert tracker.poll() == [(("transfer", 2), pytest.approx(1.2))]
     assert tracker.seen == {1: pytest.approx(0.7), 2: pytest.approx(1.2)}
 
 
@@ -254,8 +259,8 @@ def test_the_report_places_every_transaction_and_checks_the_tracker_against_the_
     data = step(rate=40, step_rate=40, steps=2, step_seconds=2, warmup_seconds=1,
                 senders=8, users=2, batch=10)  # fmt: skip
     p = make_plan(tmp_path, data)
-    sched = p.schedule
-    ids = {i: tx_id for tx_id, i in p.tx_ids().items()}
+    sched = p.transfers.schedule
+    ids = {i: tx_id for tx_id, (_stream, i) in p.tx_ids().items()}
     t0 = 1000.0
     outcomes, chain, seen = [], FakeChain(), {}
     refused_batch = 3  # the node answered 503 to this one: its transactions never arrived
@@ -263,7 +268,7 @@ def test_the_report_places_every_transaction_and_checks_the_tracker_against_the_
         due = sched.due(k)
         status = 503 if k == refused_batch else 200
         rejected = [[0, "fee_too_low"]] if k == 5 else []
-        outcomes.append([k, due, due, status, rejected])
+        outcomes.append(["transfer", k, due, due, status, rejected])
     for k in range(sched.batches):
         if k == refused_batch:
             continue
@@ -280,7 +285,7 @@ def test_the_report_places_every_transaction_and_checks_the_tracker_against_the_
             "start_height": 0,
             "last_height": len(chain.blocks),
             "seen": seen,
-            "committed": committed_count,
+            "committed": {"transfer": committed_count},
             "errors": 0,
         },
         "generators": {"master": health(0.1), "workers": {"local": health(0.3)}},
@@ -288,9 +293,11 @@ def test_the_report_places_every_transaction_and_checks_the_tracker_against_the_
     }
     committed = report.readback(p, chain.blocks)
     asked = report.unsettled(p, run, set(committed))
-    assert sorted(asked) == sorted([*range(sched.bounds[3], sched.bounds[4]), sched.bounds[7]])
-    statuses = {i: None for i in asked}
-    statuses[sched.bounds[7]] = {"status": "pending"}
+    unsettled = [*range(sched.bounds[3], sched.bounds[4]), sched.bounds[7]]
+    # Batches 3 and 7 went on lane 1 (of 2): the lane's node is the one to ask.
+    assert asked == dict.fromkeys((("transfer", i) for i in unsettled), 1)
+    statuses = dict.fromkeys(asked)
+    statuses["transfer", sched.bounds[7]] = {"status": "pending"}
     summary = report.summarise(p, run, chain.blocks, statuses, {"node_count": 2})
     acc = summary["accounting"]
     assert acc == {
@@ -312,19 +319,79 @@ def test_the_report_places_every_transaction_and_checks_the_tracker_against_the_
     # others waited for it, and that batching delay is part of their latency.
     assert 400 <= summary["latency"]["p50_ms"] <= 450 <= summary["latency"]["max_ms"] + 1
     # A tracker that missed a block is caught by the read-back.
-    run["tracker"]["committed"] -= 1
-    assert not report.summarise(p, run, chain.blocks, statuses, {})["accounting"]["closes"]
+    run["tracker"]["committed"]["transfer"] -= 1
+    missed = report.summarise(p, run, chain.blocks, statuses, {})
+    assert not missed["accounting"]["closes"] and not missed["closes"]
     # A generator over its CPU limit makes the run invalid.
     run["generators"]["workers"]["local"] = health(0.93)
     summary = report.summarise(p, run, chain.blocks, statuses, {})
     assert not summary["valid"] and "93% of a core" in summary["invalid_because"][0]
 
 
-def tracker_record(last_height: int, seen: dict, committed: int) -> dict:
-    return {"start_height": 0, "last_height": last_height, "seen": seen,
-            "committed": committed, "errors": 0}  # fmt: skip
-
-
 def health(cpu: float) -> dict:
     return {"pid": 1, "cpu_mean": cpu, "cpu_max_1s": cpu, "loop_lag_p99_ms": 1.0,
             "loop_lag_max_ms": 2.0}  # fmt: skip
+
+
+def test_a_population_adds_a_heartbeat_stream_over_the_measured_window_on_lanes_of_its_own():
+    campaign = c.parse(
+        {"shape": "constant", "rate": 50, "duration_seconds": 20, "warmup_seconds": 5,
+         "users": 3, "population": {"nodes": 1000, "lanes": 2}},
+        "x.yml",
+    )  # fmt: skip
+    transfer, beats = campaign.streams
+    assert (transfer.name, transfer.lanes, beats.name, beats.lanes) == (
+        "transfer",
+        3,
+        "heartbeat",
+        2,
+    )
+    sched = c.schedule(beats)
+    assert len(sched.offsets) == 1000  # one heartbeat per node
+    assert sched.offsets[0] >= 5.0 and sched.offsets[-1] < 25.0  # in the measured window
+    assert campaign.lanes == 5
+    with pytest.raises(c.CampaignError, match=r"population\.node_type must be light or full"):
+        c.parse({**step(), "population": {"nodes": 5, "node_type": "super"}}, "x.yml")
+    with pytest.raises(c.CampaignError, match=r"population\.nodes is required"):
+        c.parse({**step(), "population": {"lanes": 5}}, "x.yml")
+
+
+def test_every_node_that_heartbeated_must_be_eligible_in_the_epoch_of_its_heartbeat(tmp_path):
+    p = make_plan(tmp_path, step())
+    p.meta["heartbeat"] = {"epoch": 7, "node_type": "light", "nodes": ["n0", "n1", "n2", "n3"]}
+    committed = {("heartbeat", 0): {}, ("heartbeat", 1): {}, ("heartbeat", 3): {}}
+    records = {
+        "n0": {"epochs": [{"epoch": 7}]},
+        "n1": {"epochs": [{"epoch": 8}]},  # the run crossed into epoch 8 before it was sent
+        "n2": {"epochs": []},  # never heartbeated: not counted either way
+        "n3": {"epochs": [{"epoch": 6}]},  # on chain, yet not eligible in 7 or 8
+    }
+    result = report.population(p, committed, records)
+    assert (result["heartbeated"], result["eligible"], result["not_eligible"]) == (3, 2, ["n3"])
+
+
+def test_wallet_sends_are_json_one_at_a_time_on_lanes_of_their_own(tmp_path):
+    data = step(wallets={"users": 2, "rate": 3}, users=2, senders=4)
+    campaign = c.parse(data, "x.yml")
+    wallet = campaign.streams[-1]
+    assert (wallet.name, wallet.endpoint, wallet.batch, wallet.lanes) == ("wallet", "json", 1, 2)
+    sched = c.schedule(wallet)
+    assert len(sched.offsets) == sched.batches == int(3 * campaign.seconds)  # warm-up too
+    keys = [crypto.KeyPair.generate() for _ in range(2)]
+    work = plan.assignments(sched, 2, 2)
+    raws = plan.sign_all([k.seed for k in keys], "qnet-test", 1000, work, lambda n: None)
+    bodies = plan.request_bodies(wallet, sched, raws)
+    first = json.loads(bodies[0])
+    assert first["kind"] == "transfer" and first["nonce"] == 0
+    assert plan.body_ids(wallet, bodies[0]) == [crypto.digest(raws[0])]
+    # Written with the transfers, read back by id like theirs.
+    transfer = c.schedule(campaign.streams[0])
+    tkeys = [crypto.KeyPair.generate() for _ in range(4)]
+    twork = plan.assignments(transfer, 4, 2)
+    traws = plan.sign_all([k.seed for k in tkeys], "qnet-test", 1000, twork, lambda n: None)
+    p = plan.write(tmp_path / "plan", data, campaign, "qnet-test", ["http://a"], "http://a",
+                   {"transfer": [traws], "wallet": [raws]}, 0, {})  # fmt: skip
+    ids = p.tx_ids()
+    assert ids[crypto.digest(raws[5])] == ("wallet", 5)
+    assert ids[crypto.digest(traws[7])] == ("transfer", 7)
+    assert p.lane(3) == (p.streams["wallet"], 1) and p.lanes == 4

@@ -74,6 +74,40 @@ class Generator:
 
 
 @dataclass(frozen=True)
+class Population:
+    """Simulated nodes, activated before the window: each sends one heartbeat in it, at
+    times spread evenly over the measured window (the way a population's heartbeats spread
+    over an epoch), carried by ``lanes`` lanes of their own."""
+
+    nodes: int
+    node_type: str = "light"
+    owners: int = 10  # wallets that activate them and own their rewards
+    lanes: int = 4
+
+
+@dataclass(frozen=True)
+class Wallets:
+    """People using the wallet: each of ``users`` has a wallet of its own and, at ``rate``
+    sends a second over all of them, reads its balance, sends one transfer as JSON and polls
+    its status until it commits (or its next send is due), and asks for the node's status."""
+
+    users: int = 4
+    rate: float = 2.0
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One kind of traffic: its stages of offered rate, its batching and its lanes."""
+
+    name: str  # "transfer", "heartbeat" or "wallet": the COMMIT request's name in Locust
+    stages: tuple[Stage, ...]
+    batch: int
+    batch_window_ms: float
+    lanes: int
+    endpoint: str = "batch"  # "batch": binary batches; "json": one JSON transaction each
+
+
+@dataclass(frozen=True)
 class Targets:
     """Where the load goes: an Ansible inventory group, or URLs."""
 
@@ -96,6 +130,8 @@ class Campaign:
     targets: Targets = field(default_factory=Targets)
     knee: Knee = field(default_factory=Knee)
     generator: Generator = field(default_factory=Generator)
+    population: Population | None = None
+    wallets: Wallets | None = None
 
     @property
     def seconds(self) -> float:
@@ -104,6 +140,29 @@ class Campaign:
     @property
     def measured(self) -> tuple[Stage, ...]:
         return tuple(s for s in self.stages if s.measured)
+
+    @property
+    def streams(self) -> tuple[Stream, ...]:
+        """The transfers of the shape, a population's heartbeats, the wallets' sends."""
+        out = [Stream("transfer", self.stages, self.batch, self.batch_window_ms, self.users)]
+        if self.population is not None:
+            start, end = self.measured[0].start_s, self.measured[-1].end_s
+            rate = self.population.nodes / (end - start)
+            beats = Stage("heartbeats", start, end - start, rate, rate)
+            out.append(
+                Stream(
+                    "heartbeat", (beats,), self.batch, self.batch_window_ms, self.population.lanes
+                )
+            )
+        if self.wallets is not None:
+            rate = self.wallets.rate
+            sends = Stage("wallet sends", 0.0, self.seconds, rate, rate)
+            out.append(Stream("wallet", (sends,), 1, 1.0, self.wallets.users, "json"))
+        return tuple(out)
+
+    @property
+    def lanes(self) -> int:
+        return sum(s.lanes for s in self.streams)
 
     def to_json(self) -> dict:
         """The settings as the report records them."""
@@ -131,6 +190,8 @@ class Campaign:
             "targets": {"group": self.targets.group, "urls": list(self.targets.urls)},
             "knee": vars(self.knee),
             "generator": vars(self.generator),
+            "population": None if self.population is None else vars(self.population),
+            "wallets": None if self.wallets is None else vars(self.wallets),
         }
 
 
@@ -139,7 +200,7 @@ class Campaign:
 _TOP = {
     "name", "description", "shape", "rate", "to_rate", "step_rate", "steps", "step_seconds",
     "duration_seconds", "warmup_seconds", "drain_seconds", "batch", "batch_window_ms",
-    "senders", "fee", "users", "targets", "knee", "generator",
+    "senders", "fee", "users", "targets", "knee", "generator", "population", "wallets",
 }  # fmt: skip
 _SHAPE_FIELDS = {
     "constant": {"rate", "duration_seconds"},
@@ -240,6 +301,10 @@ def parse(data: object, source: str = "campaign") -> Campaign:
         isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls
     ):
         raise targets.fail("urls", "must be a list of http(s) URLs")
+    population = f.mapping("population", {"nodes", "node_type", "owners", "lanes"})
+    if population.data and population.data.get("node_type", "light") not in ("light", "full"):
+        raise population.fail("node_type", "must be light or full")
+    wallets = f.mapping("wallets", {"users", "rate"})
     knee = f.mapping("knee", {"min_committed_ratio", "max_p95_factor"})
     gen = f.mapping("generator", {"max_cpu", "max_lag_ms"})
     return Campaign(
@@ -262,6 +327,19 @@ def parse(data: object, source: str = "campaign") -> Campaign:
             gen.number("max_cpu", 0.8, 0.05, 1.0),
             gen.number("max_lag_ms", 100.0, 1, 60_000),
         ),
+        population=Population(
+            population.integer("nodes", None, 1, 1_000_000),
+            population.text("node_type", "light"),
+            population.integer("owners", 10, 1, 10_000),
+            population.integer("lanes", 4, 1, 10_000),
+        )
+        if population.data
+        else None,
+        wallets=Wallets(
+            wallets.integer("users", 4, 1, 10_000), wallets.number("rate", 2.0, 0.1, 10_000)
+        )
+        if wallets.data
+        else None,
     )
 
 
@@ -303,15 +381,15 @@ class Schedule:
         return bisect.bisect_left(self.offsets, t)
 
 
-def schedule(campaign: Campaign) -> Schedule:
+def schedule(stream: Stream) -> Schedule:
     offsets: list[float] = []
-    for stage in campaign.stages:
+    for stage in stream.stages:
         offsets += [stage.start_s + stage.offset(j) for j in range(stage.count)]
-    window = campaign.batch_window_ms / 1000
+    window = stream.batch_window_ms / 1000
     bounds = [0]
     for i in range(1, len(offsets)):
         first = bounds[-1]
-        if i - first >= campaign.batch or offsets[i] - offsets[first] >= window:
+        if i - first >= stream.batch or offsets[i] - offsets[first] >= window:
             bounds.append(i)
     if offsets:
         bounds.append(len(offsets))

@@ -1,8 +1,9 @@
 """The report's PNG plots, from a summary (``report.summarise``).
 
-``timeline.png``: offered, sent and committed transactions per second over the run, and
-commit latency p50/p95/p99 per second below it; ``steps.png`` (step campaigns): committed
-throughput against p95 and p99 latency, one point per step, the knee marked.
+``timeline.png``: offered, sent and committed transfers (and heartbeats committed, with a
+population) per second over the run, and commit latency p50/p95/p99 per second below it;
+``steps.png`` (step campaigns): committed throughput against p95 and p99 latency, one point
+per step, the knee marked.
 """
 
 from pathlib import Path
@@ -28,6 +29,9 @@ def timeline(summary: dict, path: Path) -> None:
     top.plot(t, [r["offered"] for r in rows], label="offered", color="tab:gray", ls="--")
     top.plot(t, [r["sent"] for r in rows], label="sent", color="tab:blue", alpha=0.7)
     top.plot(t, [r["committed"] for r in rows], label="committed (block time)", color="tab:green")
+    if any(r["heartbeats"] for r in rows):
+        beats = [r["heartbeats"] for r in rows]
+        top.plot(t, beats, label="heartbeats committed", color="tab:purple", alpha=0.8)
     top.set_ylabel("transactions per second")
     top.set_ylim(bottom=0)
     bottom.set_ylim(bottom=0)

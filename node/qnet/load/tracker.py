@@ -1,12 +1,12 @@
 """Following the chain during a run: when each height was first seen committed at one node,
-and which of the plan's transactions each block holds.
+and which of the plan's transactions (by key: stream and index) each block holds.
 
 Plain blocking calls through ``qnet.client`` (under Locust, gevent makes them cooperative);
 ``poll`` is one step, the locustfile loops it.
 """
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 from ..client import ApiError, Client
 
@@ -15,7 +15,7 @@ class CommitTracker:
     def __init__(
         self,
         client: Client,
-        ids: dict[bytes, int],
+        ids: dict[bytes, Hashable],
         t0: float,
         start_height: int,
         clock: Callable[[], float] = time.time,
@@ -26,13 +26,13 @@ class CommitTracker:
         self.height = start_height  # every block up to here has been read
         self.clock = clock
         self.seen: dict[int, float] = {}  # height -> seconds from t0 when first seen
-        self.commits: dict[int, float] = {}  # transaction index -> seconds from t0
+        self.commits: dict[Hashable, float] = {}  # transaction key -> seconds from t0
         self.polled = float("-inf")  # seconds from t0 of the last complete poll
         self.errors = 0
 
-    def poll(self) -> list[tuple[int, float]]:
+    def poll(self) -> list[tuple[Hashable, float]]:
         """Read the heights committed since the last poll; the plan's transactions in them,
-        as (index, seconds from t0 when their block was first seen)."""
+        as (key, seconds from t0 when their block was first seen)."""
         try:
             head = self.client.status()["height"]
         except ApiError:
