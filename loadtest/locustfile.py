@@ -32,6 +32,7 @@ from qnet.load.plan import Plan
 from qnet.load.tracker import CommitTracker
 
 LEAD_S = 2.0  # from the start message to the first intended send
+STOP_LEAD_S = 1.0  # from the stop message to the time after which nothing is sent
 POLL_S = 0.05  # how often the tracker asks for the head: the resolution of commit times
 FLUSH_S = 1.0  # how often a worker streams its batch outcomes to the master
 LAG_TICK_S = 0.05  # the event-loop lag probe's sleep
@@ -227,7 +228,8 @@ class Coordinator:
             verdict = figures.step_verdict(stage, lat, first_p95, self.plan.campaign.knee)
             first_p95 = verdict.p95_ms if first_p95 is None else first_p95
             if not verdict.good:
-                self.stop_at = min(self.stop_at, time.time() - self.t0)
+                # A moment ahead, so that the lanes hear of it before anything due after it.
+                self.stop_at = min(self.stop_at, time.time() - self.t0 + STOP_LEAD_S)
                 self.stop_reason = f"past the knee at {stage.name}: {verdict.reason}"
                 self.env.runner.send_message("qnet_stop", {"at": self.stop_at})
                 return

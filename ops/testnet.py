@@ -41,6 +41,9 @@ import testbed as tb  # noqa: E402
 NAME = "qnet"
 REGIONS = ("na", "eu", "ap", "sa")  # one genesis validator in each, in this order
 CHAIN_ID = "qnet-testnet"
+FAUCET = "faucet"  # the controller's funded wallet, for load campaigns and first steps
+FAUCET_QNC = "100000000"  # enough to activate a population of 10,000 light nodes many times
+FAUCET_PASSWORD = "testnet"  # a throwaway network on one machine, like the devnet's
 # What the wheel is built from: a copy of these, so stale files of an earlier build
 # (setuptools' build/ directory) never end up in it.
 SOURCES = ("pyproject.toml", "README.md", "node", "recovery")
@@ -140,9 +143,11 @@ def write_inventory(
     regions: tuple[str, ...] = REGIONS,
     monitoring: int = 1,
     chain_id: str = CHAIN_ID,
+    funds: dict[str, str] | None = None,
 ) -> Path:
     """An inventory of the testbed's hosts as a QNet testnet: the first ones genesis
-    validators, one per region of ``regions``, then ``monitoring`` monitoring hosts."""
+    validators, one per region of ``regions``, then ``monitoring`` monitoring hosts;
+    ``funds`` (address -> QNC) are the genesis balances."""
     needed = len(regions) + monitoring
     if len(bed.hosts) < needed:
         raise TestnetError(f"{needed} hosts needed, the testbed has {len(bed.hosts)}")
@@ -172,6 +177,7 @@ def write_inventory(
         "qnet_artifacts_dir": str(artifacts),
         "qnet_network_dir": str(network_dir),
         "node_exporter_extra_args": [TESTBED_FILESYSTEMS],
+        **({"qnet_genesis_funds": funds} if funds else {}),
     }
     return tb.write_inventory(path, groups, hostvars, {**bed.connection_vars(), **network})
 
@@ -344,6 +350,20 @@ def paths(bed: "tb.Testbed") -> tuple[Path, Path]:
     return bed.dir / "testnet-inventory.yml", bed.dir / "network"
 
 
+def faucet(bed: "tb.Testbed", network: Path) -> tuple[Path, str] | None:
+    """The keystore and address of the testnet's funded wallet ``faucet``: made with a new
+    network (its genesis funds it), kept with the testbed's state; None for a network made
+    without one."""
+    from qnet.keystore import Keystore
+
+    keystore = Keystore(bed.dir / "wallets")
+    if not keystore.exists(FAUCET):
+        if (network / "genesis.json").exists():
+            return None
+        keystore.add(FAUCET, os.environ.get("QNET_WALLET_PASSWORD") or FAUCET_PASSWORD)
+    return keystore.directory, keystore.info(FAUCET).address
+
+
 def up(name: str, subnet: str) -> int:
     started = time.monotonic()
     try:
@@ -357,12 +377,20 @@ def up(name: str, subnet: str) -> int:
     build_debs(tb.image())
     print(f"artifacts in {wheelhouse}, monitoring packages: {time.monotonic() - mark:.1f} s")
     inventory, network = paths(bed)
-    write_inventory(bed, inventory, network)
+    wallet = faucet(bed, network)
+    write_inventory(bed, inventory, network, funds={wallet[1]: FAUCET_QNC} if wallet else None)
     run = run_playbook(inventory, "testnet.yml", state=bed.dir, echo=True)
     if run.returncode != 0:
         print(f"testnet.yml failed (exit {run.returncode}); the hosts stay up: make testnet-down")
         return 1
     print(status_report(inventory))
+    if wallet:
+        print(
+            f"faucet:      {wallet[1]} ({FAUCET_QNC} QNC at genesis) in {wallet[0]}, password "
+            f"$QNET_WALLET_PASSWORD or {FAUCET_PASSWORD!r}\n"
+            f"load:        QNET_WALLET_PASSWORD={FAUCET_PASSWORD} make loadtest "
+            f"LOADTEST_ARGS='--inventory {inventory} --keystore {wallet[0]}'"
+        )
     print(f"\nmake testnet took {time.monotonic() - started:.1f} s")
     return 0
 

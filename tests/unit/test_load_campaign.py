@@ -318,6 +318,9 @@ def test_the_report_places_every_transaction_and_checks_the_tracker_against_the_
     # Seen 0.4 s after the batch was due, which is when its last transaction was due: the
     # others waited for it, and that batching delay is part of their latency.
     assert 400 <= summary["latency"]["p50_ms"] <= 450 <= summary["latency"]["max_ms"] + 1
+    # A stop the lanes heard of late: what they sent though it was due after it was offered.
+    early = report.summarise(p, {**run, "stop_at": sched.due(10)}, chain.blocks, statuses, {})
+    assert early["accounting"]["offered"] == early["accounting"]["sent"] == len(sched.offsets)
     # A tracker that missed a block is caught by the read-back.
     run["tracker"]["committed"]["transfer"] -= 1
     missed = report.summarise(p, run, chain.blocks, statuses, {})

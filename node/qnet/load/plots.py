@@ -34,16 +34,17 @@ def timeline(summary: dict, path: Path) -> None:
         top.plot(t, beats, label="heartbeats committed", color="tab:purple", alpha=0.8)
     top.set_ylabel("transactions per second")
     top.set_ylim(bottom=0)
-    bottom.set_ylim(bottom=0)
     top.set_title(f"Offered, sent and committed load - {_caption(summary)}", fontsize=10)
     for p, color in (("p50", "tab:green"), ("p95", "tab:orange"), ("p99", "tab:red")):
         values = [r[f"{p}_ms"] for r in rows]
         bottom.plot(t, [v if v is not None else float("nan") for v in values], label=p, c=color)
+    bottom.set_ylim(bottom=0)  # after the lines: before them it would fix the top at 1
     bottom.set_ylabel("commit latency (ms)\nfrom intended send time")
     bottom.set_xlabel("seconds from the start of the run (commit second for latency)")
     for axis in (top, bottom):
         for stage in summary["campaign"]["stages"]:
-            axis.axvline(stage["start_s"], color="lightgray", lw=0.8)
+            if stage["start_s"] < len(rows):  # the stages the run reached
+                axis.axvline(stage["start_s"], color="lightgray", lw=0.8)
         axis.grid(alpha=0.3)
         axis.legend(loc="upper left", fontsize=8)
     fig.tight_layout()

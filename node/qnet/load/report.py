@@ -94,15 +94,17 @@ def accounting(
 ) -> Accounting:
     """One stream's accounting; ``committed`` and ``statuses`` (the node's answer about each
     unsettled transaction, None when it knows nothing) by index in the stream."""
-    bounds = sp.schedule.bounds
+    bounds, offsets, stop = sp.schedule.bounds, sp.schedule.offsets, run["stop_at"]
     acc = Accounting()
-    acc.offered = sp.schedule.offered_before(run["stop_at"])
+    acc.offered = sp.schedule.offered_before(stop)
     acc.committed = int(run["tracker"]["committed"].get(sp.stream.name, 0))
     acc.committed_readback = len(committed)
     sent = outcomes(run, sp.stream.name)
     for k, _free, _sent, status, rejected in sent:
         n = bounds[k + 1] - bounds[k]
         acc.sent += n
+        # Sent before the stop reached its lane, though due after it: offered all the same.
+        acc.offered += sum(1 for i in range(bounds[k], bounds[k + 1]) if offsets[i] >= stop)
         if status == 200:
             acc.accepted += n - len(rejected)
             for _i, code in rejected:
