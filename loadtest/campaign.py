@@ -134,10 +134,12 @@ def print_summary(summary: dict, out: Path) -> None:
         f"intended send time p50/p95/p99/max {lat['p50_ms']}/{lat['p95_ms']}/{lat['p99_ms']}/"
         f"{lat['max_ms']} ms"
     )
-    closed = summary["latency_from_actual_send"]
+    closed, delay = summary["latency_from_actual_send"], summary["send_delay"]
     click.echo(
         f"  (from the actual send, as a closed-loop tool would report it: p99 "
-        f"{closed['p99_ms']} ms, max {closed['max_ms']} ms)"
+        f"{closed['p99_ms']} ms, max {closed['max_ms']} ms; transfers left p99 "
+        f"{delay['p99_ms']} ms late, {delay['sent_a_second_late_or_more']:,} of them a second "
+        "or more)"
     )
     click.echo(
         f"offered {acc['offered']:,} = sent {acc['sent']:,} + generator backlog "

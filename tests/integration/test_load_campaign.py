@@ -148,9 +148,10 @@ def test_a_generator_over_its_cpu_limit_marks_the_run_invalid(network, tmp_path)
 def test_a_stall_of_the_target_node_shows_in_the_latency_from_the_intended_send_time(
     network, tmp_path
 ):
-    """Coordinated omission: the node every lane sends to is frozen for 3 s mid-run. Latency
-    from the intended send time includes the stall; latency from the actual send, what a
-    closed-loop generator reports, hides it (its requests waited instead of being sent)."""
+    """Coordinated omission: the node every lane sends to is frozen for 3 s mid-run, so the
+    transactions due meanwhile leave late. Latency from the intended send time keeps that
+    wait; latency from the actual send, what a closed-loop generator reports, leaves it out
+    (it also holds the node's catch-up after the stall, so it is not asserted small)."""
     home, nodes = network
     path = variant(tmp_path, ("step_rate", "steps", "step_seconds"), shape="constant",
                    duration_seconds=18, users=2)  # fmt: skip
@@ -166,9 +167,12 @@ def test_a_stall_of_the_target_node_shows_in_the_latency_from_the_intended_send_
     finally:
         freeze.join()
     assert code == 0, output
-    honest, closed = summary["latency"], summary["latency_from_actual_send"]
+    honest, delay = summary["latency"], summary["send_delay"]
     assert honest["p99_ms"] >= 2000, honest  # a 3 s stall, and a tenth of the run due in it
-    assert closed["p95_ms"] < 1000 and closed["p99_ms"] < honest["p99_ms"] / 2, closed
+    # About 2 s of the 3 s stall's transactions (11% of the run) left a second or more late:
+    # a closed loop would have measured them from then. Well above the 1% of a p99.
+    assert delay["sent_a_second_late_or_more"] >= 0.05 * honest["offered"], delay
+    assert delay["max_ms"] >= 2500, delay
     assert summary["accounting"]["closes"]
 
 

@@ -231,6 +231,17 @@ def summarise(
     # stall that held a request back; it is shown beside the honest figure, never instead.
     sent_at = {o[0]: o[2] for o in outcomes(run, "transfer")}
     from_sent = window_latencies(sp, transfer_commits, window, sent_at)
+    # How late each transfer left: what a closed-loop tool leaves out of its latency.
+    delays = Latencies()
+    batch_of = sp.batch_of()
+    lo, hi = (bisect.bisect_left(sp.schedule.offsets, w) for w in window)
+    late = 0
+    for i in range(lo, hi):
+        if batch_of[i] in sent_at:
+            delay = sent_at[batch_of[i]] - sp.schedule.offsets[i]
+            delays.add(max(0.0, delay))
+            late += delay >= 1.0
+    delays.offered = delays.committed
     stages = []
     for stage in measured:
         lat = stage_latencies(sp.schedule.offsets, transfer_commits, stage, stop=stop)
@@ -263,6 +274,7 @@ def summarise(
         "committed_tps": streams["transfer"]["committed_per_second"],
         "latency": streams["transfer"]["latency"],
         "latency_from_actual_send": from_sent.to_json(),
+        "send_delay": {**delays.to_json(), "sent_a_second_late_or_more": late},
         "accounting": streams["transfer"]["accounting"],
         "streams": streams,
         "closes": all(s["closes"] for s in streams.values()),
