@@ -70,7 +70,7 @@ def bar(label: str, total: int):
     return update
 
 
-def run_locust(plan_dir: Path, out: Path, processes: int, seconds: float) -> None:
+def run_locust(plan_dir: Path, out: Path, processes: int, campaign: campaigns.Campaign) -> None:
     argv = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
         "--qnet-plan", str(plan_dir), "--qnet-out", str(out),
@@ -79,11 +79,14 @@ def run_locust(plan_dir: Path, out: Path, processes: int, seconds: float) -> Non
     ]  # fmt: skip
     if processes > 1:
         argv += ["--processes", str(processes)]
+    seconds = campaign.seconds
     click.echo(f"running {seconds:.0f} s of load (Locust, {processes} process(es))", err=True)
+    # The load, the wait for a silent worker and the drain, and room to start and stop.
+    limit = seconds + 2 * campaign.drain_seconds + 120
     try:
-        done = subprocess.run(argv, timeout=seconds + 300, stdout=subprocess.DEVNULL)
+        done = subprocess.run(argv, timeout=limit, stdout=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise Failure(f"Locust did not finish within {seconds + 300:.0f} s") from None
+        raise Failure(f"Locust did not finish within {limit:.0f} s") from None
     if done.returncode != 0 or not (out / "run.json").exists():
         raise Failure(f"Locust failed (exit {done.returncode}); see its output above")
 
@@ -227,7 +230,7 @@ def run(campaign_file, urls, inventory, keystore, wallet, track, processes, out,
         when = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         directory = out / f"{when}-{campaign.name}"
         prepare(data, campaign, targets, track or targets[0], faucet, directory / "plan", bar)
-        run_locust(directory / "plan", directory, processes, campaign.seconds)
+        run_locust(directory / "plan", directory, processes, campaign)
         settings = {"processes": processes, "node_count": len(targets), "targets": targets}
         (directory / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
         code = report(directory, settings, as_json)

@@ -17,6 +17,7 @@ activated, every transaction signed); ``--qnet-out DIR`` is where the master wri
 """
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from gevent.event import Event
 from locust import FastHttpUser, LoadTestShape, events, task
 from locust.runners import MasterRunner, WorkerRunner
 
-from qnet.client import Client
+from qnet.client import ApiError, Client
 from qnet.load import figures
 from qnet.load.plan import Plan
 from qnet.load.tracker import CommitTracker
@@ -176,7 +177,12 @@ class Coordinator:
         # Locust shares the users out as evenly as it can; enough for every worker's lanes.
         self.users = len(ids) * -(-lanes // len(ids))
         client = Client(self.plan.track, timeout=10)
-        start_height = client.status()["height"]
+        try:
+            start_height = client.status()["height"]
+        except ApiError as exc:  # no run without the chain to follow: no run.json either
+            logging.error("the tracked node %s: %s", self.plan.track, exc.message)
+            self.finished = True
+            return
         self.t0 = time.time() + LEAD_S
         self.start_height = start_height
         self.tracker = CommitTracker(client, self.ids, self.t0, start_height)
@@ -258,9 +264,10 @@ class Coordinator:
         pending transaction any more."""
         if not self.awaiting:
             return True
-        pending = 0
-        for url in self.plan.urls:
-            pending += Client(url, timeout=5).status()["mempool_size"]
+        try:
+            pending = sum(Client(u, timeout=5).status()["mempool_size"] for u in self.plan.urls)
+        except ApiError:
+            return False  # a target that does not answer may still hold some
         return pending == 0
 
     def drain(self) -> None:
