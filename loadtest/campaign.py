@@ -101,7 +101,7 @@ def read_chain(plan: Plan, run: dict) -> tuple[list[dict], dict, dict | None]:
         blocks = list(pool.map(client.block, range(first, last + 1)))
     committed = readback(plan, blocks)
     asked = unsettled(plan, run, set(committed))
-    ids = {key: tx_id for tx_id, key in plan.tx_ids().items() if key in asked}
+    ids = {key: tx_id for tx_id, key in plan.ids.items() if key in asked}
 
     def status(key: Key) -> tuple[Key, dict | None]:
         node = Client(plan.target(asked[key]), timeout=30)

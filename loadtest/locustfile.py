@@ -146,7 +146,7 @@ class Coordinator:
         self.env = environment
         self.plan = plan
         self.out = out
-        self.ids = plan.tx_ids()
+        self.ids = plan.ids
         self.t0 = 0.0
         self.stop_at = plan.campaign.seconds
         self.stop_reason = "the campaign ran to its end"

@@ -235,7 +235,7 @@ def make_plan(tmp_path, data) -> plan.Plan:
 def test_the_tracker_dates_each_commit_by_the_first_sighting_of_its_height(tmp_path):
     p = make_plan(tmp_path, {"shape": "constant", "rate": 20, "duration_seconds": 2,
                              "warmup_seconds": 0, "senders": 4, "users": 2})  # fmt: skip
-    ids = p.tx_ids()
+    ids = p.ids
     by_index = {i: tx_id for tx_id, (_stream, i) in ids.items()}
     chain, clock = FakeChain(), [100.0]
     tracker = CommitTracker(chain, ids, 100.0, 0, clock=lambda: clock[0])
@@ -260,7 +260,7 @@ def test_the_report_places_every_transaction_and_checks_the_tracker_against_the_
                 senders=8, users=2, batch=10)  # fmt: skip
     p = make_plan(tmp_path, data)
     sched = p.transfers.schedule
-    ids = {i: tx_id for tx_id, (_stream, i) in p.tx_ids().items()}
+    ids = {i: tx_id for tx_id, (_stream, i) in p.ids.items()}
     t0 = 1000.0
     outcomes, chain, seen = [], FakeChain(), {}
     refused_batch = 3  # the node answered 503 to this one: its transactions never arrived
@@ -394,7 +394,7 @@ def test_wallet_sends_are_json_one_at_a_time_on_lanes_of_their_own(tmp_path):
     traws = plan.sign_all([k.seed for k in tkeys], "qnet-test", 1000, twork, lambda n: None)
     p = plan.write(tmp_path / "plan", data, campaign, "qnet-test", ["http://a"], "http://a",
                    {"transfer": [traws], "wallet": [raws]}, 0, {})  # fmt: skip
-    ids = p.tx_ids()
+    ids = p.ids
     assert ids[crypto.digest(raws[5])] == ("wallet", 5)
     assert ids[crypto.digest(traws[7])] == ("transfer", 7)
     assert p.lane(3) == (p.streams["wallet"], 1) and p.lanes == 4

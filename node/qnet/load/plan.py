@@ -17,6 +17,7 @@ Every process of a run (master, workers, the report) reads the same plan; the in
 times are recomputed from the campaign by ``campaign.schedule``.
 """
 
+import functools
 import json
 import os
 import random
@@ -117,8 +118,10 @@ class Plan:
         beats = self.meta.get("heartbeat")
         return beats["next_epoch_ms"] / 1000 if beats else None
 
-    def tx_ids(self) -> dict[bytes, Key]:
-        """Transaction id -> (stream, index in its schedule); both variants of a heartbeat."""
+    @functools.cached_property
+    def ids(self) -> dict[bytes, Key]:
+        """Transaction id -> (stream, index in its schedule); both variants of a heartbeat.
+        Computed once per process: the report reads it more than once."""
         ids: dict[bytes, Key] = {}
         for name, plan in self.streams.items():
             for variant in range(len(plan.files)):

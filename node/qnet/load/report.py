@@ -76,7 +76,7 @@ def unsettled(plan: Plan, run: dict, committed: set[Key]) -> dict[Key, int]:
 
 def readback(plan: Plan, blocks: list[dict]) -> dict[Key, dict]:
     """The plan's transactions in ``blocks``: key -> the header of the block holding it."""
-    ids = plan.tx_ids()
+    ids = plan.ids
     found = {}
     for block in blocks:
         for tx_id in block["transactions"]:
