@@ -65,7 +65,7 @@ def main_pid(net: Testnet, host) -> str:
     return net.ssh(host, "systemctl show --property MainPID --value qnet-node").strip()
 
 
-@pytest.mark.timeout(1500)  # the first: the fixture may wait out an earlier restart loop
+@pytest.mark.timeout(600)  # the first: its fixture runs monitoring.yml
 def test_a_frozen_validator_is_restarted_catches_up_and_its_alert_resolves(net):
     host = net.validators[1]
     drill = drills.run_drill(net, host, "pause")
