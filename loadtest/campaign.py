@@ -2,23 +2,30 @@
 
     loadtest/campaign.py run loadtest/campaigns/step.yml --url http://127.0.0.1:7370 \\
         --keystore .devnet/wallets --from faucet        # $QNET_WALLET_PASSWORD unlocks it
+    loadtest/campaign.py run loadtest/campaigns/knee.yml --inventory INVENTORY --loadgen \\
+        --processes 2 --keystore ... --from faucet     # workers on the loadgen hosts
     loadtest/campaign.py report reports/<time>-<name>   # the report again, from run.json
 
 ``run`` funds the campaign's senders from the wallet and signs every transaction (progress
 bars), runs Locust headless on ``loadtest/locustfile.py`` (``--processes N`` for N worker
-processes), reads the blocks of the run back and asks the nodes about every transaction
-that neither committed nor was refused at once, then writes ``reports/<time>-<name>/``:
-Locust's CSV and HTML, ``summary.json`` and the plots. Exit codes: 0 a valid run whose
+processes; with ``--loadgen``, N on each host of the inventory's ``loadgen`` group, started
+by ``ops/playbooks/loadgen.yml``, their logs fetched to ``workers/``), reads the blocks of
+the run back and asks the nodes about every transaction that neither committed nor was
+refused at once, then writes ``reports/<time>-<name>/``: Locust's CSV and HTML,
+``summary.json`` and the plots. Exit codes: 0 a valid run whose
 accounting closes; 1 an error; 2 the generator measured itself (over its CPU or wake-up
 limits: the figures are not the network's); 3 transactions the accounting cannot place.
 """
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -34,7 +41,10 @@ from qnet.load.report import INVALID_EXIT, UNCLOSED_EXIT, readback, summarise, u
 
 HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "locustfile.py"
+OPS = HERE.parent / "ops"
 READ_THREADS = 16
+MASTER_PORT = 5557  # Locust's own default, which the locust role's workers dial
+CONNECT_WAIT_S = 300  # for every worker to connect: the playbook installs and starts them
 
 
 class Failure(click.ClickException):
@@ -70,25 +80,120 @@ def bar(label: str, total: int):
     return update
 
 
-def run_locust(plan_dir: Path, out: Path, processes: int, campaign: campaigns.Campaign) -> None:
-    argv = [
+def locust_argv(plan_dir: Path, out: Path) -> list[str]:
+    return [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
         "--qnet-plan", str(plan_dir), "--qnet-out", str(out),
         "--csv", str(out / "locust"), "--html", str(out / "locust.html"),
         "--loglevel", "WARNING", "--only-summary", "--exit-code-on-error", "0",
     ]  # fmt: skip
+
+
+def time_limit(campaign: campaigns.Campaign) -> float:
+    """The load, the wait for a silent worker and the drain, and room to start and stop."""
+    return campaign.seconds + 2 * campaign.drain_seconds + 120
+
+
+def finished(done: int, out: Path) -> None:
+    if done != 0 or not (out / "run.json").exists():
+        raise Failure(f"Locust failed (exit {done}); see its output above")
+
+
+def run_locust(plan_dir: Path, out: Path, processes: int, campaign: campaigns.Campaign) -> None:
+    argv = locust_argv(plan_dir, out)
     if processes > 1:
         argv += ["--processes", str(processes)]
-    seconds = campaign.seconds
-    click.echo(f"running {seconds:.0f} s of load (Locust, {processes} process(es))", err=True)
-    # The load, the wait for a silent worker and the drain, and room to start and stop.
-    limit = seconds + 2 * campaign.drain_seconds + 120
+    click.echo(
+        f"running {campaign.seconds:.0f} s of load (Locust, {processes} process(es))", err=True
+    )
+    limit = time_limit(campaign)
     try:
         done = subprocess.run(argv, timeout=limit, stdout=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise Failure(f"Locust did not finish within {limit:.0f} s") from None
-    if done.returncode != 0 or not (out / "run.json").exists():
-        raise Failure(f"Locust failed (exit {done.returncode}); see its output above")
+    finished(done.returncode, out)
+
+
+@dataclass
+class Loadgen:
+    """Locust workers on the inventory's loadgen hosts (ops/playbooks/loadgen.yml), ``per_host``
+    on each, and the master here, at ``master``, the address the hosts reach this machine at."""
+
+    inventory: str
+    hosts: dict[str, str]
+    per_host: int
+    master: str
+    port: int = MASTER_PORT
+
+    @classmethod
+    def of(cls, inventory: str | None, per_host: int, master: str | None) -> "Loadgen":
+        if not inventory:
+            raise Failure("--loadgen needs --inventory, whose loadgen group has the hosts")
+        hosts = ops.group_addresses(inventory, "loadgen")
+        if not hosts:
+            raise Failure(f"no hosts in the loadgen group of {inventory}")
+        return cls(inventory, hosts, per_host, master or route_source(next(iter(hosts.values()))))
+
+    def playbook(self, **settings) -> None:
+        argv = [ops.ansible_program("ansible-playbook"), "-i", self.inventory,
+                str(OPS / "playbooks" / "loadgen.yml"), "-e", json.dumps(settings)]  # fmt: skip
+        env = {**os.environ, "ANSIBLE_CONFIG": str(OPS / "ansible.cfg")}
+        # Ansible's output goes to stderr: stdout stays clean for --json.
+        done = subprocess.run(argv, env=env, cwd=OPS, stdout=sys.stderr, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise Failure(f"loadgen.yml failed (exit {done.returncode}); see its output above")
+
+    def run(self, plan_dir: Path, out: Path, campaign: campaigns.Campaign) -> None:
+        workers = self.per_host * len(self.hosts)
+        argv = [
+            *locust_argv(plan_dir, out),
+            "--master", "--master-bind-host", self.master, "--master-bind-port", str(self.port),
+            "--expect-workers", str(workers), "--expect-workers-max-wait", str(CONNECT_WAIT_S),
+        ]  # fmt: skip
+        click.echo(
+            f"running {campaign.seconds:.0f} s of load (Locust master on {self.master}:"
+            f"{self.port}, {workers} worker(s) on {', '.join(self.hosts)})",
+            err=True,
+        )
+        master = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        try:
+            self.playbook(
+                locust_state="started",
+                locust_plan_dir=str(plan_dir.resolve()),
+                locust_master_host=self.master,
+                locust_master_port=self.port,
+                locust_workers=self.per_host,
+            )
+            limit = CONNECT_WAIT_S + time_limit(campaign)
+            try:
+                done = master.wait(timeout=limit)
+            except subprocess.TimeoutExpired:
+                raise Failure(f"Locust did not finish within {limit:.0f} s") from None
+        except BaseException:
+            master.kill()
+            master.wait()
+            # Clear the hosts; the error above is the one to report.
+            with contextlib.suppress(Failure):
+                self.collect(out)
+            raise
+        self.collect(out)
+        finished(done, out)
+
+    def collect(self, out: Path) -> None:
+        """Wait for the workers to end, fetch their logs and exits to ``out/workers/``."""
+        self.playbook(
+            locust_state="collected",
+            locust_results_dir=str((out / "workers").resolve()),
+            locust_workers=self.per_host,
+        )
+
+
+def route_source(address: str) -> str:
+    """This machine's address on its route to ``address``: where a host there reaches it."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((address, 9))  # a datagram socket sends nothing to connect
+        return probe.getsockname()[0]
 
 
 def read_chain(plan: Plan, run: dict) -> tuple[list[dict], dict, dict | None]:
@@ -217,21 +322,45 @@ def cli() -> None:
 @click.option("--keystore", type=click.Path(file_okay=False, path_type=Path), help="Wallets.")
 @click.option("--from", "wallet", default="faucet", show_default=True, help="Funding wallet.")
 @click.option("--track", help="The node whose blocks the run follows (default: the first).")
-@click.option("--processes", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Locust worker processes: here, or on each loadgen host with --loadgen.",
+)
+@click.option(
+    "--loadgen",
+    is_flag=True,
+    help="Run the workers on the inventory's loadgen hosts (ops/playbooks/loadgen.yml).",
+)
+@click.option("--master-host", help="With --loadgen: the address the hosts reach this one at.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def run(campaign_file, urls, inventory, keystore, wallet, track, processes, out, as_json) -> None:
+def run(
+    campaign_file, urls, inventory, keystore, wallet, track, processes, loadgen, master_host,
+    out, as_json,
+) -> None:  # fmt: skip
     """Prepare, run and report CAMPAIGN_FILE against a running network."""
     try:
         data = campaigns.read(campaign_file)
         campaign = campaigns.parse(data, str(campaign_file))
         targets = target_urls(campaign, urls, inventory)
+        hosts = Loadgen.of(inventory, processes, master_host) if loadgen else None
         faucet = Keystore.locate(keystore).load(wallet, wallet_password())
         when = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         directory = out / f"{when}-{campaign.name}"
         prepare(data, campaign, targets, track or targets[0], faucet, directory / "plan", bar)
-        run_locust(directory / "plan", directory, processes, campaign)
-        settings = {"processes": processes, "node_count": len(targets), "targets": targets}
+        if hosts:
+            hosts.run(directory / "plan", directory, campaign)
+        else:
+            run_locust(directory / "plan", directory, processes, campaign)
+        settings = {
+            "processes": processes * (len(hosts.hosts) if hosts else 1),
+            "loadgen_hosts": sorted(hosts.hosts) if hosts else [],
+            "node_count": len(targets),
+            "targets": targets,
+        }
         (directory / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
         code = report(directory, settings, as_json)
     except (campaigns.CampaignError, PlanError, KeystoreError, ApiError, ops.OpsError) as exc:

@@ -68,14 +68,18 @@ def project_version(source: Path = REPO) -> str:
     return tomllib.loads((source / "pyproject.toml").read_text())["project"]["version"]
 
 
-def build_artifacts(out: Path = ARTIFACTS, source: Path = REPO) -> Path:
+def build_artifacts(out: Path = ARTIFACTS, source: Path = REPO, extra: str = "") -> Path:
     """``out/<version>/``: the qnet wheel of ``source`` and the wheels of everything it needs
     at run time, for hosts with the controller's Python (Debian bookworm's 3.11), and the
-    same wheels packed in ``wheelhouse.tar``, which the qnet_node role ships.
+    same wheels packed in ``wheelhouse.tar``, which the qnet_node role ships. With an
+    ``extra`` (pyproject's optional dependencies, e.g. ``load``), ``out/<extra>/<version>/``
+    with the wheels of ``qnet[extra]`` (the locust role ships ``load``).
 
     The wheelhouse is built aside and then put in place whole, so a failed build leaves the
     previous one as it was."""
     version = project_version(source)
+    if extra:
+        out = out / extra
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".build-{version}-", dir=out) as scratch:
         tree = Path(scratch) / "source"
@@ -91,7 +95,10 @@ def build_artifacts(out: Path = ARTIFACTS, source: Path = REPO) -> Path:
         env = {**os.environ, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH}
         pip = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check"]
         done = subprocess.run(
-            [*pip, "--wheel-dir", str(wheels), str(tree)], capture_output=True, text=True, env=env
+            [*pip, "--wheel-dir", str(wheels), f"{tree}[{extra}]" if extra else str(tree)],
+            capture_output=True,
+            text=True,
+            env=env,
         )
         if done.returncode != 0:
             raise TestnetError(f"pip wheel failed:\n{(done.stderr or done.stdout)[-3000:]}")
@@ -401,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     build = sub.add_parser("artifacts", help="build the wheelhouse Ansible ships")
     build.add_argument("--out", type=Path, default=ARTIFACTS, help=f"default {ARTIFACTS}")
     build.add_argument("--source", type=Path, default=REPO, help="the tree to build from")
+    build.add_argument("--extra", default="", help="with these optional dependencies (load)")
     for command, text in (
         ("up", "boot the testbed and roll out the testnet (again)"),
         ("status", "show the nodes"),
@@ -412,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--subnet", default=tb.SUBNET, help=f"default {tb.SUBNET}")
     args = parser.parse_args(argv)
     if args.command == "artifacts":
-        print(build_artifacts(args.out.resolve(), args.source.resolve()))
+        print(build_artifacts(args.out.resolve(), args.source.resolve(), args.extra))
         return 0
     if args.command == "up":
         return up(args.name, args.subnet)

@@ -215,24 +215,26 @@ def scratch_name(prefix: str) -> str:
 # ---- hosts -----------------------------------------------------------------------------------
 
 
-def _ansible_inventory() -> str:
-    beside = Path(sys.executable).parent / "ansible-inventory"
-    found = str(beside) if beside.exists() else shutil.which("ansible-inventory")
+def ansible_program(name: str) -> str:
+    """An Ansible program (ansible-inventory, ansible-playbook): the one installed beside this
+    Python, else the one on PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
     if found is None:
-        raise OpsError("ansible-inventory is not installed (pip install ansible-core)")
+        raise OpsError(f"{name} is not installed (pip install ansible-core)")
     return found
 
 
-def load_hosts(inventory: str, limit: str | None = None) -> list[Host]:
-    """The node hosts of ``inventory`` (those ``limit`` selects), as Ansible sees them."""
-    argv = [_ansible_inventory(), "-i", inventory, "--list"]
+def _inventory(inventory: str, limit: str | None = None) -> tuple[dict, Callable[[str], list]]:
+    """``ansible-inventory --list`` of ``inventory`` and the names in a group (with its
+    children's)."""
+    argv = [ansible_program("ansible-inventory"), "-i", inventory, "--list"]
     if limit:
         argv += ["--limit", limit]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         raise OpsError(f"cannot read inventory {inventory}: {done.stderr.strip()}")
     data = json.loads(done.stdout)
-    hostvars = data.get("_meta", {}).get("hostvars", {})
 
     def members(group: str) -> list[str]:
         entry = data.get(group, {})
@@ -240,6 +242,21 @@ def load_hosts(inventory: str, limit: str | None = None) -> list[Host]:
         for child in entry.get("children", []):
             names += members(child)
         return names
+
+    return data, members
+
+
+def group_addresses(inventory: str, group: str) -> dict[str, str]:
+    """The hosts of ``group`` in ``inventory`` and the address Ansible reaches each at."""
+    data, members = _inventory(inventory)
+    hostvars = data.get("_meta", {}).get("hostvars", {})
+    return {name: str(hostvars.get(name, {}).get("ansible_host", name)) for name in members(group)}
+
+
+def load_hosts(inventory: str, limit: str | None = None) -> list[Host]:
+    """The node hosts of ``inventory`` (those ``limit`` selects), as Ansible sees them."""
+    data, members = _inventory(inventory, limit)
+    hostvars = data.get("_meta", {}).get("hostvars", {})
 
     picked: dict[str, str] = {}
     for group in NODE_GROUPS:

@@ -35,8 +35,8 @@ def recorded_playbooks():
 # E2e modules in this order, after the unit and integration tests: the modules of the shared
 # testnet in the order they change it (test_operations leaves another release running), and
 # the guide's test last, since it looks at what the others ran.
-ORDER = ("test_testbed", "test_ops_static", "test_monitoring", "test_testnet", "test_alerting",
-         "test_operations", "test_recovery", "test_operator_guide")  # fmt: skip
+ORDER = ("test_testbed", "test_ops_static", "test_monitoring", "test_testnet", "test_loadgen",
+         "test_alerting", "test_operations", "test_recovery", "test_operator_guide")  # fmt: skip
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected what will not run

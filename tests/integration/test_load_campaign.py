@@ -206,3 +206,18 @@ def test_a_population_heartbeats_once_each_and_every_node_that_did_is_eligible(n
     result = summary["population"]
     assert result["heartbeated"] == result["eligible"] == 300, result
     assert summary["closes"] and summary["valid"]
+
+
+def test_loadgen_needs_an_inventory_with_loadgen_hosts_and_touches_nothing_without(tmp_path):
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"children": {"loadgen": {"hosts": {}}}}}))
+    for extra, why in (
+        ([], "--loadgen needs --inventory"),
+        (["--inventory", str(inventory)], f"no hosts in the loadgen group of {inventory}"),
+    ):
+        argv = [sys.executable, str(ROOT / "loadtest" / "campaign.py"), "run", str(SMOKE),
+                "--url", "http://127.0.0.1:9", "--loadgen", "--out", str(tmp_path / "r"),
+                *extra]  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and why in done.stderr, done.stderr
+        assert not (tmp_path / "r").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qnet.ops import load_hosts
+from qnet.ops import group_addresses, load_hosts
 
 OPS = str(Path(sys.executable).parent / "qnet-ops")
 
@@ -55,6 +55,12 @@ def test_node_hosts_come_from_the_inventory_groups(inventory):
     assert (hosts["v2"].region, hosts["v2"].api_port) == ("na", 7380)
     assert hosts["v1"].check_host_key is False and hosts["v1"].key_file == "/nonexistent/key"
     assert {h.name for h in load_hosts(str(inventory), "region_eu")} == {"v1", "f1"}
+
+
+def test_a_groups_hosts_come_with_the_address_ansible_reaches_them_at(inventory):
+    assert group_addresses(str(inventory), "monitoring") == {"m1": "127.0.0.1"}
+    assert group_addresses(str(inventory), "region_eu") == {"v1": "127.0.0.1", "f1": "127.0.0.1"}
+    assert group_addresses(str(inventory), "loadgen") == {}
 
 
 def test_every_unreachable_host_gets_its_own_error(inventory):
