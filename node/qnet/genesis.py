@@ -11,6 +11,12 @@ REGIONS = ("na", "sa", "eu", "af", "ap", "me", "oc")
 NODE_TYPES = ("super", "full", "light")
 
 
+# Parameters added after networks were created. At their default they are left out of the
+# canonical JSON, so a genesis file written before them (which lacks them and so gets the
+# default) keeps its hash, and with it every data dir and peer link of its network.
+LATER_PARAMS = ("max_block_bytes",)
+
+
 class GenesisError(ValueError):
     pass
 
@@ -21,6 +27,8 @@ class Params:
 
     block_interval_ms: int = 200  # minimum time between blocks
     max_block_txs: int = 20_000
+    # Bytes of a block's transactions as they travel (``tx.encode_batch``, the block body).
+    max_block_bytes: int = 4 * 2**20
     min_fee: int = 1_000
     epoch_ms: int = 3_600_000
     epoch_emission: int = 1_000 * UNITS_PER_QNC  # minted per epoch, shared by eligible nodes
@@ -65,6 +73,10 @@ class Genesis:
         data["validators"] = [asdict(v) for v in self.validators]
         data["seeds"] = [asdict(s) for s in self.seeds]
         data["balances"] = {addr: str(units) for addr, units in sorted(self.balances.items())}
+        defaults = asdict(Params())
+        for name in LATER_PARAMS:
+            if data["params"][name] == defaults[name]:
+                del data["params"][name]
         return data
 
     @property
@@ -136,6 +148,8 @@ class Genesis:
             raise GenesisError("params must be integers")
         if p.block_interval_ms < 0 or p.max_block_txs <= 0 or p.min_fee < 0 or p.epoch_ms <= 0:
             raise GenesisError("params out of range")
+        if p.max_block_bytes <= 0:
+            raise GenesisError("max_block_bytes must be positive")
         fees = [p.activation_fee(t) for t in NODE_TYPES]
         if not all(0 <= units <= MAX_AMOUNT for units in [p.min_fee, p.epoch_emission, *fees]):
             raise GenesisError("fees and emission must fit an unsigned 64-bit integer")

@@ -97,6 +97,24 @@ class Rules:
     def epoch_start_ms(self, epoch: int) -> int:
         return self.epoch_origin_ms + epoch * self.params.epoch_ms
 
+    @property
+    def block_limits(self) -> "BlockLimits":
+        return BlockLimits(self.params.max_block_txs, self.params.max_block_bytes)
+
+
+@dataclass(frozen=True)
+class BlockLimits:
+    """How much one block may carry (genesis ``max_block_txs`` and ``max_block_bytes``).
+    ``fits`` decides for the block builder, which fills a block up to the limits, and for
+    validators, to whom a block beyond them is invalid. ``body_bytes`` counts the block's
+    transactions as they travel (``tx.framed_size`` each)."""
+
+    max_txs: int
+    max_bytes: int
+
+    def fits(self, tx_count: int, body_bytes: int) -> bool:
+        return tx_count <= self.max_txs and body_bytes <= self.max_bytes
+
 
 @dataclass(frozen=True, slots=True)
 class NodeRecord:

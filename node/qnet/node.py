@@ -1,8 +1,9 @@
 """The node: admission, block building and committing around the pure ledger.
 
-Flow: request -> decode -> verify signature (threads) -> mempool -> block builder ->
-consensus -> apply -> store -> notify. Consensus is a separate driver (``consensus.py``)
-that calls ``build_block`` when it proposes and ``commit`` when a block is final.
+Flow: request -> decode -> cheap checks -> verify signature (threads, once per node) ->
+mempool -> block builder -> consensus -> apply -> store -> notify. Consensus is a separate
+driver (``consensus.py``) that calls ``build_block`` when it proposes and ``commit`` when a
+block is final.
 """
 
 import asyncio
@@ -24,14 +25,23 @@ from .config import NodeConfig
 from .errors import Rejected
 from .genesis import NODE_TYPES, REGIONS, Genesis
 from .journal import Journal, read_journal
-from .mempool import Mempool
+from .mempool import BatchCheck, Mempool
 from .metrics import Metrics
 from .storage import Storage, StorageError
-from .tx import KIND_ACTIVATE, KIND_HEARTBEAT, DecodeError, Transaction, decode, make_heartbeat
+from .tx import (
+    KIND_ACTIVATE,
+    KIND_HEARTBEAT,
+    DecodeError,
+    Transaction,
+    decode,
+    framed_size,
+    make_heartbeat,
+)
 
 log = logging.getLogger("qnet.node")
 
 REJECTED_MEMORY = 100_000  # how many recent rejections the status endpoint remembers
+VERIFIED_MEMORY = 100_000  # ids of transactions whose signatures verified, beyond the mempool
 ARRIVALS_KEPT = 1_024  # recent blocks whose arrival time the node remembers
 
 
@@ -110,7 +120,9 @@ class Node:
         )
         self.stopping = False  # set when a graceful stop begins: admit nothing more
         self.rejected: OrderedDict[bytes, Rejected] = OrderedDict()
-        self._heartbeat_epochs: dict[bytes, int] = {}  # sender -> epoch of its pending one
+        # Transactions whose signatures verified here, most recent last: a signature is
+        # verified once per node, whether it came to admission or in a block first.
+        self._verified: OrderedDict[bytes, None] = OrderedDict()
         self.work = asyncio.Event()
         self.committed_event = asyncio.Event()
         self._verify_pool = ThreadPoolExecutor(config.verify_threads, "qnet-verify")
@@ -189,33 +201,55 @@ class Node:
         """The epoch the next block will be in, by this node's clock."""
         return max(self.state.epoch, self.rules.epoch_of(int(time.time() * 1000)))
 
-    def _precheck(self, tx: Transaction, view: ledger.Overlay) -> None:
-        """Refuse early what cannot pass in the next block (``view``; the block path checks
-        again): chain, duplicates, fee and the rules of the kind, such as one heartbeat per
-        node and epoch, so free heartbeats cannot flood the mempool."""
+    def _precheck(self, tx: Transaction, view: ledger.Overlay, batch: BatchCheck) -> None:
+        """The cheap checks, before the signature is verified: refuse early what cannot pass
+        in the next block (``view``; the block path checks again): chain, duplicates, size,
+        fee and the rules of the kind, then the mempool's (``batch``): nonce window, funds
+        with the fee, per-sender limits, one heartbeat per node and epoch, room."""
         if tx.chain_id != self.chain_id:
             raise Rejected(
                 "wrong_chain", f"transaction is for chain {tx.chain_id!r}, not {self.chain_id!r}"
             )
         if tx.id in self.mempool:
             raise Rejected("duplicate", "transaction is already pending")
+        if not self.rules.block_limits.fits(1, framed_size(tx)):
+            raise Rejected(
+                "malformed",
+                f"transaction of {len(tx.raw)} bytes does not fit in a block "
+                f"(max_block_bytes {self.params.max_block_bytes})",
+            )
         ledger.check_fee(tx, self.rules)
         ledger.check_kind(view, tx, self.rules)
+        batch.check(tx, self.state.account(tx.sender))
+
+    def _signature_known(self, tx_id: bytes) -> bool:
+        return tx_id in self.mempool or tx_id in self._verified
 
     async def _verify(self, txs: list[Transaction]) -> list[bool]:
-        """Verify signatures on the thread pool; PyNaCl releases the GIL, so they overlap."""
-        if not txs:
-            return []
+        """Verify signatures on the thread pool (PyNaCl releases the GIL, so they overlap),
+        except those verified here before; remembers those that verify."""
+        todo = [t for t in txs if not self._signature_known(t.id)]
+        if not todo:
+            return [True] * len(txs)
         started = time.perf_counter()
         n = self.config.verify_threads
-        size = -(-len(txs) // n)
-        chunks = [txs[i : i + size] for i in range(0, len(txs), size)]
+        size = -(-len(todo) // n)
+        chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
         loop = asyncio.get_running_loop()
         results = await asyncio.gather(
             *(loop.run_in_executor(self._verify_pool, _verify_chunk, c) for c in chunks)
         )
         self.metrics.verify_seconds.observe(time.perf_counter() - started)
-        return [ok for chunk in results for ok in chunk]
+        failed = set()
+        for t, ok in zip(todo, (ok for chunk in results for ok in chunk), strict=True):
+            if ok:
+                self._verified[t.id] = None
+                self._verified.move_to_end(t.id)
+            else:
+                failed.add(t.id)
+        while len(self._verified) > VERIFIED_MEMORY:
+            self._verified.popitem(last=False)
+        return [t.id not in failed for t in txs]
 
     @property
     def height(self) -> int:
@@ -243,12 +277,13 @@ class Node:
         outcome: list[Rejected | None] = [None] * len(txs)
         to_verify: list[tuple[int, Transaction]] = []
         view = ledger.begin_block(self.state, self.rules, self.epoch_now())
+        batch = self.mempool.batch_check()
         for i, tx in enumerate(txs):
             if isinstance(tx, DecodeError):
                 outcome[i] = self.refuse(None, Rejected("malformed", str(tx)))
                 continue
             try:
-                self._precheck(tx, view)
+                self._precheck(tx, view, batch)
             except Rejected as exc:
                 outcome[i] = self.refuse(tx, exc)
             else:
@@ -261,16 +296,12 @@ class Node:
                 if not ok:
                     raise Rejected("bad_signature", _bad_signature_message(tx))
                 for gone in self.mempool.admit(tx, self.state.account(tx.sender), now):
-                    self.refuse(
-                        gone.tx, Rejected("mempool_full", "evicted by a higher-fee transaction")
-                    )
+                    self.refuse(gone.tx, _displaced(gone.tx, tx))
             except Rejected as exc:
                 outcome[i] = self.refuse(tx, exc)
             else:
                 admitted.append(tx)
                 self.rejected.pop(tx.id, None)
-                if tx.kind == KIND_HEARTBEAT:
-                    self._heartbeat_epochs[tx.sender] = tx.epoch
         if admitted:
             self.metrics.admitted.inc(len(admitted))
             self._update_mempool_gauges()
@@ -344,7 +375,7 @@ class Node:
         """Select from the mempool, apply to an overlay, sign the header. Changes nothing."""
         started = time.perf_counter()
         time_ms = max(time_ms, self.state.block_time_ms + 1)
-        candidates = self.mempool.select(self.params.max_block_txs)
+        candidates = self.mempool.select(self.rules.block_limits)
         diff, included, refused = ledger.apply_block(self.state, candidates, self.rules, time_ms)
         for tx, exc in refused:  # a sender whose head cannot run blocks its whole queue
             for entry in self.mempool.drop_sender(tx.sender):
@@ -366,15 +397,14 @@ class Node:
     async def validate_block(self, block: Block) -> ledger.Diff:
         """Check a block proposed or served by another node against the committed state.
 
-        Signatures of transactions this node admitted were verified at admission; the rest
-        are verified on the thread pool before the rules run.
+        The header's rules (the genesis limits among them) come first; then signatures not
+        verified here before (at admission or in an earlier block) are verified on the
+        thread pool, then the ledger's rules run.
         """
-        known = {t.id for t in block.txs if t.id in self.mempool}
-        unknown = [t for t in block.txs if t.id not in known]
-        if not all(await self._verify(unknown)):
+        check_header(self.state, block, self.rules)
+        if not all(await self._verify(list(block.txs))):
             raise InvalidBlock(f"block {block.header.height} holds a badly signed transaction")
-        known.update(t.id for t in unknown)
-        return check_block(self.state, block, self.rules, known)
+        return check_contents(self.state, block, self.rules)
 
     async def apply_certified(self, block: Block, cert: CommitCertificate) -> None:
         """Sync: verify a committed block's certificate and contents, then commit it."""
@@ -436,16 +466,14 @@ class Node:
         (and what its sender queued after it), or its node would wait for it until the
         mempool TTL instead of sending the next epoch's. Nodes that build no blocks need
         this; a proposer drops such a sender when building anyway."""
-        for sender, epoch in list(self._heartbeat_epochs.items()):
-            if not self.mempool.pending_count(sender):
-                del self._heartbeat_epochs[sender]
-            elif epoch < self.state.epoch:
-                del self._heartbeat_epochs[sender]
-                for entry in self.mempool.drop_sender(sender):
-                    self.refuse(
-                        entry.tx,
-                        Rejected("wrong_epoch", f"epoch {epoch} closed before it was included"),
-                    )
+        for entry in self.mempool.drop_stale_heartbeats(self.state.epoch):
+            t = entry.tx
+            message = (
+                f"epoch {t.epoch} closed before it was included"
+                if t.kind == KIND_HEARTBEAT
+                else "queued after a heartbeat whose epoch closed before it was included"
+            )
+            self.refuse(t, Rejected("wrong_epoch", message))
 
     def _update_ledger_gauges(self) -> None:
         m, s = self.metrics, self.state
@@ -627,6 +655,13 @@ def _bad_signature_message(tx: Transaction) -> str:
     return "signature does not verify for the transaction's public key"
 
 
+def _displaced(gone: Transaction, by: Transaction) -> Rejected:
+    """Why ``gone`` left the mempool when ``by`` came in: replaced or evicted."""
+    if gone.sender == by.sender and gone.nonce == by.nonce:
+        return Rejected("duplicate", f"replaced by {by.id.hex()}, which pays a higher fee")
+    return Rejected("mempool_full", "evicted by a higher-fee transaction")
+
+
 def _verify_chunk(txs: list[Transaction]) -> list[bool]:
     return [t.verify_signature() for t in txs]
 
@@ -657,6 +692,16 @@ def check_block(
     Signatures of transactions whose ids are in ``verified`` were checked before (once per
     node); the others are checked here.
     """
+    check_header(state, block, rules)
+    if not all(t.verify_signature() for t in block.txs if t.id not in verified):
+        raise InvalidBlock(f"block {block.header.height} holds a badly signed transaction")
+    return check_contents(state, block, rules)
+
+
+def check_header(state: ledger.State, block: Block, rules: ledger.Rules) -> None:
+    """The rules a block must pass before any of its transactions' signatures is verified:
+    chain, parent, time, the genesis limits (``ledger.BlockLimits``, which the builder
+    fills up to), the proposer's signature and the transactions' root."""
     h = block.header
     if h.chain_id != rules.chain_id:
         raise InvalidBlock(f"block {h.height} is for chain {h.chain_id!r}")
@@ -664,12 +709,22 @@ def check_block(
         raise InvalidBlock(f"block {h.height} does not extend block {state.height}")
     if h.time_ms <= state.block_time_ms:
         raise InvalidBlock(f"block {h.height} is not later than its parent")
+    limits = rules.block_limits
+    body_bytes = sum(map(framed_size, block.txs))
+    if not limits.fits(len(block.txs), body_bytes):
+        raise InvalidBlock(
+            f"block {h.height} holds {len(block.txs)} transactions of {body_bytes} bytes, "
+            f"beyond the limits of {limits.max_txs} transactions and {limits.max_bytes} bytes"
+        )
     try:
         block.verify_shape()
     except BlockError as exc:
         raise InvalidBlock(str(exc)) from None
-    if not all(t.verify_signature() for t in block.txs if t.id not in verified):
-        raise InvalidBlock(f"block {h.height} holds a badly signed transaction")
+
+
+def check_contents(state: ledger.State, block: Block, rules: ledger.Rules) -> ledger.Diff:
+    """The ledger's rules for a block whose header and signatures passed; returns its diff."""
+    h = block.header
     diff, _included, refused = ledger.apply_block(state, list(block.txs), rules, h.time_ms)
     if refused:
         raise InvalidBlock(f"block {h.height}: {refused[0][1].message}")

@@ -46,6 +46,8 @@ MAX_CHAIN_ID_LEN = 64
 MAX_TX_BYTES = 1024
 # A heartbeat ranks above every fee in the mempool: it is free, valid once per node and
 # epoch, and worthless once its epoch is over, so it must not wait behind paying traffic.
+# It ranks so only within a bounded share of each mempool shard and of each block
+# (``mempool.HEARTBEAT_SHARE_PERCENT``).
 HEARTBEAT_PRIORITY = MAX_AMOUNT + 1
 
 _HEAD = struct.Struct(">BBB")
@@ -493,6 +495,11 @@ def from_json(obj: object) -> Transaction:
 
 def encode_batch(txs: list[Transaction]) -> bytes:
     return frame_batch([t.raw for t in txs])
+
+
+def framed_size(t: Transaction) -> int:
+    """What ``t`` adds to a batch body: ``len(encode_batch(txs)) == sum(map(framed_size, txs))``."""
+    return _FRAME.size + len(t.raw)
 
 
 def frame_batch(raws: list[bytes]) -> bytes:
