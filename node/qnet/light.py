@@ -21,7 +21,6 @@ from collections import deque
 
 from . import __version__, crypto, ledger
 from .bft import (
-    _HEIGHT,
     _RANGE,
     KIND_BLOCKS,
     KIND_GET_HEADERS,
@@ -36,6 +35,7 @@ from .bft import (
     PeerStats,
     decode_blocks,
     decode_headers,
+    encode_status,
     policy_for,
 )
 from .block import BlockError, CommitCertificate, Header
@@ -99,7 +99,7 @@ class LightNode:
                 "region": config.region,
             }
         )
-        self.stats = PeerStats(self.net, self.metrics, self.powers)
+        self.stats = PeerStats(self.net, self.metrics, self.chain_id, self.powers)
         self._load_head()
 
     # ---- the head ------------------------------------------------------------------------
@@ -177,7 +177,7 @@ class LightNode:
         try:
             while True:
                 await asyncio.sleep(STATUS_EVERY_S)
-                await self.net.broadcast(KIND_STATUS, _HEIGHT.pack(self.height))
+                await self.net.broadcast(KIND_STATUS, self._status())
                 await self._ask_for_heartbeat()
                 for peer in self.net.peers():
                     await self.stats.ping(peer.node_id)
@@ -195,7 +195,7 @@ class LightNode:
             self._asked.pop(peer.node_id, None)
             return
         await self.stats.ping(peer.node_id)
-        await self.net.send(peer.node_id, KIND_STATUS, _HEIGHT.pack(self.height))
+        await self.net.send(peer.node_id, KIND_STATUS, self._status())
 
     async def _on_message(self, peer: PeerInfo, kind: int, payload: bytes) -> None:
         try:
@@ -210,10 +210,9 @@ class LightNode:
 
     async def _dispatch(self, peer: PeerInfo, kind: int, payload: bytes) -> None:
         if kind == KIND_STATUS:
-            (height,) = _HEIGHT.unpack(payload)
-            self.stats.saw(peer, height)
+            self.stats.on_status(peer, payload, self.height)  # above ours: certified
             self._update_lag()
-            await self._catch_up(peer, height)
+            await self._catch_up(peer, self.stats.heights[peer.node_id])
         elif kind in (KIND_HEADERS, KIND_BLOCKS):
             if kind == KIND_HEADERS:
                 items = decode_headers(payload)
@@ -245,11 +244,15 @@ class LightNode:
     async def _take_headers(self, peer: PeerInfo, items: list) -> None:
         moved = False
         for header, cert in items:
-            self.stats.saw(peer, header.height)
-            moved = self.accept(header, cert) or moved
+            if self.accept(header, cert):
+                moved = True
+                self.stats.saw(peer, header.height)  # its certificate verified
         if moved:
-            await self.net.broadcast(KIND_STATUS, _HEIGHT.pack(self.height))
+            await self.net.broadcast(KIND_STATUS, self._status())
             self._update_lag()
+
+    def _status(self) -> bytes:
+        return encode_status(self.height, self.head_cert)
 
     def _update_lag(self) -> None:
         self.metrics.sync_lag.set(self.network_status()["sync_lag_blocks"])

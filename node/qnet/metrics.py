@@ -181,6 +181,13 @@ class Metrics:
             ["validator"],
             registry=r,
         )
+        self.consensus_dropped = Counter(
+            "qnet_consensus_messages_dropped",
+            "Consensus messages from peers not kept (a check failed, or the input queue was "
+            "full), by reason",
+            ["reason"],
+            registry=r,
+        )
         self.commit_latency = Histogram(
             "qnet_commit_latency_seconds",
             "From a block's proposal time to its commit on this node",

@@ -24,6 +24,16 @@ Effects:
                          commit it, then call start_height(h + 1)
     Equivocation         evidence: two different signed messages from one validator for
                          one step, reported once per validator, step and round
+    Accepted             the message from on_message passed every check (sender in the
+                         validator set, height and round window, signature, per-sender
+                         limits) and is kept; first in its list. Only now may the driver
+                         store, log, relay or count it
+    Refused              the message from on_message is ignored, and why (a reason of
+                         ``Core.dropped``); last in its list, after the Equivocation it may
+                         prove
+    Forgotten            messages accepted before that the core no longer keeps (a
+                         validator's lowest round above ours, evicted for a higher one, see
+                         Limits): the driver need not keep, log or re-send them either
 
 Voting power replaces process counts: "2f+1" is more than 2/3 of the total power, "f+1" is
 more than 1/3 of it (then at least one correct validator is among the senders).
@@ -341,6 +351,22 @@ class Equivocation:
     second: Message
 
 
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    message: Message
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    messages: tuple[Message, ...]
+
+
 Effect = (
     Broadcast
     | ScheduleTimeout
@@ -349,6 +375,9 @@ Effect = (
     | PersistSigningState
     | Decide
     | Equivocation
+    | Accepted
+    | Refused
+    | Forgotten
 )
 
 
@@ -390,7 +419,12 @@ class Limits:
     future_heights: int = 1
     future_rounds: int = 3
     proposals_per_round: int = 2  # values kept from an equivocating proposer
-    votes_per_step: int = 3  # different votes kept from an equivocating validator
+    # Different votes kept from an equivocating validator. A vote can matter only if its
+    # value is nil or proposed in its round (a quorum holds correct votes, and a correct
+    # validator votes only for a proposal it has), so at least proposals_per_round + 1
+    # leaves room for every vote that can matter: one for a value nobody proposed gives way
+    # to one that can matter, and a flood of such votes cannot crowd out the real ones.
+    votes_per_step: int = 3
 
 
 class ValidatorSet:
@@ -475,6 +509,16 @@ class _Tally:
             self.power += weight
         earlier.append(vote)
         self.power_for[vote.value_id] = self.power_for.get(vote.value_id, 0) + weight
+
+    def discard(self, vote: Vote, weight: int) -> None:
+        """Forget one of a validator's votes; it still counts towards ``power`` if it has
+        others."""
+        votes = self.votes[vote.validator]
+        votes.remove(vote)
+        self.power_for[vote.value_id] -= weight
+        if not votes:
+            del self.votes[vote.validator]
+            self.power -= weight
 
     def remove(self, validator: bytes, weight: int) -> None:
         votes = self.votes.pop(validator, [])
@@ -591,14 +635,16 @@ class Core:
         if isinstance(message, Proposal):
             reason, value_id = self._check_proposal(message)
             if reason is None:
-                self._store_proposal(message, value_id)
+                reason = self._store_proposal(message, value_id)
         else:
             reason = self._check_vote(message)
             if reason is None:
-                self._store_vote(message)
+                reason = self._store_vote(message)
         if reason is not None:
             self.dropped[reason] += 1
+            self._effects.append(Refused(message, reason))
             return self._take_effects()
+        self._effects.insert(0, Accepted(message))
         return self._settle()
 
     def on_timeout(self, timeout: Timeout) -> list[Effect]:
@@ -702,6 +748,10 @@ class Core:
     def _evict(self, log: _HeightLog, validator: bytes, round_: int) -> None:
         round_log = log.rounds[round_]
         weight = self.validators.powers[validator]
+        forgotten = [p for p in round_log.proposals.values() if p.proposer == validator]
+        for tally in (round_log.prevotes, round_log.precommits):
+            forgotten.extend(tally.votes.get(validator, ()))
+        self._effects.append(Forgotten(tuple(forgotten)))
         round_log.proposals = {
             i: p for i, p in round_log.proposals.items() if p.proposer != validator
         }
@@ -711,39 +761,51 @@ class Core:
             round_log.senders.discard(validator)
             round_log.sender_power -= weight
         log.rounds_of[validator].discard(round_)
+        if not round_log.senders:
+            del log.rounds[round_]  # above our round and empty: a flood leaves nothing behind
 
-    def _store_proposal(self, proposal: Proposal, value_id: bytes) -> None:
-        """Add a checked proposal (or our own) to the log. An equivocating proposer's second
-        value is kept too (lines 36 and 49 may need it) but no more than a few."""
+    def _store_proposal(self, proposal: Proposal, value_id: bytes) -> str | None:
+        """Add a checked proposal (or our own) to the log; why it was not, or None. An
+        equivocating proposer's second value is kept too (lines 36 and 49 may need it) but
+        no more than a few."""
         round_log = self._log(proposal.height).round(proposal.round)
         if value_id in round_log.proposals:
-            return  # our own, already received: another process signs with our key
+            return "duplicate"  # our own, already received: another process signs with our key
         if round_log.proposals:
             self._report(round_log, next(iter(round_log.proposals.values())), proposal)
             if len(round_log.proposals) >= self.limits.proposals_per_round:
-                self.dropped["proposal_limit"] += 1
-                return
+                return "proposal_limit"
         round_log.proposals[value_id] = proposal
         self._note_sender(proposal)
         if proposal.height == self.height:
             if value_id == self.valid_value_id:
                 self.valid_value = proposal.value  # after a restart: the bytes are back
             self._ask_validity(value_id, proposal.value)
+        return None
 
-    def _store_vote(self, vote: Vote) -> None:
-        """Add a checked vote (or our own) to the log; see _Tally for conflicting votes."""
+    def _store_vote(self, vote: Vote) -> str | None:
+        """Add a checked vote (or our own) to the log; why it was not, or None. See _Tally
+        for conflicting votes."""
         round_log = self._log(vote.height).round(vote.round)
         tally = round_log.tally(vote.kind)
         if tally.find(vote.validator, vote.value_id):
-            return  # our own, already received: another process signs with our key
+            return "duplicate"  # our own, already received: another process signs with our key
+        weight = self.validators.powers[vote.validator]
         earlier = tally.votes.get(vote.validator, [])
         if earlier:
             self._report(round_log, earlier[0], vote)
             if len(earlier) >= self.limits.votes_per_step:
-                self.dropped["vote_limit"] += 1
-                return
-        tally.add(vote, self.validators.powers[vote.validator])
+                unproposed = [v for v in earlier if not self._may_matter(round_log, v)]
+                if not unproposed or not self._may_matter(round_log, vote):
+                    return "vote_limit"
+                tally.discard(unproposed[0], weight)  # see Limits.votes_per_step
+        tally.add(vote, weight)
         self._note_sender(vote)
+        return None
+
+    @staticmethod
+    def _may_matter(round_log: _RoundLog, vote: Vote) -> bool:
+        return vote.value_id is None or vote.value_id in round_log.proposals
 
     def _note_sender(self, message: Message) -> None:
         """Line 55 counts the power of validators with any message in a round."""

@@ -11,16 +11,19 @@ from qnet.tendermint import (
     NIL_ID,
     TAG_PREVOTE,
     TAG_PROPOSAL,
+    Accepted,
     Broadcast,
     Core,
     Decide,
     Effect,
     Equivocation,
+    Forgotten,
     Limits,
     Message,
     MessageError,
     PersistSigningState,
     Proposal,
+    Refused,
     RequestValue,
     ScheduleTimeout,
     SigningState,
@@ -109,6 +112,15 @@ def feed(core: Core, *messages: Message) -> list[Effect]:
     return [e for m in messages for e in core.on_message(m)]
 
 
+def actions(effects: list[Effect]) -> list[Effect]:
+    """The effects but the verdicts on the message given (Accepted, Refused)."""
+    return [e for e in effects if not isinstance(e, Accepted | Refused)]
+
+
+def refusals(effects: list[Effect]) -> list[str]:
+    return [e.reason for e in effects if isinstance(e, Refused)]
+
+
 def sent(effects: list[Effect]) -> list[Message]:
     return [e.message for e in effects if isinstance(e, Broadcast)]
 
@@ -195,7 +207,7 @@ def test_line_57_prevotes_nil_when_the_proposal_does_not_come():
 def test_a_proposal_from_the_wrong_proposer_is_ignored():
     core = started()
     intruder = next(k for k in OTHERS if k is not proposer(0))
-    assert core.on_message(proposal(0, A, key=intruder)) == []
+    assert refusals(core.on_message(proposal(0, A, key=intruder))) == ["not_proposer"]
     assert core.dropped["not_proposer"] == 1
 
 
@@ -335,7 +347,8 @@ def test_stale_timeouts_are_ignored():
 
 def test_line_55_needs_f_plus_1_messages_of_a_higher_round():
     core = started()
-    assert core.on_message(vote(OTHERS[0], PREVOTE, 4, A)) == []  # 1 of 4: maybe Byzantine
+    first = vote(OTHERS[0], PREVOTE, 4, A)
+    assert core.on_message(first) == [Accepted(first)]  # 1 of 4: maybe Byzantine
     core.on_message(vote(OTHERS[1], PRECOMMIT, 7, None))
     assert core.round == 0
     effects = core.on_message(vote(OTHERS[2], PREVOTE, 7, None))  # 2 of 4 in round 7
@@ -419,7 +432,7 @@ def test_after_deciding_the_core_waits_for_the_driver_to_start_the_next_height()
     accept(core, proposal(0, A))
     feed(core, *(vote(k, PRECOMMIT, 0, A) for k in OTHERS))
     assert core.decision == A and core.height == H
-    assert core.on_message(vote(OTHERS[0], PREVOTE, 1, B)) == []
+    assert refusals(core.on_message(vote(OTHERS[0], PREVOTE, 1, B))) == ["past_height"]
     assert core.dropped["past_height"] == 1
     core.start_height(H + 1)
     assert (core.height, core.round, core.decision, core.locked_round) == (H + 1, 0, None, -1)
@@ -434,15 +447,16 @@ def test_messages_of_the_next_height_are_buffered_and_used_after_start_height():
     core = started()
     next_prop = proposal(0, B, height=H + 1)
     effects = feed(core, next_prop, *(vote(k, PREVOTE, 0, B, height=H + 1) for k in OTHERS))
-    assert effects == []  # not validated yet: its parent is not committed
-    assert core.on_message(vote(OTHERS[0], PREVOTE, 0, B, height=H + 2)) == []
+    assert actions(effects) == []  # not validated yet: its parent is not committed
+    assert [type(e) for e in effects] == [Accepted] * 4  # but kept
+    assert refusals(core.on_message(vote(OTHERS[0], PREVOTE, 0, B, height=H + 2))) == ["far_future"]
     assert core.dropped["far_future"] == 1
     effects = core.start_height(H + 1)
     assert ValidateValue(H + 1, vid(B), B) in effects
     effects = core.on_validity(H + 1, vid(B), True)
     assert votes_sent(effects, PREVOTE) == [vid(B)]
     assert votes_sent(effects, PRECOMMIT) == [vid(B)]  # the buffered polka
-    assert core.on_message(vote(OTHERS[0], PREVOTE, 0, A)) == []
+    assert refusals(core.on_message(vote(OTHERS[0], PREVOTE, 0, A))) == ["past_height"]
     assert core.dropped["past_height"] == 1
 
 
@@ -451,7 +465,7 @@ def test_each_validator_keeps_only_its_highest_future_rounds():
     core.start_height(H)
     spammer, honest = OTHERS[0], OTHERS[1]
     feed(core, *(vote(spammer, PREVOTE, r, None) for r in (10, 20, 30)))
-    assert core.on_message(vote(spammer, PREVOTE, 15, None)) == []
+    assert refusals(core.on_message(vote(spammer, PREVOTE, 15, None))) == ["round_limit"]
     assert core.dropped["round_limit"] == 1  # lower than the two it keeps (20 and 30)
     core.on_message(vote(honest, PREVOTE, 10, None))
     assert core.round == 0  # round 10 of the spammer was evicted
@@ -470,7 +484,14 @@ def test_bad_signatures_wrong_chains_and_strangers_are_ignored():
     other_chain = vote(OTHERS[1], PREVOTE, 0, A, chain="another-chain")
     stranger = vote(crypto.KeyPair(b"\x99" * 32), PREVOTE, 0, A)
     bad_proposal = Proposal(CHAIN, H, 0, -1, B, proposer(0).public_key, bytes(64))
-    assert feed(core, good, forged, other_chain, stranger, bad_proposal) == []
+    effects = feed(core, good, forged, other_chain, stranger, bad_proposal)
+    assert effects == [
+        Accepted(good),
+        Refused(forged, "bad_signature"),
+        Refused(other_chain, "wrong_chain"),
+        Refused(stranger, "not_validator"),
+        Refused(bad_proposal, "bad_signature"),
+    ]
     assert dict(core.dropped) == {"bad_signature": 2, "wrong_chain": 1, "not_validator": 1}
     # only two validators prevoted (we and OTHERS[0]): line 34 has not fired
     assert timeouts(core.on_message(vote(OTHERS[2], PREVOTE, 0, A))) != []
@@ -483,7 +504,9 @@ def test_equivocation_is_reported_once_and_the_equivocator_counts_once_per_round
     first, second = vote(liar, PREVOTE, 0, A), vote(liar, PREVOTE, 0, B)
     effects = feed(core, first, second)
     assert [e for e in effects if isinstance(e, Equivocation)] == [Equivocation(first, second)]
-    assert feed(core, second, vote(liar, PREVOTE, 0, None)) == []  # no second report
+    third = vote(liar, PREVOTE, 0, None)
+    effects = feed(core, second, third)
+    assert effects == [Refused(second, "duplicate"), Accepted(third)]  # no second report
     assert core.dropped["duplicate"] == 1
     # we and the liar have prevoted: 2 of 4, however many votes the liar sent
     assert timeouts(core.on_message(vote(other, PREVOTE, 0, B))) != []
@@ -505,6 +528,34 @@ def test_an_equivocating_proposer_is_reported():
     core = started()
     effects = feed(core, proposal(0, A), proposal(0, B))
     assert [type(e) for e in effects].count(Equivocation) == 1
+
+
+def test_a_flood_of_votes_for_unproposed_values_cannot_crowd_out_a_vote_that_matters():
+    """An equivocator's votes are kept up to votes_per_step; those for values nobody
+    proposed give way to one for a proposed value (or nil), so a validator that got the junk
+    first still sees the polka the others saw."""
+    core = started()
+    liar, x, _ = OTHERS
+    junk = [vote(liar, PREVOTE, 0, b"junk %d" % i) for i in range(5)]
+    effects = feed(core, *junk)
+    assert refusals(effects) == ["vote_limit", "vote_limit"]  # 3 kept, then full
+    accept(core, proposal(0, A))  # we prevote A
+    real = vote(liar, PREVOTE, 0, A)
+    assert core.on_message(real)[0] == Accepted(real)  # a junk vote made room
+    effects = core.on_message(vote(x, PREVOTE, 0, A))  # we, x and the liar: a polka
+    assert votes_sent(effects, PRECOMMIT) == [vid(A)]
+    # the proposed value and nil fill the room; junk no longer gets in
+    assert refusals(core.on_message(vote(liar, PREVOTE, 0, b"more junk"))) == ["vote_limit"]
+
+
+def test_a_flood_of_far_rounds_leaves_no_empty_rounds_behind():
+    core = started()
+    liar = OTHERS[0]
+    feed(core, *(vote(liar, PREVOTE, r, None) for r in range(10, 1010)))
+    rounds = sorted(core._log().rounds)
+    assert rounds == [1007, 1008, 1009]  # the liar's future_rounds highest, nothing else
+    effects = core.on_message(vote(liar, PREVOTE, 2000, None))
+    assert Forgotten((vote(liar, PREVOTE, 1007, None),)) in effects  # for the driver too
 
 
 # ---- restart: the signing state ----------------------------------------------------------
