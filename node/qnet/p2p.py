@@ -1,25 +1,44 @@
-"""Peer-to-peer transport: authenticated websocket connections between nodes.
+"""Peer-to-peer transport: authenticated, encrypted websocket connections between nodes.
 
-A node listens on its own port (apart from the HTTP API). One binary websocket message is
-one frame, ``kind:u8 payload``. Kinds below 16 belong to this layer (handshake, peer
-exchange); the node owns the others and sees them as ``on_message(peer, kind, payload)``.
-There is no consensus logic here: the layer connects, authenticates, limits and forwards.
+A node listens on its own port (apart from the HTTP API). A frame is ``kind:u8 payload``.
+Kinds below 16 belong to this layer (handshake, peer exchange); the node owns the others and
+sees them as ``on_message(peer, kind, payload)``. There is no consensus logic here: the
+layer connects, authenticates, encrypts, limits and forwards.
 
 Handshake, both sides at once (each sends its frame before reading the other's)::
 
-    HELLO  version chain_id genesis_hash public_key node_type region listen api_port challenge
-    AUTH   signature by the node key over auth_message(...)
+    HELLO  version chain_id genesis_hash public_key node_type region listen api_port ephemeral
+    AUTH   signature by the node key over auth_message(...), sealed (the first sealed frame)
 
-The signed message binds both public keys, both challenges, the chain id, the genesis hash
-and a digest of both hellos, in signer-then-verifier order: a signature is good for this
-one connection in this one direction, so it cannot be replayed later, reflected back to
-its maker, or relayed to a third node. (Frames after the handshake are not signed; the
-node's own messages carry their own signatures where it matters.)
+``ephemeral`` is a fresh X25519 public key. Both sides compute the X25519 shared secret and
+derive one ChaCha20-Poly1305 key per direction from it and the transcript (both hellos,
+the dialler's first): ``link_keys``. The signed message binds both public keys, both
+ephemeral keys, the chain id, the genesis hash and the transcript, in signer-then-verifier
+order: a signature is good for this one connection in this one direction, so it cannot be
+replayed later, reflected back to its maker, or relayed to a third node, and a
+man in the middle who swaps the ephemeral keys cannot produce it; sent sealed, it also
+shows the sender holds the link's keys. This is the shape of CometBFT's SecretConnection
+(and of SIGMA): ephemeral Diffie-Hellman, each side signing both ephemeral keys.
 
-Wire format, big-endian, ``str8 = len:u8 utf-8``::
+After the two hellos (AUTH included) each direction is a stream of frames, each
+``length:u32 frame``, cut into sealed records, each record one websocket message::
+
+    record    = ChaCha20-Poly1305-IETF(key of the direction, nonce, 1..RECORD_DATA stream bytes)
+    nonce     = 0(4) counter:u64-little-endian   (the record's number in its direction)
+
+A frame larger than a record spans several; frames queued together share records (one
+seal and one websocket message for many small frames). The receiver expects the counter it
+is at, so a record tampered with, replayed, reordered, dropped or cut short fails
+authentication, and the connection is closed (not banned: a third party on the path can
+cause it). No websocket message larger than ``RECORD_LIMIT`` is ever read, so before a peer
+is authenticated it can make this node buffer at most that; the frame limit
+(``max_message_bytes``, 16 MiB by default) applies after it, to each frame's length before
+its bytes arrive. A handshake frame is at most ``MAX_HANDSHAKE_FRAME``.
+
+Wire format of the frames, big-endian, ``str8 = len:u8 utf-8``::
 
     HELLO     = version:u8 chain_id:str8 genesis_hash(32) public_key(32) node_type:str8
-                region:str8 listen:str8 api_port:u16 challenge(32)
+                region:str8 listen:str8 api_port:u16 ephemeral(32)
     AUTH      = signature(64)
     GET_PEERS = (empty)
     PEERS     = count:u16 (public_key(32) node_type:str8 region:str8 listen:str8)*
@@ -28,23 +47,38 @@ Wire format, big-endian, ``str8 = len:u8 utf-8``::
 connected from is ever paired with it (``PeerInfo.api``), so a peer cannot make this node
 reach out to an address of its choosing; service discovery (``discovery.py``) probes it.
 
+Peer exchange: PEERS is accepted only as the answer to our own GET_PEERS (one outstanding
+per connection); an unsolicited one gets its sender dropped and banned. What a peer tells
+us goes into a ``PeerTable`` bucketed by that peer, which never lets a third party rewrite
+what we know of a node, nor one source take more than its share of the table.
+
+Admission: on a validator (or a node without a topology policy) validators and configured
+peers always get in; strangers share ``max_peers`` and the policy's slots, at most
+``max_inbound_per_host`` of them from one (non-loopback) address. At most
+``max_pending_handshakes`` handshakes run at once, ``max_pending_handshakes_per_host`` from
+one address, each within ``handshake_timeout_s`` (and the HTTP upgrade request before it).
+
 Delivery is at most once and in order per connection: frames in flight when a connection
 closes may be lost, so the node re-requests what it needs after ``on_peer(.., True)``.
 """
 
 import asyncio
 import contextlib
+import hashlib
+import ipaddress
+import itertools
 import logging
-import os
 import random
 import struct
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
+import nacl.bindings
+import nacl.exceptions
 import prometheus_client
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -54,7 +88,7 @@ from .topology import PeerPolicy
 
 log = logging.getLogger("qnet.p2p")
 
-PROTOCOL_VERSION = 2  # 2: HELLO carries the API port
+PROTOCOL_VERSION = 3  # 2: HELLO carries the API port; 3: ephemeral keys, sealed records
 PATH = "/p2p"
 
 KIND_HELLO = 0
@@ -70,16 +104,36 @@ KIND_NAMES = {
 }
 
 TAG_PEER_AUTH = 0x30  # signed-message tag; block.py uses 0x2x for headers and votes
-CHALLENGE_LEN = 32
+EPHEMERAL_LEN = 32  # an X25519 public key
 MAX_PEER_RECORDS = 100  # per PEERS frame
+
+# Sealed records (see the module docstring).
+RECORD_DATA = 16 * 1024  # frame bytes per record, as a TLS record
+RECORD_TAG = nacl.bindings.crypto_aead_chacha20poly1305_ietf_ABYTES
+RECORD_LIMIT = 1 + RECORD_DATA + RECORD_TAG  # the largest websocket message ever read
+MAX_RECORDS = 2**64  # per direction: the counter never wraps
+MAX_HANDSHAKE_FRAME = 1024  # a HELLO (at most ~640 bytes) or a sealed AUTH (82)
+# Frames this large are sealed in a worker thread (PyNaCl releases the GIL), this many
+# records at a time, so a large broadcast does not hold up the event loop.
+SEAL_IN_THREAD_BYTES = 256 * 1024
+SEAL_IN_THREAD_RECORDS = 64
+
+# Before authentication: handshakes in flight at once, overall and from one address.
+MAX_PENDING_HANDSHAKES = 128
+MAX_PENDING_HANDSHAKES_PER_HOST = 8
+# After it: strangers (not validators, not configured peers) admitted from one address.
+# Loopback is exempt: a local network runs every node on it.
+MAX_INBOUND_PER_HOST = 4
 
 MAINTAIN_EVERY_S = 0.5  # how often a node with a topology policy looks after its peers
 MAX_KNOWN = 2_000  # peers remembered from peer exchange, to dial when the topology needs them
+MAX_KNOWN_PER_SOURCE = 100  # of those, told by one peer (the most one PEERS frame holds)
 MAX_POLICY_DIALS = 2  # dials in flight at once on the policy's behalf
 STABLE_S = 10.0  # a connection that lasted less (a peer that was full, say) counts as failed
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 10.0
 PROTOCOL_BAN_S = 60.0  # how long a peer that broke the protocol is refused
+MAX_BANNED = 10_000  # bans remembered at once
 CLOSE_TIMEOUT_S = 1.0  # a peer that does not answer our close frame gets its socket cut
 DRAIN_S = 3.0  # at a stop, how long the frames already queued for peers may take to leave
 FRAME_OVERHEAD = 64  # bytes charged per queued frame, so a flood of tiny frames is bounded
@@ -98,6 +152,10 @@ DROP_REASONS = (
     "queue_full",
     "timeout",
     "topology",
+    "tampered",
+    "unsolicited",
+    "busy",
+    "per_host",
 )
 
 OnMessage = Callable[["PeerInfo", int, bytes], Awaitable[None]]
@@ -141,6 +199,7 @@ class _Reader:
 
 _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
 
 
 def _text(value: str) -> bytes:
@@ -187,7 +246,7 @@ class Hello:
     region: str
     listen: str
     api_port: int
-    challenge: bytes
+    ephemeral: bytes  # X25519 public key of this connection
 
     def encode(self) -> bytes:
         return b"".join(
@@ -200,7 +259,7 @@ class Hello:
                 _text(self.region),
                 _text(self.listen),
                 _U16.pack(self.api_port),
-                self.challenge,
+                self.ephemeral,
             )
         )
 
@@ -217,7 +276,7 @@ class Hello:
             r.text(),
             r.text(),
             r.unpack(_U16)[0],
-            r.take(CHALLENGE_LEN),
+            r.take(EPHEMERAL_LEN),
         )
         r.end()
         _check_identity(hello.public_key, hello.node_type, hello.region, hello.listen)
@@ -261,10 +320,15 @@ def decode_peers(data: bytes) -> list[PeerRecord]:
     return records
 
 
+def transcript(dialler_hello: bytes, acceptor_hello: bytes) -> bytes:
+    """Digest of both encoded hellos, the dialler's first (length-prefixed: unambiguous)."""
+    return crypto.digest(_U16.pack(len(dialler_hello)) + dialler_hello + acceptor_hello)
+
+
 def auth_message(signer: bytes, verifier: bytes) -> bytes:
     """What a node signs to prove its key: both encoded hellos, signer's first.
 
-    Each hello holds its sender's public key, challenge, chain id and genesis hash; the
+    Each hello holds its sender's public key, ephemeral key, chain id and genesis hash; the
     tag, the chain id and the genesis hash are repeated up front so the message can never
     be mistaken for another signed QNet message (which all start with tag and chain id).
     """
@@ -277,11 +341,162 @@ def auth_message(signer: bytes, verifier: bytes) -> bytes:
             s.genesis_hash,
             s.public_key,
             v.public_key,
-            s.challenge,
-            v.challenge,
-            crypto.digest(signer + verifier),
+            s.ephemeral,
+            v.ephemeral,
+            transcript(signer, verifier),
         )
     )
+
+
+def link_keys(
+    shared_secret: bytes, dialler_hello: bytes, acceptor_hello: bytes
+) -> tuple[bytes, bytes]:
+    """(dialler-to-acceptor key, acceptor-to-dialler key) from the X25519 shared secret and
+    the transcript: keyed BLAKE2b, one personalisation per direction."""
+    th = transcript(dialler_hello, acceptor_hello)
+    return tuple(  # type: ignore[return-value]
+        hashlib.blake2b(th, key=shared_secret, digest_size=32, person=person).digest()
+        for person in (b"qnet-link-d2a", b"qnet-link-a2d")
+    )
+
+
+def ephemeral_keypair() -> tuple[bytes, bytes]:
+    """(public, secret) X25519 keys for one handshake."""
+    return nacl.bindings.crypto_box_keypair()
+
+
+def shared_secret(our_secret: bytes, their_public: bytes) -> bytes:
+    """X25519; ProtocolError for a public key of low order (the secret would be known)."""
+    try:
+        shared = nacl.bindings.crypto_scalarmult(our_secret, their_public)
+    except nacl.exceptions.RuntimeError:
+        raise ProtocolError("ephemeral key of low order") from None
+    if shared == bytes(len(shared)):
+        raise ProtocolError("ephemeral key of low order")
+    return shared
+
+
+class LinkError(ProtocolError):
+    """A record this link refuses; ``reason`` is the drop reason."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class SecretLink:
+    """Both directions of one connection after the hellos. Each direction is a stream of
+    length-prefixed frames cut into sealed records, with its own key and record counter.
+
+    ``seal`` must be consumed in order by the one writer; ``open`` by the one reader.
+    """
+
+    def __init__(self, send_key: bytes, receive_key: bytes, max_frame: int):
+        self._send_key = send_key
+        self._receive_key = receive_key
+        self.max_frame = max_frame
+        self._sent = 0
+        self._received = 0
+        # The frame being received: its length prefix so far, then its bytes so far (views
+        # of record plaintexts, joined once it is whole) and how many are still due.
+        self._prefix = b""
+        self._parts: list[memoryview] = []
+        self._due = 0
+
+    @classmethod
+    def between(
+        cls,
+        our_secret: bytes,
+        their_ephemeral: bytes,
+        our_hello: bytes,
+        their_hello: bytes,
+        outbound: bool,
+        max_frame: int,
+    ) -> "SecretLink":
+        secret = shared_secret(our_secret, their_ephemeral)
+        if outbound:
+            send, receive = link_keys(secret, our_hello, their_hello)
+        else:
+            receive, send = link_keys(secret, their_hello, our_hello)
+        return cls(send, receive, max_frame)
+
+    def seal(self, frames: list[bytes]) -> Iterator[bytes]:
+        """The records carrying ``frames``, to send in this order (each stream byte is
+        copied once, into its record)."""
+        pieces: list[memoryview] = []
+        room = RECORD_DATA
+        for f in frames:
+            for piece in (memoryview(_U32.pack(len(f))), memoryview(f)):
+                while piece:
+                    pieces.append(piece[:room])
+                    room -= len(pieces[-1])
+                    piece = piece[len(pieces[-1]) :]
+                    if not room:
+                        yield self._seal_record(b"".join(pieces))
+                        pieces.clear()
+                        room = RECORD_DATA
+        if pieces:
+            yield self._seal_record(b"".join(pieces))
+
+    def _seal_record(self, plain: bytes) -> bytes:
+        if self._sent >= MAX_RECORDS:
+            raise LinkError("malformed", "record counter exhausted")
+        nonce = _nonce(self._sent)
+        self._sent += 1
+        return nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt(
+            plain, None, nonce, self._send_key
+        )
+
+    def open(self, record: bytes) -> list[bytes]:
+        """The frames this record completes (maybe none); LinkError for a record that fails
+        authentication or a frame that is empty or over the limit (checked on its length,
+        before its bytes arrive: the buffer never holds more than one frame and a record)."""
+        if self._received >= MAX_RECORDS:
+            raise LinkError("malformed", "record counter exhausted")
+        if not RECORD_TAG < len(record) <= RECORD_LIMIT:
+            raise LinkError("tampered", f"a {len(record)}-byte message is not a sealed record")
+        try:
+            plain = nacl.bindings.crypto_aead_chacha20poly1305_ietf_decrypt(
+                record, None, _nonce(self._received), self._receive_key
+            )
+        except nacl.exceptions.CryptoError:
+            raise LinkError(
+                "tampered",
+                f"record {self._received} failed authentication "
+                "(tampered with, replayed, reordered or cut in flight)",
+            ) from None
+        self._received += 1
+        view = memoryview(plain)
+        frames = []
+        while view:
+            if not self._due:
+                take = _U32.size - len(self._prefix)
+                self._prefix += view[:take]
+                view = view[take:]
+                if len(self._prefix) < _U32.size:
+                    break
+                (length,) = _U32.unpack(self._prefix)
+                self._prefix = b""
+                if length == 0:
+                    raise LinkError("malformed", "sent an empty frame")
+                if length > self.max_frame:
+                    raise LinkError(
+                        "oversize", f"a {length}-byte frame, over the limit of {self.max_frame}"
+                    )
+                self._due = length
+            part = view[: self._due]
+            self._parts.append(part)
+            self._due -= len(part)
+            view = view[len(part) :]
+            if not self._due:
+                frames.append(b"".join(self._parts))
+                self._parts.clear()
+        return frames
+
+
+def _nonce(counter: int) -> bytes:
+    return bytes(4) + counter.to_bytes(8, "little")
 
 
 def frame(kind: int, payload: bytes = b"") -> bytes:
@@ -311,6 +526,91 @@ class PeerInfo:
 
     def record(self) -> PeerRecord:
         return PeerRecord(self.public_key, self.node_type, self.region, self.listen)
+
+
+class PeerTable:
+    """Peers learnt from peer exchange, to dial when the topology needs them, bucketed by the
+    peer that told us (the source).
+
+    - A node already in the table keeps its address: a third party never rewrites it, and
+      an address already held by one node is not given to another. Only the node itself,
+      once authenticated, moves its entry (``confirm``).
+    - One source holds at most ``per_source`` entries; past that its own oldest go.
+    - When the table is full, a new entry evicts the oldest of the largest bucket (the
+      adder's own when it is among the largest): a flood from one source can take no other
+      source's bucket below the flooder's own size, so it cannot flush the table.
+    """
+
+    def __init__(self, limit: int = MAX_KNOWN, per_source: int = MAX_KNOWN_PER_SOURCE):
+        self.limit = limit
+        self.per_source = per_source
+        self._entries: dict[str, tuple[PeerInfo, str]] = {}  # node id -> (info, source)
+        self._buckets: dict[str, dict[str, None]] = {}  # source -> its node ids, oldest first
+        self._addresses: dict[str, str] = {}  # listen address -> node id
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, node_id: str) -> bool:
+        return node_id in self._entries
+
+    def get(self, node_id: str) -> PeerInfo | None:
+        entry = self._entries.get(node_id)
+        return entry[0] if entry else None
+
+    def infos(self) -> list[PeerInfo]:
+        return [info for info, _ in self._entries.values()]
+
+    def bucket_sizes(self) -> dict[str, int]:
+        return {source: len(ids) for source, ids in self._buckets.items()}
+
+    def add(self, info: PeerInfo, source: str) -> bool:
+        """Remember ``info`` as told by ``source``; False if the node or its address is
+        already known (the table is unchanged then)."""
+        if info.node_id in self._entries or info.listen in self._addresses:
+            return False
+        bucket = self._buckets.get(source, {})
+        if len(bucket) >= self.per_source:
+            self._evict_oldest(source)
+        elif len(self._entries) >= self.limit:
+            largest = max(len(ids) for ids in self._buckets.values())
+            if len(bucket) >= largest:
+                self._evict_oldest(source)
+            else:
+                self._evict_oldest(
+                    next(s for s, ids in self._buckets.items() if len(ids) == largest)
+                )
+        self._entries[info.node_id] = (info, source)
+        self._buckets.setdefault(source, {})[info.node_id] = None
+        self._addresses[info.listen] = info.node_id
+        return True
+
+    def confirm(self, info: PeerInfo) -> None:
+        """The node itself, authenticated, says where it listens: its entry (if any) takes
+        that address, and an entry of another node claiming the same address goes."""
+        entry = self._entries.get(info.node_id)
+        if entry is None or not info.listen or entry[0].listen == info.listen:
+            return
+        squatter = self._addresses.get(info.listen)
+        if squatter is not None:
+            self.remove(squatter)
+        del self._addresses[entry[0].listen]
+        self._entries[info.node_id] = (replace(entry[0], listen=info.listen), entry[1])
+        self._addresses[info.listen] = info.node_id
+
+    def remove(self, node_id: str) -> None:
+        entry = self._entries.pop(node_id, None)
+        if entry is None:
+            return
+        info, source = entry
+        del self._addresses[info.listen]
+        bucket = self._buckets[source]
+        del bucket[node_id]
+        if not bucket:
+            del self._buckets[source]
+
+    def _evict_oldest(self, source: str) -> None:
+        self.remove(next(iter(self._buckets[source])))
 
 
 class TokenBucket:
@@ -384,6 +684,19 @@ class FrameQueue:
             self._room.set()
         return frame
 
+    def pop_ready(self, room: int) -> list[bytes]:
+        """Frames waiting at the front whose bytes fit in ``room`` (the end mark stays)."""
+        taken = []
+        while self._frames and self._frames[0] is not None and len(self._frames[0]) <= room:
+            frame = self._frames.popleft()
+            assert frame is not None
+            room -= len(frame)
+            self.size -= len(frame) + FRAME_OVERHEAD
+            taken.append(frame)
+        if taken:
+            self._room.set()
+        return taken
+
     def clear(self) -> list[bytes]:
         """Empty the queue (keeping an end mark); returns the frames that were waiting."""
         waiting = [f for f in self._frames if f is not None]
@@ -395,25 +708,35 @@ class FrameQueue:
         self._room.set()
         return waiting
 
-    def take_over(self, other: "FrameQueue") -> None:
-        """Move ``other``'s waiting frames in front of ours (a connection replacing another)."""
+    def take_over(self, other: "FrameQueue") -> list[bytes]:
+        """Move ``other``'s waiting frames in front of ours (a connection replacing another);
+        returns them."""
         waiting = other.clear()
         for f in reversed(waiting):
             self._frames.appendleft(f)
             self.size += len(f) + FRAME_OVERHEAD
         if waiting:
             self._ready.set()
+        return waiting
 
 
 class _Connection:
     """One authenticated websocket to a peer, with its queues and the tasks that serve it."""
 
     def __init__(
-        self, ws: WebSocket, info: PeerInfo, address: str, queue_bytes: int, bucket: TokenBucket
+        self,
+        ws: WebSocket,
+        info: PeerInfo,
+        link: SecretLink,
+        address: str,
+        queue_bytes: int,
+        bucket: TokenBucket,
     ):
         self.ws = ws
         self.info = info
+        self.link = link
         self.address = address  # where we reached it or it came from, for logs
+        self.peers_due = 0  # GET_PEERS queued or sent on this connection, not yet answered
         self.outbox = FrameQueue(queue_bytes)
         self.inbox = FrameQueue(queue_bytes)
         self.bucket = bucket
@@ -463,6 +786,9 @@ class PeerNetwork:
         heartbeat_s: float = 2.0,
         peer_exchange_s: float = 30.0,
         policy: PeerPolicy | None = None,
+        max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
+        max_pending_handshakes_per_host: int = MAX_PENDING_HANDSHAKES_PER_HOST,
+        max_inbound_per_host: int = MAX_INBOUND_PER_HOST,
     ):
         _check_identity(key.public_key, node_type, region, "")
         for seed in seeds:
@@ -493,6 +819,9 @@ class PeerNetwork:
         if self.max_queue_bytes < max_message_bytes + FRAME_OVERHEAD:
             raise ValueError("max_queue_bytes must hold at least one maximal message")
         self.handshake_timeout_s = handshake_timeout_s
+        self.max_pending_handshakes = max_pending_handshakes
+        self.max_pending_handshakes_per_host = max_pending_handshakes_per_host
+        self.max_inbound_per_host = max_inbound_per_host
         self.heartbeat_s = heartbeat_s
         self.peer_exchange_s = peer_exchange_s
         self.registry = registry or prometheus_client.CollectorRegistry()
@@ -503,7 +832,8 @@ class PeerNetwork:
         self._dialling: set[str] = set()
         self._self_addresses: set[str] = set()
         self._address_ids: dict[str, str] = {}  # dialled address -> node id found there
-        self._known: dict[str, PeerInfo] = {}  # node id -> learnt by peer exchange
+        self._known = PeerTable()  # learnt by peer exchange
+        self._pending: dict[str, int] = {}  # remote host -> handshakes in flight from it
         self._retry: dict[str, tuple[float, float]] = {}  # address -> (not before, delay)
         self._tasks: set[asyncio.Task] = set()  # seed loops, dials, peer exchange, closes
         self._connection_tasks: set[asyncio.Task] = set()  # one per open connection
@@ -542,7 +872,14 @@ class PeerNetwork:
         if self.listen_host:
             app = web.Application()
             app.router.add_get(PATH, self._accept)
-            self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=CLOSE_TIMEOUT_S)
+            self._runner = web.AppRunner(
+                app,
+                access_log=None,
+                shutdown_timeout=CLOSE_TIMEOUT_S,
+                # A connection that has not sent its upgrade request by the handshake
+                # deadline is cut (aiohttp arms this timer when the connection opens).
+                keepalive_timeout=self.handshake_timeout_s,
+            )
             try:
                 await self._runner.setup()
                 await web.TCPSite(self._runner, self.listen_host, self.listen_port).start()
@@ -624,7 +961,7 @@ class PeerNetwork:
 
     def ban(self, node_id: str, reason: str, seconds: float = 60) -> None:
         """Drop the peer if connected and refuse it for ``seconds``."""
-        self._banned[node_id] = time.monotonic() + seconds
+        self._ban_until(node_id, time.monotonic() + seconds)
         log.warning("banning peer %s for %g s: %s", node_id, seconds, reason)
         conn = self._peers.get(node_id)
         if conn is not None:
@@ -662,17 +999,35 @@ class PeerNetwork:
 
     async def _write(self, conn: _Connection) -> None:
         while (data := await conn.outbox.get()) is not None:
+            frames = [data, *conn.outbox.pop_ready(RECORD_DATA - len(data))]
             try:
-                await conn.ws.send_bytes(data)
+                await self._send_sealed(conn, frames)
             except (ConnectionError, aiohttp.ClientError) as exc:
                 log.debug("cannot write to %s: %s", conn.info.node_id, exc)
                 await _close(conn.ws, WSCloseCode.ABNORMAL_CLOSURE, "write failed")
                 return
-            self._count("out", data)
+            for sent in frames:
+                self._count("out", sent)
 
-    async def _send_now(self, ws: WebSocket, data: bytes) -> None:
-        """Write a handshake frame directly (no writer task exists yet)."""
-        await ws.send_bytes(data)
+    @staticmethod
+    async def _send_sealed(conn: _Connection, frames: list[bytes]) -> None:
+        records = conn.link.seal(frames)
+        if len(frames[0]) < SEAL_IN_THREAD_BYTES:
+            for record in records:
+                await conn.ws.send_bytes(record)
+            return
+        # Only this writer advances the generator, one slice at a time: records stay in order.
+        while batch := await asyncio.to_thread(
+            lambda: list(itertools.islice(records, SEAL_IN_THREAD_RECORDS))
+        ):
+            for record in batch:
+                await conn.ws.send_bytes(record)
+
+    async def _send_now(self, ws: WebSocket, data: bytes, link: SecretLink | None) -> None:
+        """Write a handshake frame directly (no writer task exists yet): in the clear before
+        the link exists (HELLO), sealed after."""
+        for record in [data] if link is None else link.seal([data]):
+            await ws.send_bytes(record)
         self._count("out", data)
 
     def _count(self, direction: str, data: bytes) -> None:
@@ -683,25 +1038,50 @@ class PeerNetwork:
     async def _accept(self, request: web.Request) -> web.StreamResponse:
         if not self._running:
             raise web.HTTPServiceUnavailable(text="node is stopping")
+        host = request.remote or ""
+        busy = self._handshakes_full(host)
+        if busy:
+            log.info("refusing a connection from %s before the handshake: %s", host, busy)
+            self._m_dropped.labels("busy").inc()
+            raise web.HTTPServiceUnavailable(text=busy)
         ws = web.WebSocketResponse(
             heartbeat=self.heartbeat_s,
-            max_msg_size=self.max_message_bytes,
+            max_msg_size=RECORD_LIMIT + 1,  # aiohttp's limit is exclusive
             compress=False,
             timeout=CLOSE_TIMEOUT_S,
         )
-        await ws.prepare(request)
         peername = request.transport.get_extra_info("peername") if request.transport else None
         address = join_address(*peername[:2]) if peername else "unknown"
         task = asyncio.current_task()
         assert task is not None
         self._connection_tasks.add(task)
+        self._pending[host] = self._pending.get(host, 0) + 1
         try:
-            conn = await self._open(ws, address, request.remote or "", outbound=False)
+            try:
+                await ws.prepare(request)
+                conn = await self._open(ws, address, host, outbound=False)
+            finally:
+                self._pending[host] -= 1
+                if not self._pending[host]:
+                    del self._pending[host]
             if conn is not None:
                 await self._serve(conn)
         finally:
             self._connection_tasks.discard(task)
         return ws
+
+    def _handshakes_full(self, host: str) -> str:
+        """Why another handshake from ``host`` must wait ('' if it need not)."""
+        total = sum(self._pending.values())  # one entry per host with a handshake in flight
+        if total >= self.max_pending_handshakes:
+            return f"{total} handshakes in progress (limit {self.max_pending_handshakes})"
+        mine = self._pending.get(host, 0)
+        if mine >= self.max_pending_handshakes_per_host:
+            return (
+                f"{mine} handshakes in progress from {host} "
+                f"(limit {self.max_pending_handshakes_per_host})"
+            )
+        return ""
 
     async def _dial(self, address: str) -> _Connection | None:
         """Connect to ``address`` and authenticate; returns the connection now serving that
@@ -713,7 +1093,7 @@ class PeerNetwork:
                     ws = await self._session.ws_connect(
                         f"http://{address}{PATH}",
                         heartbeat=self.heartbeat_s,
-                        max_msg_size=self.max_message_bytes,
+                        max_msg_size=RECORD_LIMIT + 1,  # aiohttp's limit is exclusive
                         timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT_S),
                     )
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -723,6 +1103,8 @@ class PeerNetwork:
             conn = await self._open(ws, address, host, outbound=True, seed=address in self.seeds)
             if conn is not None:
                 self._address_ids[address] = conn.info.node_id
+                if len(self._address_ids) > MAX_KNOWN + len(self.seeds):
+                    self._forget_addresses()
                 self._spawn(
                     self._serve(conn), f"p2p-peer-{conn.info.node_id}", self._connection_tasks
                 )
@@ -763,18 +1145,20 @@ class PeerNetwork:
         """Run the handshake and admit the peer; on refusal log one line naming the peer
         and the reason, count it and close."""
         self._sockets.add(ws)
-        info = None
+        shaken = None
         try:
             async with asyncio.timeout(self.handshake_timeout_s):
-                info = await self._handshake(ws, address, remote_host, outbound)
-            return self._admit(ws, info, address, seed)
+                shaken = await self._handshake(ws, address, remote_host, outbound)
+            return self._admit(ws, *shaken, address, seed)
         except _Refused as exc:
             refusal = exc
-            if info is not None and exc.reason in ("max_peers", "topology"):
-                # Full here: point the peer at others, as a seed would.
+            if shaken is not None and exc.reason in ("max_peers", "topology", "per_host"):
+                # Full here: point the peer at others, as a seed would. The peer takes this
+                # as the answer to the GET_PEERS it sends on admitting us.
+                info, link = shaken
                 with contextlib.suppress(ConnectionError, aiohttp.ClientError):
                     records = encode_peers(self._records_for(info))
-                    await self._send_now(ws, frame(KIND_PEERS, records))
+                    await self._send_now(ws, frame(KIND_PEERS, records), link)
         except TimeoutError:
             refusal = _Refused("handshake", f"no handshake within {self.handshake_timeout_s:g} s")
         except (ConnectionError, aiohttp.ClientError) as exc:
@@ -791,7 +1175,8 @@ class PeerNetwork:
 
     async def _handshake(
         self, ws: WebSocket, address: str, remote_host: str, outbound: bool
-    ) -> PeerInfo:
+    ) -> tuple[PeerInfo, SecretLink]:
+        ephemeral, secret = ephemeral_keypair()
         ours = Hello(
             PROTOCOL_VERSION,
             self.chain_id,
@@ -801,10 +1186,10 @@ class PeerNetwork:
             self.region,
             self.listen,
             self.api_port,
-            os.urandom(CHALLENGE_LEN),
+            ephemeral,
         ).encode()
-        await self._send_now(ws, frame(KIND_HELLO, ours))
-        theirs_raw = await self._expect(ws, KIND_HELLO)
+        await self._send_now(ws, frame(KIND_HELLO, ours), None)
+        theirs_raw = await self._expect(ws, KIND_HELLO, None)
         try:
             theirs = Hello.decode(theirs_raw)
         except ProtocolError as exc:
@@ -812,10 +1197,16 @@ class PeerNetwork:
         node_id = crypto.encode_node_id(theirs.public_key)
         try:
             self._check_hello(theirs, address, outbound)
+            try:
+                link = SecretLink.between(
+                    secret, theirs.ephemeral, ours, theirs_raw, outbound, self.max_message_bytes
+                )
+            except ProtocolError as exc:
+                raise _Refused("handshake", f"unusable hello: {exc}") from None
             await self._send_now(
-                ws, frame(KIND_AUTH, self.key.sign(auth_message(ours, theirs_raw)))
+                ws, frame(KIND_AUTH, self.key.sign(auth_message(ours, theirs_raw))), link
             )
-            signature = await self._expect(ws, KIND_AUTH)
+            signature = await self._expect(ws, KIND_AUTH, link)
         except _Refused as refusal:
             refusal.node_id = node_id
             raise
@@ -823,7 +1214,7 @@ class PeerNetwork:
             # Not banned: the key is unproven, and banning it would let anyone get an
             # honest node refused by impersonating it badly.
             raise _Refused("handshake", "it did not prove its key (bad signature)", node_id=node_id)
-        return PeerInfo(
+        info = PeerInfo(
             node_id,
             theirs.public_key,
             theirs.node_type,
@@ -832,6 +1223,7 @@ class PeerNetwork:
             outbound,
             join_address(remote_host, theirs.api_port) if theirs.api_port and remote_host else "",
         )
+        return info, link
 
     def _check_hello(self, hello: Hello, address: str, outbound: bool) -> None:
         if hello.public_key == self.key.public_key:
@@ -853,7 +1245,9 @@ class PeerNetwork:
                 f"differs from ours {self.genesis_hash.hex()}",
             )
 
-    async def _expect(self, ws: WebSocket, kind: int) -> bytes:
+    async def _expect(self, ws: WebSocket, kind: int, link: SecretLink | None) -> bytes:
+        """The payload of the next handshake frame, which must be ``kind`` and small; in the
+        clear without ``link``, one sealed record with it."""
         msg = await ws.receive()
         if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
             raise _Refused(
@@ -863,24 +1257,62 @@ class PeerNetwork:
             )
         if msg.type is WSMsgType.ERROR:
             raise _Refused("handshake", f"the connection failed: {msg.data}")
-        if msg.type is not WSMsgType.BINARY or not msg.data or msg.data[0] != kind:
+        if msg.type is not WSMsgType.BINARY:
             raise _Refused("handshake", f"it sent something other than {KIND_NAMES[kind]}")
-        self._count("in", msg.data)
-        return msg.data[1:]
+        if len(msg.data) > MAX_HANDSHAKE_FRAME:
+            raise _Refused(
+                "oversize",
+                f"a {len(msg.data)}-byte handshake frame, over the limit of {MAX_HANDSHAKE_FRAME}",
+            )
+        data = msg.data
+        if link is not None:
+            try:
+                frames = link.open(data)
+            except LinkError as exc:
+                raise _Refused("handshake", f"its {KIND_NAMES[kind]}: {exc.detail}") from None
+            if len(frames) != 1:
+                raise _Refused("handshake", f"its {KIND_NAMES[kind]} is not one whole record")
+            data = frames[0]
+        if not data or data[0] != kind:
+            raise _Refused("handshake", f"it sent something other than {KIND_NAMES[kind]}")
+        self._count("in", data)
+        return data[1:]
 
-    def _admit(self, ws: WebSocket, info: PeerInfo, address: str, seed: bool) -> _Connection:
+    def _admit(
+        self, ws: WebSocket, info: PeerInfo, link: SecretLink, address: str, seed: bool
+    ) -> _Connection:
         """Register an authenticated peer, or raise _Refused. No await between check and
-        insert, so two handshakes finishing together cannot both get in."""
+        insert, so two handshakes finishing together cannot both get in. Validators and
+        configured peers (reserved) always get in; strangers share ``max_peers``, at most
+        ``max_inbound_per_host`` of them from one address."""
         if self._is_banned(info.node_id):
             raise _Refused("banned", "it is banned", logging.INFO, info.node_id)
         existing = self._peers.get(info.node_id)
-        if existing is None and not seed and len(self._peers) >= self.max_peers:
+        reserved = seed or self._reserved(info)
+        if existing is None and not reserved and len(self._peers) >= self.max_peers:
             raise _Refused(
                 "max_peers", f"already {len(self._peers)} peers", logging.INFO, info.node_id
             )
         if existing is not None and (not self._preferred(info) or self._preferred(existing.info)):
             raise _Refused(None, "already connected", logging.DEBUG, info.node_id)
-        bypass = seed and self.persistent_seeds  # a validator's mesh is configured, not picked
+        host = _host_of(address)
+        if existing is None and not reserved and not info.outbound and _limited_host(host):
+            same = sum(
+                1
+                for c in self._peers.values()
+                if not c.info.outbound
+                and _host_of(c.address) == host
+                and not self._reserved(c.info)
+            )
+            if same >= self.max_inbound_per_host:
+                raise _Refused(
+                    "per_host",
+                    f"already {same} peers from {host} (limit {self.max_inbound_per_host})",
+                    logging.INFO,
+                    info.node_id,
+                )
+        # A validator's mesh and configured peers are configured, not picked.
+        bypass = (seed and self.persistent_seeds) or self._reserved(info)
         if (
             existing is None
             and self.policy is not None
@@ -896,6 +1328,7 @@ class PeerNetwork:
         conn = _Connection(
             ws,
             info,
+            link,
             address,
             self.max_queue_bytes,
             TokenBucket(self.rate_limit_per_s, self.burst, time.monotonic()),
@@ -906,16 +1339,35 @@ class PeerNetwork:
                 info.node_id,
                 "we" if info.outbound else "it",
             )
-            conn.outbox.take_over(existing.outbox)
+            moved = conn.outbox.take_over(existing.outbox)
+            conn.peers_due = moved.count(frame(KIND_GET_PEERS))  # their answers come here
             self._spawn(_close(existing.ws, WSCloseCode.OK, "duplicate"), "p2p-close")
         self._peers[info.node_id] = conn
+        self._known.confirm(info)  # its own word on where it listens
         self._update_gauge()
         return conn
+
+    def _reserved(self, info: PeerInfo) -> bool:
+        """Whether strangers can never take ``info``'s slot: on a node that keeps its seeds
+        dialled (a validator, or one without a topology policy), a validator or a configured
+        peer (one found at a seed address). Other nodes pick peers by the policy alone."""
+        if not self.persistent_seeds:
+            return False
+        if self.policy is not None and info.public_key in self.policy.validators:
+            return True
+        return any(self._address_ids.get(seed) == info.node_id for seed in self.seeds)
 
     def _preferred(self, info: PeerInfo) -> bool:
         """Of two connections between the same nodes, both keep the one dialled by the node
         with the smaller public key: a rule both sides compute alike."""
         return info.outbound == (self.key.public_key < info.public_key)
+
+    def _ban_until(self, node_id: str, deadline: float) -> None:
+        """Record a ban; past ``MAX_BANNED`` the ban that ends soonest is forgotten (each
+        costs the banned party a handshake with a fresh key)."""
+        self._banned[node_id] = max(deadline, self._banned.get(node_id, 0.0))
+        if len(self._banned) > MAX_BANNED:
+            del self._banned[min(self._banned, key=self._banned.__getitem__)]
 
     def _is_banned(self, node_id: str) -> bool:
         now = time.monotonic()
@@ -949,7 +1401,7 @@ class PeerNetwork:
         )
         dispatcher = asyncio.create_task(self._dispatch(conn), name=f"p2p-in-{info.node_id}")
         try:
-            self._enqueue(conn, frame(KIND_GET_PEERS))
+            self._ask_peers(conn)  # before the first read: a refusing peer's PEERS answers it
             await self._read(conn)
         finally:
             writer.cancel()
@@ -992,7 +1444,7 @@ class PeerNetwork:
         while True:
             msg = await conn.ws.receive()
             if msg.type is WSMsgType.BINARY:
-                violation = await self._on_frame(conn, msg.data)
+                violation = await self._on_record(conn, msg.data)
             elif msg.type is WSMsgType.TEXT:
                 violation = ("malformed", "sent a text message")
             elif msg.type is WSMsgType.ERROR:
@@ -1013,9 +1465,23 @@ class PeerNetwork:
                 reason, detail = violation
                 if reason == "timeout":  # gone, not misbehaving
                     self._drop(conn, reason, detail, log_level=logging.INFO)
+                elif reason == "tampered":  # maybe not the peer: anyone on the path can do it
+                    self._drop(conn, reason, detail)
                 else:
                     self._drop(conn, reason, detail, PROTOCOL_BAN_S)
                 return
+
+    async def _on_record(self, conn: _Connection, record: bytes) -> tuple[str, str] | None:
+        """Open one sealed record; route the frames it completes."""
+        try:
+            frames = conn.link.open(record)
+        except LinkError as exc:
+            return exc.reason, exc.detail
+        for data in frames:
+            violation = await self._on_frame(conn, data)
+            if violation is not None:
+                return violation
+        return None
 
     async def _on_frame(self, conn: _Connection, data: bytes) -> tuple[str, str] | None:
         """Account for, police and route one frame; returns (reason, detail) to drop."""
@@ -1032,8 +1498,11 @@ class PeerNetwork:
         elif kind == KIND_GET_PEERS and not payload:
             self._enqueue(conn, frame(KIND_PEERS, encode_peers(self._records_for(conn.info))))
         elif kind == KIND_PEERS:
+            if not conn.peers_due:
+                return "unsolicited", "sent PEERS it was not asked for"
+            conn.peers_due -= 1
             try:
-                self._learn(decode_peers(payload))
+                self._learn(decode_peers(payload), conn.info)
             except ProtocolError as exc:
                 return "malformed", f"bad PEERS frame: {exc}"
         elif kind == KIND_GET_PEERS:
@@ -1057,7 +1526,7 @@ class PeerNetwork:
         conn.dropped_for = reason
         self._unregister(conn)  # at once: peers() and broadcasts stop including it
         if ban_s:
-            self._banned[conn.info.node_id] = time.monotonic() + ban_s
+            self._ban_until(conn.info.node_id, time.monotonic() + ban_s)
             conn.inbox.clear()  # a peer that broke the rules has nothing more to say
             log.log(
                 log_level,
@@ -1087,15 +1556,21 @@ class PeerNetwork:
         infos.sort(key=lambda i: i.region != asker.region)
         return [i.record() for i in infos[:MAX_PEER_RECORDS]]
 
-    def _learn(self, records: list[PeerRecord]) -> None:
-        """Dial announced peers the policy wants; one attempt each (only seeds are kept)."""
+    def _ask_peers(self, conn: _Connection) -> None:
+        """Send GET_PEERS unless one is still unanswered: one PEERS is due per request."""
+        if not conn.peers_due and self._enqueue(conn, frame(KIND_GET_PEERS)):
+            conn.peers_due = 1
+
+    def _learn(self, records: list[PeerRecord], source: PeerInfo) -> None:
+        """Take in what ``source`` answered: with a topology policy, remember new peers for
+        the maintenance loop to dial; without, dial them once each (only seeds are kept)."""
+        learnt = 0
         for record in records:
             info = PeerInfo.of(
                 record.public_key, record.node_type, record.region, record.listen, outbound=True
             )
             if (
                 not self._running
-                or not info.listen
                 or info.public_key == self.key.public_key
                 or info.node_id in self._peers
                 or self._is_banned(info.node_id)
@@ -1104,16 +1579,32 @@ class PeerNetwork:
             ):
                 continue
             if self.policy is not None:
-                self._remember_peer(info)
+                learnt += self._known.add(info, source.node_id)
             elif self.want_peer(info):
+                learnt += 1
                 self._dialling.add(info.listen)
                 self._spawn(self._dial(info.listen), f"p2p-dial-{info.listen}")
+        log.debug(
+            "peer %s told of %d peers, %d new to us (%d remembered)",
+            source.node_id,
+            len(records),
+            learnt,
+            len(self._known),
+        )
 
-    def _remember_peer(self, info: PeerInfo) -> None:
-        self._known.pop(info.node_id, None)  # re-insert: the newest news is last
-        self._known[info.node_id] = info
-        while len(self._known) > MAX_KNOWN:
-            del self._known[next(iter(self._known))]
+    def _forget_addresses(self) -> None:
+        """Bound what we keep per dialled address (peer exchange can name new ones without
+        end): forget backoffs that have run out, and where nodes were found, except at the
+        seeds and for nodes connected now."""
+        now = time.monotonic()
+        for address in [a for a, (not_before, _) in self._retry.items() if not_before <= now]:
+            del self._retry[address]
+        for address in [
+            a
+            for a, node_id in self._address_ids.items()
+            if a not in self.seeds and node_id not in self._peers
+        ]:
+            del self._address_ids[address]
 
     def _may_dial(self, address: str, now: float) -> bool:
         return (
@@ -1135,6 +1626,8 @@ class PeerNetwork:
                     return
             delay = min(2 * self._retry.get(address, (0.0, BACKOFF_MIN_S))[1], BACKOFF_MAX_S)
             self._retry[address] = (time.monotonic() + delay * random.uniform(0.5, 1.0), delay)
+            if len(self._retry) > MAX_KNOWN + len(self.seeds):
+                self._forget_addresses()
 
         self._dialling.add(address)
         self._spawn(attempt(), f"p2p-dial-{address}")
@@ -1159,9 +1652,9 @@ class PeerNetwork:
                 candidates = sorted(
                     (
                         info
-                        for node_id, info in self._known.items()
-                        if node_id not in self._peers
-                        and not self._is_banned(node_id)
+                        for info in self._known.infos()
+                        if info.node_id not in self._peers
+                        and not self._is_banned(info.node_id)
                         and self._may_dial(info.listen, now)
                         and policy.wants(peers, info)
                     ),
@@ -1177,7 +1670,7 @@ class PeerNetwork:
                 if now - asked > 2.0:
                     asked = now
                     for conn in list(self._peers.values()):
-                        self._enqueue(conn, frame(KIND_GET_PEERS))
+                        self._ask_peers(conn)
             await asyncio.sleep(MAINTAIN_EVERY_S * random.uniform(0.8, 1.2))
 
     async def _exchange_peers(self) -> None:
@@ -1186,7 +1679,7 @@ class PeerNetwork:
             await asyncio.sleep(self.peer_exchange_s * random.uniform(0.5, 1.0))
             if len(self._peers) < self.max_peers:
                 for conn in list(self._peers.values()):
-                    self._enqueue(conn, frame(KIND_GET_PEERS))
+                    self._ask_peers(conn)
 
     # ---- tasks ---------------------------------------------------------------------------
     def _spawn(
@@ -1204,6 +1697,23 @@ def _task_done(tasks: set[asyncio.Task], task: asyncio.Task) -> None:
     tasks.discard(task)
     if not task.cancelled() and task.exception() is not None:
         log.error("p2p task %s failed", task.get_name(), exc_info=task.exception())
+
+
+def _host_of(address: str) -> str:
+    """The host of a ``host:port`` address ('' if it is not one)."""
+    try:
+        return split_address(address)[0]
+    except ValueError:
+        return ""
+
+
+def _limited_host(host: str) -> bool:
+    """Whether per-address limits apply to ``host``: not to loopback, where a local network
+    runs all its nodes."""
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host != "localhost"
 
 
 def _reachable(listen: str, remote_host: str) -> str:

@@ -4,6 +4,7 @@ task is left behind."""
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from qnet import crypto, p2p
 from qnet.localnode import free_port
+from qnet.topology import PeerPolicy
 
 CHAIN = "qnet-p2p-test"
 GENESIS = crypto.digest(b"genesis of the p2p test chain")
@@ -149,6 +151,9 @@ class RawPeer:
         self.genesis_hash = genesis_hash
         self.session = aiohttp.ClientSession()
         self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.link: p2p.SecretLink | None = None
+        self.frames: deque[bytes] = deque()  # opened, not yet expected
+        self.records: list[bytes] = []  # every sealed record received, as on the wire
 
     async def connect(self, node: Node) -> aiohttp.ClientWebSocketResponse:
         self.ws = await self.session.ws_connect(f"http://{node.address}{p2p.PATH}")
@@ -156,6 +161,7 @@ class RawPeer:
 
     async def handshake(self, node: Node) -> None:
         ws = await self.connect(node)
+        ephemeral, secret = p2p.ephemeral_keypair()
         ours = p2p.Hello(
             p2p.PROTOCOL_VERSION,
             self.chain_id,
@@ -165,25 +171,42 @@ class RawPeer:
             "eu",
             "",
             0,
-            bytes(range(32)),
+            ephemeral,
         ).encode()
         await ws.send_bytes(p2p.frame(p2p.KIND_HELLO, ours))
-        theirs = await self.expect(p2p.KIND_HELLO)
-        await ws.send_bytes(
-            p2p.frame(p2p.KIND_AUTH, self.signer.sign(p2p.auth_message(ours, theirs)))
-        )
+        msg = await ws.receive(timeout=5)
+        assert msg.type is aiohttp.WSMsgType.BINARY and msg.data[0] == p2p.KIND_HELLO
+        theirs = msg.data[1:]
+        their_ephemeral = p2p.Hello.decode(theirs).ephemeral
+        self.link = p2p.SecretLink.between(secret, their_ephemeral, ours, theirs, True, 2**24)
+        await self.send(p2p.frame(p2p.KIND_AUTH, self.signer.sign(p2p.auth_message(ours, theirs))))
         await self.expect(p2p.KIND_AUTH)
 
-    async def expect(self, kind: int) -> bytes:
-        """The next frame of ``kind``, skipping peer exchange; AssertionError if closed."""
+    def seal(self, *frames: bytes) -> list[bytes]:
+        assert self.link is not None
+        return list(self.link.seal(list(frames)))
+
+    async def send(self, *frames: bytes) -> None:
+        """Send frames sealed, as a node does (together, in as few records as they fit)."""
         assert self.ws is not None
+        for record in self.seal(*frames):
+            await self.ws.send_bytes(record)
+
+    async def expect(self, kind: int) -> bytes:
+        """The next frame of ``kind``, answering GET_PEERS on the way; AssertionError if
+        the connection closes first."""
+        assert self.ws is not None and self.link is not None
         while True:
+            while self.frames:
+                data = self.frames.popleft()
+                if data[0] == kind:
+                    return data[1:]
+                if data[0] == p2p.KIND_GET_PEERS:
+                    await self.send(p2p.frame(p2p.KIND_PEERS, p2p.encode_peers([])))
             msg = await self.ws.receive(timeout=5)
             assert msg.type is aiohttp.WSMsgType.BINARY, f"got {msg.type} {msg.data}"
-            if msg.data[0] == kind:
-                return msg.data[1:]
-            if msg.data[0] == p2p.KIND_GET_PEERS:
-                await self.ws.send_bytes(p2p.frame(p2p.KIND_PEERS, p2p.encode_peers([])))
+            self.records.append(msg.data)
+            self.frames.extend(self.link.open(msg.data))
 
     async def closed_by_peer(self) -> int | None:
         """Read until the node closes the connection; returns its close code."""
@@ -475,7 +498,7 @@ def test_a_flooding_peer_is_dropped_and_banned(caplog: pytest.LogCaptureFixture)
         async def flood(peer: RawPeer) -> None:
             await peer.handshake(node)
             for i in range(50):
-                await peer.ws.send_bytes(p2p.frame(APP, bytes([i])))
+                await peer.send(p2p.frame(APP, bytes([i])))
             assert await peer.closed_by_peer() == aiohttp.WSCloseCode.POLICY_VIOLATION
             assert peer.ws.close_code == aiohttp.WSCloseCode.POLICY_VIOLATION
 
@@ -504,7 +527,7 @@ def test_a_flooding_peer_is_dropped_and_banned(caplog: pytest.LogCaptureFixture)
         (b"", "malformed"),
         (bytes([9]), "unknown_kind"),
         (p2p.frame(p2p.KIND_HELLO, b"again"), "unknown_kind"),
-        (p2p.frame(p2p.KIND_PEERS, b"\x00\x01"), "malformed"),
+        (p2p.frame(p2p.KIND_PEERS, b"\x00\x01"), "malformed"),  # as the answer it was asked
         (p2p.frame(APP, bytes(2000)), "oversize"),
     ],
 )
@@ -514,7 +537,7 @@ def test_protocol_violations_drop_and_ban_the_peer(data: bytes, reason: str) -> 
 
         async def misbehave(peer: RawPeer) -> None:
             await peer.handshake(node)
-            await peer.ws.send_bytes(data)
+            await peer.send(data)
             assert await peer.closed_by_peer() in (
                 aiohttp.WSCloseCode.POLICY_VIOLATION,
                 aiohttp.WSCloseCode.MESSAGE_TOO_BIG,
@@ -589,5 +612,234 @@ def test_a_taken_port_fails_start_without_leaving_anything_running() -> None:
         taken = await c.start()
         with pytest.raises(OSError):
             await c.start(port=taken.net.listen_port)
+
+    run(scenario)
+
+
+# ---- the sealed link ---------------------------------------------------------------------
+def test_frames_travel_sealed_and_a_tampered_one_closes_the_link_without_a_ban(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="qnet.p2p")
+    key = crypto.KeyPair.generate()
+
+    async def scenario(c: Cluster) -> None:
+        node = await c.start()
+
+        async def tamper(peer: RawPeer) -> None:
+            await peer.handshake(node)
+            await until(lambda: len(node.net.peers()) == 1, "the raw peer to be admitted")
+            secret = b"the payload nobody on the path may read"
+            await node.net.broadcast(APP, secret)
+            assert await peer.expect(APP) == secret
+            assert not any(secret in record for record in peer.records)
+            await peer.send(p2p.frame(APP, b"first"))
+            await until(lambda: node.received == [(key.node_id, APP, b"first")], "a sealed frame")
+            (record,) = peer.seal(p2p.frame(APP, b"second"))
+            flipped = bytes([record[0] ^ 1]) + record[1:]
+            await peer.ws.send_bytes(flipped)
+            assert await peer.closed_by_peer() == aiohttp.WSCloseCode.POLICY_VIOLATION
+
+        await raw_peer(tamper, key=key)
+        assert node.dropped("tampered") == 1
+        assert node.received == [(key.node_id, APP, b"first")]
+        assert "failed authentication (tampered with, replayed, reordered" in caplog.text
+
+        async def come_back(peer: RawPeer) -> None:  # not banned: anyone on the path can
+            await peer.handshake(node)
+            await until(lambda: node.peer_ids() == {key.node_id}, "the peer back")
+
+        await raw_peer(come_back, key=key)
+
+    run(scenario)
+
+
+def test_a_replayed_or_unsealed_frame_is_refused() -> None:
+    async def scenario(c: Cluster) -> None:
+        node = await c.start()
+
+        async def replay(peer: RawPeer) -> None:
+            await peer.handshake(node)
+            (record,) = peer.seal(p2p.frame(APP, b"pay me once"))
+            await peer.ws.send_bytes(record)
+            await peer.ws.send_bytes(record)
+            assert await peer.closed_by_peer() == aiohttp.WSCloseCode.POLICY_VIOLATION
+
+        async def in_the_clear(peer: RawPeer) -> None:  # what protocol 2 sent
+            await peer.handshake(node)
+            await peer.ws.send_bytes(p2p.frame(APP, b"plain"))
+            assert await peer.closed_by_peer() == aiohttp.WSCloseCode.POLICY_VIOLATION
+
+        await raw_peer(replay)
+        await raw_peer(in_the_clear)
+        assert [payload for _, _, payload in node.received] == [b"pay me once"]
+        assert node.dropped("tampered") == 2
+
+    run(scenario)
+
+
+def test_frames_of_every_size_cross_a_sealed_link_in_order() -> None:
+    async def scenario(c: Cluster) -> None:
+        limit = 3 * p2p.RECORD_DATA
+        receiver = await c.start(max_message_bytes=limit)
+        sender = await c.start(
+            seeds=(receiver.address,), max_message_bytes=limit, max_queue_bytes=2**24
+        )
+        await until(lambda: sender.peer_ids() == {receiver.id}, "the connection")
+        sizes = [0, 1, p2p.RECORD_DATA - 5, p2p.RECORD_DATA, p2p.RECORD_DATA + 1, limit - 1]
+        payloads = [bytes([i % 256]) * size for i, size in enumerate(sizes * 20)]
+        for payload in payloads:
+            assert await sender.net.send(receiver.id, APP, payload)
+        await until(lambda: len(receiver.received) == len(payloads), "every frame")
+        assert [payload for _, _, payload in receiver.received] == payloads
+
+    run(scenario)
+
+
+# ---- before authentication ---------------------------------------------------------------
+def test_a_large_message_before_authentication_is_refused_unread() -> None:
+    async def scenario(c: Cluster) -> None:
+        node = await c.start()
+
+        async def big_hello(peer: RawPeer) -> None:
+            ws = await peer.connect(node)
+            await ws.send_bytes(p2p.frame(p2p.KIND_HELLO, bytes(p2p.MAX_HANDSHAKE_FRAME)))
+            assert await peer.closed_by_peer() == aiohttp.WSCloseCode.POLICY_VIOLATION
+
+        async def huge(peer: RawPeer) -> None:  # over the record limit: the websocket refuses
+            ws = await peer.connect(node)
+            await ws.send_bytes(bytes(p2p.RECORD_LIMIT + 1))
+            assert await peer.closed_by_peer() == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+
+        await raw_peer(big_hello)
+        await raw_peer(huge)
+        assert node.dropped("oversize") == 1 and node.dropped("handshake") == 1
+        assert node.net.peers() == []
+
+    run(scenario)
+
+
+def test_a_connection_that_never_asks_for_the_upgrade_is_cut_at_the_deadline() -> None:
+    async def scenario(c: Cluster) -> None:
+        node = await c.start(handshake_timeout_s=0.5)
+        host, port = p2p.split_address(node.address)
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /p2p HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await asyncio.wait_for(reader.read(), timeout=5) == b""
+        assert loop.time() - started < 2.0
+        writer.close()
+        await writer.wait_closed()
+
+    run(scenario)
+
+
+def test_pending_handshakes_are_capped_per_address_and_overall(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="qnet.p2p")
+
+    async def scenario(c: Cluster) -> None:
+        node = await c.start(
+            handshake_timeout_s=1.0, max_pending_handshakes=3, max_pending_handshakes_per_host=2
+        )
+        peers = [RawPeer() for _ in range(4)]
+        try:
+            await peers[0].connect(node)
+            await peers[1].connect(node)  # two idle handshakes from 127.0.0.1
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await peers[2].connect(node)
+            assert refused.value.status == 503
+            assert node.dropped("busy") == 1
+            assert "handshakes in progress from 127.0.0.1 (limit 2)" in caplog.text
+            # The idle ones are closed at the deadline, which frees their slots.
+            for idle in peers[:2]:
+                assert await idle.closed_by_peer() == aiohttp.WSCloseCode.POLICY_VIOLATION
+            assert node.dropped("handshake") == 2
+            await peers[3].handshake(node)
+            await until(lambda: len(node.net.peers()) == 1, "a handshake after the idle ones")
+        finally:
+            for peer in peers:
+                await peer.close()
+
+        # Overall: one idle handshake from 127.0.0.2 takes the only slot.
+        node.net.max_pending_handshakes = 1
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with aiohttp.ClientSession(connector=connector) as other:
+            ws = await other.ws_connect(f"http://{node.address}{p2p.PATH}")
+
+            async def refused_too(peer: RawPeer) -> None:
+                with pytest.raises(aiohttp.WSServerHandshakeError):
+                    await peer.connect(node)
+
+            await raw_peer(refused_too)
+            assert "handshakes in progress (limit 1)" in caplog.text
+            await ws.close()
+
+    run(scenario)
+
+
+# ---- peer exchange -----------------------------------------------------------------------
+def test_unsolicited_peers_are_refused_and_the_sender_banned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="qnet.p2p")
+    pusher = crypto.KeyPair.generate()
+
+    async def scenario(c: Cluster) -> None:
+        node = await c.start()
+        elsewhere = await c.start()  # a node the pusher wants ours to dial
+
+        async def push(peer: RawPeer) -> None:
+            await peer.handshake(node)
+            await peer.expect(p2p.KIND_GET_PEERS)
+            await peer.send(p2p.frame(p2p.KIND_PEERS, p2p.encode_peers([])))  # the answer
+            pushed = p2p.PeerRecord(elsewhere.net.key.public_key, "super", "eu", elsewhere.address)
+            await peer.send(p2p.frame(p2p.KIND_PEERS, p2p.encode_peers([pushed])))  # unasked
+            assert await peer.closed_by_peer() == aiohttp.WSCloseCode.POLICY_VIOLATION
+
+        await raw_peer(push, key=pusher)
+        assert node.dropped("unsolicited") == 1
+        assert f"dropping peer {pusher.node_id} at 127.0.0.1:" in caplog.text
+        assert "banning it for 60 s: sent PEERS it was not asked for" in caplog.text
+        await stays(lambda: node.net.peers() == [], "the pushed node is not dialled", 0.5)
+
+    run(scenario)
+
+
+def test_a_third_party_cannot_rewrite_where_a_known_node_listens() -> None:
+    async def scenario(c: Cluster) -> None:
+        victim = await c.start()
+        key = crypto.KeyPair.generate()
+        policy = PeerPolicy(key.public_key, "full", "eu", frozenset())
+        node = await c.start(key=key, node_type="full", policy=policy)
+
+        def answer(*records: p2p.PeerRecord) -> Callable[[RawPeer], Awaitable[None]]:
+            async def body(peer: RawPeer) -> None:
+                await peer.handshake(node)
+                await peer.expect(p2p.KIND_GET_PEERS)
+                await peer.send(p2p.frame(p2p.KIND_PEERS, p2p.encode_peers(list(records))))
+                await until(lambda: not node.net._peers[peer.key.node_id].peers_due, "read")
+
+            return body
+
+        ghost = crypto.KeyPair.generate()  # known, but not answering: it stays a candidate
+        ghost_at = f"127.0.0.1:{free_port()}"
+        true = [
+            p2p.PeerRecord(victim.net.key.public_key, "super", "eu", victim.address),
+            p2p.PeerRecord(ghost.public_key, "super", "eu", ghost_at),
+        ]
+        await raw_peer(answer(*true))
+        await until(lambda: victim.id in node.peer_ids(), "the node to dial the victim")
+        lies = [
+            p2p.PeerRecord(victim.net.key.public_key, "super", "eu", "127.0.0.1:9"),
+            p2p.PeerRecord(ghost.public_key, "super", "eu", "127.0.0.1:9"),
+            p2p.PeerRecord(crypto.KeyPair.generate().public_key, "full", "eu", victim.address),
+        ]
+        await raw_peer(answer(*lies))
+        assert node.net._known.get(victim.id).listen == victim.address
+        assert node.net._known.get(ghost.node_id).listen == ghost_at
+        assert len(node.net._known) == 2  # the claim on the victim's address was refused
 
     run(scenario)

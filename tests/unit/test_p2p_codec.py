@@ -75,7 +75,7 @@ def test_hello_with_unknown_values_is_refused(field: str, value: str) -> None:
         "region": "eu",
         "listen": "127.0.0.1:1",
         "api_port": 7370,
-        "challenge": bytes(32),
+        "ephemeral": bytes(32),
         field: value,
     }
     with pytest.raises(p2p.ProtocolError):
@@ -91,9 +91,9 @@ def test_too_many_peer_records_are_refused() -> None:
         p2p.decode_peers(raw)
 
 
-def _hello(key: crypto.KeyPair, challenge: bytes, chain_id: str = "c") -> bytes:
+def _hello(key: crypto.KeyPair, ephemeral: bytes, chain_id: str = "c") -> bytes:
     return p2p.Hello(
-        2, chain_id, bytes(32), key.public_key, "super", "eu", "", 0, challenge
+        p2p.PROTOCOL_VERSION, chain_id, bytes(32), key.public_key, "super", "eu", "", 0, ephemeral
     ).encode()
 
 
@@ -105,8 +105,8 @@ def test_a_handshake_signature_is_good_for_one_direction_of_one_session_only() -
     others = {
         "reflected back to its maker": p2p.auth_message(b_hello, a_hello),
         "relayed to another node": p2p.auth_message(a_hello, _hello(c, b"\2" * 32)),
-        "replayed against a new challenge": p2p.auth_message(a_hello, _hello(b, b"\3" * 32)),
-        "replayed with a new own challenge": p2p.auth_message(_hello(a, b"\4" * 32), b_hello),
+        "replayed against a new ephemeral key": p2p.auth_message(a_hello, _hello(b, b"\3" * 32)),
+        "replayed with a new own ephemeral key": p2p.auth_message(_hello(a, b"\4" * 32), b_hello),
         "used on another chain": p2p.auth_message(
             _hello(a, b"\1" * 32, "d"), _hello(b, b"\2" * 32, "d")
         ),
@@ -166,3 +166,15 @@ def test_addresses_split_and_join(address: str, expected: tuple[str, int]) -> No
 def test_bad_addresses_are_refused(address: str) -> None:
     with pytest.raises(ValueError):
         p2p.split_address(address)
+
+
+def test_frames_waiting_together_are_taken_together_up_to_a_record() -> None:
+    q = p2p.FrameQueue(limit_bytes=10_000)
+    for f in (b"a" * 10, b"b" * 20, b"c" * 30):
+        assert q.offer(f)
+    q.finish()
+    assert q.pop_ready(35) == [b"a" * 10, b"b" * 20]  # the next one does not fit
+    assert q.size == 30 + p2p.FRAME_OVERHEAD
+    assert q.pop_ready(100) == [b"c" * 30]
+    assert q.pop_ready(100) == []  # the end mark stays for the writer
+    assert q.size == 0 and len(q) == 1
