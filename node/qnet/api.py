@@ -2,11 +2,26 @@
 
 Every error, including aiohttp's own 404/405/413 and unexpected failures, is answered with
 one JSON shape: ``{"error": {"code": ..., "message": ...}}``.
+
+Strangers can reach the API, so what one client can take is bounded: per-client token buckets
+on transaction submission (counted in transactions) and on the reads that touch the chain
+database (counted in requests), a cap on open connections in all and per client, a time
+limit on request headers (aiohttp's keep-alive timer) and bodies. Committed blocks never
+change: they are read off the event loop once and kept encoded in a bounded cache.
 """
 
+import asyncio
+import ipaddress
 import json
 import logging
+import math
 import re
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -24,6 +39,11 @@ log = logging.getLogger("qnet.api")
 NODE: web.AppKey[Node] = web.AppKey("node", object)
 SCRAPE_TARGETS: web.AppKey[ScrapeTargets] = web.AppKey("scrape_targets", ScrapeTargets)
 MAX_HEADERS_PER_PAGE = 1000
+# Clients whose buckets are remembered; the least recently seen is forgotten first (it comes
+# back with a full bucket: bounded memory matters more than a stranger's reset).
+MAX_CLIENTS = 16_384
+BLOCK_CACHE_BYTES = 32 * 1024 * 1024  # encoded committed blocks and header pages
+BLOCK_READ_THREADS = 1  # the storage serialises its reads; one thread keeps them in order
 TX_ID = re.compile(r"[0-9a-fA-F]{64}")
 
 STATUS_FOR = {"malformed": 400, "duplicate": 409, "mempool_full": 503}
@@ -36,6 +56,145 @@ CODE_FOR = {
 }
 
 
+class TokenBuckets:
+    """One token bucket per client: ``burst`` tokens, refilled at ``rate`` a second; a table
+    of at most ``capacity`` clients, least recently seen forgotten first."""
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        capacity: int = MAX_CLIENTS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.rate, self.burst, self.capacity, self._clock = rate, burst, capacity, clock
+        self._table: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, when
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def take(self, client: str, cost: int) -> float:
+        """Take ``cost`` tokens of ``client``'s bucket: 0 if they were there, else the seconds
+        until they will be (and nothing is taken)."""
+        now = self._clock()
+        entry = self._table.pop(client, None)
+        if entry is None:
+            tokens = float(self.burst)
+            if len(self._table) >= self.capacity:
+                self._table.popitem(last=False)
+        else:
+            tokens = min(float(self.burst), entry[0] + (now - entry[1]) * self.rate)
+        if tokens >= cost:
+            self._table[client] = (tokens - cost, now)
+            return 0.0
+        self._table[client] = (tokens, now)
+        return (cost - tokens) / self.rate
+
+
+class OpenConnections:
+    """The connections (by transport) that have made a request, counted in all and per client,
+    past which a new connection's request is refused. Counts only grow between recounts; a
+    recount (of at most ``total`` connections) happens only when a cap seems reached."""
+
+    def __init__(self, total: int, per_client: int):
+        self.total, self.per_client = total, per_client
+        self._client_of: weakref.WeakKeyDictionary[asyncio.BaseTransport, str] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._counts: dict[str, int] = {}
+
+    def admit(self, connection: asyncio.BaseTransport | None, client: str) -> bool:
+        if connection is None or connection in self._client_of:  # gone, or counted
+            return True
+        if not self._fits(client):
+            self._recount()
+            if not self._fits(client):
+                return False
+        self._client_of[connection] = client
+        self._counts[client] = self._counts.get(client, 0) + 1
+        return True
+
+    def _fits(self, client: str) -> bool:
+        return len(self._client_of) < self.total and self._counts.get(client, 0) < self.per_client
+
+    def _recount(self) -> None:
+        for connection in [c for c in self._client_of if c.is_closing()]:
+            del self._client_of[connection]
+        self._counts = {}
+        for client in self._client_of.values():
+            self._counts[client] = self._counts.get(client, 0) + 1
+
+
+class EncodedCache:
+    """Encoded answers by key, least recently used dropped first past ``max_bytes``."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Hashable) -> bytes | None:
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+        return found
+
+    def put(self, key: Hashable, value: bytes) -> None:
+        if len(value) > self.max_bytes:
+            return
+        old = self._entries.pop(key, None)
+        self._bytes += len(value) - (len(old) if old is not None else 0)
+        self._entries[key] = value
+        while self._bytes > self.max_bytes:
+            _, dropped = self._entries.popitem(last=False)
+            self._bytes -= len(dropped)
+
+
+@dataclass
+class Guards:
+    """What the API keeps beside the node, from its config: the bounds on its clients, and the
+    cache of committed blocks with the thread that reads them."""
+
+    submissions: TokenBuckets
+    reads: TokenBuckets
+    connections: OpenConnections
+    request_timeout_s: float
+    blocks: EncodedCache
+    reader: ThreadPoolExecutor
+
+    @classmethod
+    def of(cls, config) -> "Guards":
+        return cls(
+            TokenBuckets(config.api_submit_rate, config.api_submit_burst),
+            TokenBuckets(config.api_read_rate, config.api_read_burst),
+            OpenConnections(config.api_max_connections, config.api_max_client_connections),
+            config.api_request_timeout_s,
+            EncodedCache(BLOCK_CACHE_BYTES),
+            ThreadPoolExecutor(BLOCK_READ_THREADS, thread_name_prefix="api-blocks"),
+        )
+
+
+GUARDS: web.AppKey[Guards] = web.AppKey("guards", Guards)
+
+
+def client_key(remote: str | None) -> str:
+    """Whose buckets and connections a request counts in, from its peer address: an IPv6
+    address by its /64 (what one host is given), an IPv4-mapped one as IPv4."""
+    remote = remote or ""
+    try:
+        address = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return remote
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 def error(status: int, code: str, message: str, headers: dict | None = None) -> web.Response:
     return web.json_response(
         {"error": {"code": code, "message": message}}, status=status, headers=headers
@@ -45,9 +204,17 @@ def error(status: int, code: str, message: str, headers: dict | None = None) -> 
 class _Refusal(Exception):
     """Raised by request parsing helpers; the middleware answers it as an Error."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict | None = None,
+        close: bool = False,
+    ):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+        self.close = close  # the connection, after the answer
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -68,7 +235,10 @@ async def json_errors(request: web.Request, handler):
     try:
         return await handler(request)
     except _Refusal as exc:
-        return error(exc.status, exc.code, exc.message)
+        refusal = error(exc.status, exc.code, exc.message, exc.headers)
+        if exc.close:
+            refusal.force_close()
+        return refusal
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -76,6 +246,47 @@ async def json_errors(request: web.Request, handler):
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return error(500, "internal", "the node failed to handle this request; see its log")
+
+
+def _retry_after(seconds: float) -> dict:
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
+@web.middleware
+async def connection_limits(request: web.Request, handler):
+    """A request on a connection past the caps is refused, and its connection closed."""
+    guards, client = request.app[GUARDS], client_key(request.remote)
+    if not guards.connections.admit(request.transport, client):
+        raise _Refusal(
+            429,
+            "too_many_connections",
+            f"too many open connections (at most {guards.connections.per_client} from one "
+            f"client, {guards.connections.total} in all): reuse one, or close some",
+            _retry_after(1),
+            close=True,
+        )
+    return await handler(request)
+
+
+def _take(request: web.Request, buckets: TokenBuckets, cost: int, what: str) -> None:
+    """Draw ``cost`` from the client's bucket, or refuse with 429 and when to come back."""
+    wait = buckets.take(client_key(request.remote), cost)
+    if wait:
+        raise _Refusal(
+            429,
+            "rate_limited",
+            f"too many {what} from this client (at most {buckets.rate:g} a second, "
+            f"{buckets.burst} at once): retry after {wait:.3g} s",
+            _retry_after(wait),
+        )
+
+
+def _take_read(request: web.Request) -> None:
+    _take(request, request.app[GUARDS].reads, 1, "block and node reads")
+
+
+def _take_submissions(request: web.Request, count: int) -> None:
+    _take(request, request.app[GUARDS].submissions, count, "transactions")
 
 
 def _require_type(request: web.Request, content_type: str) -> None:
@@ -106,16 +317,61 @@ def _rejection(exc: Rejected) -> web.Response:
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, refused as soon as it passes ``limit`` (declared or streamed)."""
+    """The whole body, refused as soon as it passes ``limit`` (declared or streamed) or when it
+    is not in within the request timeout."""
     message = f"request body larger than {limit} bytes"
     if request.content_length is not None and request.content_length > limit:
         raise _Refusal(413, "too_large", message)
+    timeout_s = request.app[GUARDS].request_timeout_s
     body = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        body += chunk
-        if len(body) > limit:
-            raise _Refusal(413, "too_large", message)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > limit:
+                    raise _Refusal(413, "too_large", message)
+    except TimeoutError:
+        raise _Refusal(
+            408, "timeout", f"request body not received within {timeout_s:g} s", close=True
+        ) from None
     return bytes(body)
+
+
+async def _committed(
+    request: web.Request, key: Hashable, encode: Callable[[], bytes | None]
+) -> bytes | None:
+    """The encoded answer about committed blocks under ``key``: from the cache, or made by
+    ``encode`` on the block reader thread and kept (``None``, not found, is not kept)."""
+    guards = request.app[GUARDS]
+    found = guards.blocks.get(key)
+    if found is None:
+        found = await asyncio.get_running_loop().run_in_executor(guards.reader, encode)
+        if found is not None:
+            guards.blocks.put(key, found)
+    return found
+
+
+def _encode_block(node: Node, height: int) -> bytes | None:
+    got = node.storage.block(height)
+    if got is None:
+        return None
+    blk, cert = got
+    return json.dumps(
+        {
+            "header": blk.header.to_json(),
+            "signature": blk.signature.hex(),
+            "transactions": [t.id.hex() for t in blk.txs],
+            "certificate": cert.to_json(),
+        }
+    ).encode()
+
+
+def _encode_headers(node: Node, first: int, last: int) -> bytes:
+    return json.dumps([h.to_json() for h in node.storage.headers(first, last)]).encode()
+
+
+def _json_body(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
 
 
 # ---- handlers ------------------------------------------------------------------------
@@ -137,6 +393,7 @@ async def status(request: web.Request) -> web.Response:
 async def submit_transaction(request: web.Request) -> web.Response:
     node = request.app[NODE]
     _require_type(request, "application/json")
+    _take_submissions(request, 1)
     body = await _read_body(request, node.config.max_json_bytes)
     try:
         obj = json.loads(body)
@@ -156,6 +413,7 @@ async def submit_transaction(request: web.Request) -> web.Response:
 async def submit_batch(request: web.Request) -> web.Response:
     node = request.app[NODE]
     _require_type(request, "application/octet-stream")
+    _take_submissions(request, 1)  # before reading a body of up to max_batch_bytes
     body = await _read_body(request, node.config.max_batch_bytes)
     try:
         frames = split_batch(body)
@@ -170,6 +428,8 @@ async def submit_batch(request: web.Request) -> web.Response:
             f"batch holds {len(frames)} transactions; at most "
             f"{node.config.max_batch_txs} per request",
         )
+    if len(frames) > 1:
+        _take_submissions(request, len(frames) - 1)
     _check_admitting(node)
     outcomes = await node.submit_raw(frames)
     rejected = [
@@ -227,26 +487,21 @@ def _int_param(text: str, name: str) -> int:
 
 async def block(request: web.Request) -> web.Response:
     node = request.app[NODE]
+    _take_read(request)
     height = _int_param(request.match_info["height"], "height")
-    got = node.storage.block(height) if height else None
-    if got is None:
-        return error(
-            404, "not_found", f"no committed block at height {height} (head is {node.state.height})"
-        )
-    blk, cert = got
-    return web.json_response(
-        {
-            "header": blk.header.to_json(),
-            "signature": blk.signature.hex(),
-            "transactions": [t.id.hex() for t in blk.txs],
-            "certificate": cert.to_json(),
-        }
-    )
+    head = node.state.height  # committed: its block is on disk before the head moves to it
+    found = None
+    if 1 <= height <= head:
+        found = await _committed(request, ("block", height), lambda: _encode_block(node, height))
+    if found is None:
+        return error(404, "not_found", f"no committed block at height {height} (head is {head})")
+    return _json_body(found)
 
 
 async def blocks(request: web.Request) -> web.Response:
     """Headers ``from``..``to`` (default: 1 to the head), at most MAX_HEADERS_PER_PAGE."""
     node = request.app[NODE]
+    _take_read(request)
     head = node.state.height
     first = _int_param(request.query.get("from", "1"), "from")
     if first < 1:
@@ -257,14 +512,17 @@ async def blocks(request: web.Request) -> web.Response:
             return error(400, "malformed", f"to ({last}) must not be below from ({first})")
     else:
         last = head
-    last = min(last, first + MAX_HEADERS_PER_PAGE - 1)
-    return web.json_response(
-        {"head": head, "headers": [h.to_json() for h in node.storage.headers(first, last)]}
-    )
+    last = min(last, first + MAX_HEADERS_PER_PAGE - 1, head)
+    headers = b"[]"
+    if first <= last:
+        key = ("headers", first, last)
+        headers = await _committed(request, key, lambda: _encode_headers(node, first, last))
+    return _json_body(b'{"head": %d, "headers": %s}' % (head, headers))
 
 
 async def node_record(request: web.Request) -> web.Response:
     node = request.app[NODE]
+    _take_read(request)
     try:
         node_key = crypto.decode_node_id(request.match_info["node_id"])
     except crypto.EncodingError as exc:
@@ -286,6 +544,7 @@ def _choice_param(request: web.Request, name: str, choices: tuple[str, ...]) -> 
 
 async def nodes(request: web.Request) -> web.Response:
     node = request.app[NODE]
+    _take_read(request)
     owner = request.query.get("owner")
     try:
         owner_address = None if owner is None else crypto.decode_address(owner)
@@ -333,8 +592,22 @@ LIGHT_ROUTES = {"/health", "/metrics", "/api/v1/status", "/api/v1/network/peers"
 def create_app(node, targets: ScrapeTargets | None) -> web.Application:
     """The API of a ``Node`` with the source of its service discovery document, or of a
     ``light.LightNode`` (which serves ``LIGHT_ROUTES`` and has no ``targets``)."""
-    app = web.Application(middlewares=[json_errors], client_max_size=node.config.max_batch_bytes)
+    guards = Guards.of(node.config)
+    app = web.Application(
+        middlewares=[json_errors, connection_limits],
+        client_max_size=node.config.max_batch_bytes,
+        # aiohttp's keep-alive timer runs from a connection's opening and from each answer
+        # until the next request's headers are in: the header read timeout too.
+        handler_args={"keepalive_timeout": guards.request_timeout_s},
+    )
     app[NODE] = node
+    app[GUARDS] = guards
+
+    async def block_reader(app: web.Application) -> AsyncIterator[None]:
+        yield
+        guards.reader.shutdown(wait=False, cancel_futures=True)
+
+    app.cleanup_ctx.append(block_reader)
     light = node.config.node_type == "light"
     if (targets is None) != light:
         raise ValueError("a node with ledger state serves service discovery, a light one not")

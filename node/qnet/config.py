@@ -43,6 +43,23 @@ class NodeConfig:
     max_batch_bytes: int = 8 * 1024 * 1024
     max_batch_txs: int = 20_000
     max_json_bytes: int = 64 * 1024
+    # Per client address (an IPv6 client by its /64) of the HTTP API, as token buckets:
+    # transactions submitted a second, and how many at once (at least max_batch_txs, so any
+    # valid batch can pass); requests a second to the block and node reads, and at once.
+    # Loopback is not exempt: these defaults leave room for a load campaign through one
+    # address (bench.py sends 12,000 tx/s in batches of 500).
+    api_submit_rate: float = 25_000.0
+    api_submit_burst: int = 50_000
+    api_read_rate: float = 500.0
+    api_read_burst: int = 1_000
+    # Open HTTP connections in all and from one client; a request on a connection past either
+    # is answered 429 and the connection closed.
+    api_max_connections: int = 1_024
+    api_max_client_connections: int = 256
+    # A connection is closed when a request's headers are not in within this time (from
+    # its opening or the previous answer; also how long an idle keep-alive connection
+    # stays); a body not in within it is answered 408.
+    api_request_timeout_s: float = 30.0
     log_level: str = "INFO"
     # Journal accepted transactions (mempool.journal) so a crash loses none of them.
     journal: bool = True
@@ -151,6 +168,13 @@ RULES: dict[str, Callable[[object], str | None]] = {
     "max_batch_bytes": _integer(1, 2**30),
     "max_batch_txs": _integer(1, 1_000_000),
     "max_json_bytes": _integer(1, 2**24),
+    "api_submit_rate": _number(1e9),
+    "api_submit_burst": _integer(1, 10**9),
+    "api_read_rate": _number(1e9),
+    "api_read_burst": _integer(1, 10**9),
+    "api_max_connections": _integer(1, 1_000_000),
+    "api_max_client_connections": _integer(1, 1_000_000),
+    "api_request_timeout_s": _number(3600),
     "log_level": _choice(LOG_LEVELS, fold_case=True),
     "journal": _boolean,
 }
@@ -172,6 +196,25 @@ def check_settings(values: dict, source: dict[str, str]) -> None:
         raise ConfigError(
             f"{where}: empty_block_interval_ms = {interval} must be below timeout_propose_ms = "
             f"{propose}, or validators give up on an idle proposer"
+        )
+    _at_least(values, source, "api_submit_burst", "max_batch_txs", "or a full batch never passes")
+    _at_least(
+        values,
+        source,
+        "api_max_connections",
+        "api_max_client_connections",
+        "or one client's share is never reached",
+    )
+
+
+def _at_least(values: dict, source: dict[str, str], big: str, small: str, why: str) -> None:
+    """Refuse ``big`` below ``small`` (each as given, or its default), naming where from."""
+    big_value = values.get(big, getattr(NodeConfig, big))
+    small_value = values.get(small, getattr(NodeConfig, small))
+    if big_value < small_value:
+        where = source.get(big) or source[small]
+        raise ConfigError(
+            f"{where}: {big} = {big_value} must be at least {small} = {small_value}, {why}"
         )
 
 

@@ -4,6 +4,7 @@ its operation and status code."""
 
 import asyncio
 import http.client
+import io
 import json
 import re
 import time
@@ -42,6 +43,9 @@ REQUEST_CODES = {
     "method_not_allowed",
     "internal",
     "stopping",
+    "rate_limited",
+    "too_many_connections",
+    "timeout",
 }
 FUNDS = 1_000 * 10**9
 FEE = Params().min_fee
@@ -671,6 +675,141 @@ def test_op_a_stopping_node_admits_nothing(exercise, in_process_node):
         assert answer.status == 503 and answer.body["error"]["code"] == "stopping", answer
         assert "shutting down" in answer.body["error"]["message"]
     assert len(node.mempool) == 0 and node.tx_status(transfer.id) is None
+
+
+def _example_target(template: str, api: Api) -> str:
+    """A path of ``template`` with well-formed parameters."""
+    examples = {
+        "tx_id": "ab" * 32,
+        "address": crypto.encode_address(api.wallets[0].address),
+        "height": "1",
+        "node_id": api.node.key.node_id,
+    }
+    return re.sub(r"\{(\w+)\}", lambda m: examples[m[1]], template)
+
+
+def _limited_node(tmp_path, **limits) -> Node:
+    key = crypto.KeyPair.generate()
+    genesis = make_genesis("limits", [(key.node_id, "eu")], {})
+    return Node(load_config(tmp_path, region="eu", **limits), genesis, key)
+
+
+def test_op_every_operation_refuses_a_connection_past_the_cap(exercise, tmp_path):
+    """With one connection allowed per client and one held open, a request on another
+    connection is refused (429, Retry-After) on every operation, and that connection closed."""
+    api, node = exercise, _limited_node(tmp_path, api_max_client_connections=1)
+
+    async def exchange() -> list[tuple[str, str, Answer]]:
+        async with TestClient(TestServer(app_of(node))) as held:
+            await (await held.get("/health")).read()  # keep-alive: stays open
+            answers = []
+            for method, template in sorted(spec_operations()):
+                path = _example_target(template, api)
+                reader, writer = await asyncio.open_connection("127.0.0.1", held.port)
+                writer.write(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                raw = await asyncio.wait_for(reader.read(), 10)  # to EOF: closed
+                writer.close()
+                head, _, body = raw.partition(b"\r\n\r\n")
+                status = int(head.split()[1])
+                headers = http.client.parse_headers(
+                    io.BytesIO(head.split(b"\r\n", 1)[1] + b"\r\n\r\n")
+                )
+                answer = Answer(status, headers.get_content_type(), headers, json.loads(body))
+                answers.append((method, path, answer))
+            return answers
+
+    try:
+        answers = asyncio.run(exchange())
+    finally:
+        node.close()
+    for method, path, answer in answers:
+        api._check(method, path, answer)
+        assert (answer.status, answer.body["error"]["code"]) == (429, "too_many_connections")
+        assert answer.headers["Retry-After"] == "1" and answer.headers["Connection"] == "close"
+
+
+def test_op_rate_limited_reads_and_submissions_are_429_with_retry_after(exercise, tmp_path):
+    """Past a client's bucket, the limited operations answer 429 rate_limited and admit
+    nothing; the operations that are not limited still answer."""
+    api = exercise
+    node = _limited_node(
+        tmp_path,
+        api_read_rate=0.01,
+        api_read_burst=1,
+        api_submit_rate=0.01,
+        api_submit_burst=1,
+        max_batch_txs=1,
+    )
+    sender = crypto.KeyPair.generate()
+    transfer = tx.make_transfer(sender, "limits", 0, FEE, sender.address, 1)
+    limited = [
+        ("GET", "/api/v1/blocks", None, None),
+        ("GET", "/api/v1/blocks/1", None, None),
+        ("GET", "/api/v1/nodes", None, None),
+        ("GET", f"/api/v1/nodes/{node.key.node_id}", None, None),
+        ("POST", "/api/v1/transactions", json.dumps(transfer.to_json()).encode(),
+         "application/json"),
+        ("POST", "/api/v1/transactions/batch", tx.encode_batch([transfer]),
+         "application/octet-stream"),
+    ]  # fmt: skip
+
+    async def exchange() -> list[tuple[str, str, Answer]]:
+        async with TestClient(TestServer(app_of(node))) as client:
+            await client.get("/api/v1/blocks")  # the read bucket's one token
+            await client.post("/api/v1/transactions", data=b"{", headers={
+                "Content-Type": "application/json"})  # fmt: skip
+            answers = []
+            for method, path, body, ctype in [*limited, ("GET", "/api/v1/status", None, None)]:
+                headers = {"Content-Type": ctype} if ctype else {}
+                resp = await client.request(method, path, data=body, headers=headers)
+                answer = Answer(resp.status, resp.content_type, resp.headers, await resp.json())
+                answers.append((method, path, answer))
+            return answers
+
+    try:
+        answers = asyncio.run(exchange())
+        assert len(node.mempool) == 0 and node.tx_status(transfer.id) is None
+    finally:
+        node.close()
+    *refused, (_, _, status) = answers
+    for method, path, answer in refused:
+        api._check(method, path, answer)
+        assert (answer.status, answer.body["error"]["code"]) == (429, "rate_limited"), path
+        assert int(answer.headers["Retry-After"]) >= 50, path  # a token takes 100 s here
+    assert status.status == 200
+
+
+def test_op_a_body_that_does_not_arrive_in_time_is_408(exercise, tmp_path):
+    api, node = exercise, _limited_node(tmp_path, api_request_timeout_s=0.2)
+
+    async def exchange() -> list[tuple[str, Answer]]:
+        async with TestClient(TestServer(app_of(node))) as client:
+            answers = []
+            for path, ctype in (
+                ("/api/v1/transactions", "application/json"),
+                ("/api/v1/transactions/batch", "application/octet-stream"),
+            ):
+                reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+                writer.write(
+                    f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+                    "Content-Length: 64\r\n\r\n{".encode()
+                )
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                headers = http.client.parse_headers(io.BytesIO(head.split(b"\r\n", 1)[1]))
+                body = await reader.readexactly(int(headers["Content-Length"]))
+                writer.close()
+                status = int(head.split()[1])
+                answers.append((path, Answer(status, headers.get_content_type(), headers,
+                                             json.loads(body))))  # fmt: skip
+            return answers
+
+    try:
+        answers = asyncio.run(exchange())
+    finally:
+        node.close()
+    for path, answer in answers:
+        api._check("POST", path, answer)
+        assert (answer.status, answer.body["error"]["code"]) == (408, "timeout"), path
 
 
 def test_every_documented_response_was_produced(api):
