@@ -15,25 +15,49 @@ import urllib.request
 from .tx import Transaction
 
 DEFAULT_URL = "http://127.0.0.1:7370"
+# How long a client waits out a node's rate limit (429, as long as Retry-After says each
+# time) before it gives up with the refusal. A refused request changed nothing, so it is
+# sent again as it was.
+RATE_LIMIT_PATIENCE_S = 60.0
 
 
 class ApiError(Exception):
-    def __init__(self, code: str, message: str, status: int | None = None):
+    def __init__(
+        self, code: str, message: str, status: int | None = None, retry_after: float = 0.0
+    ):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.status = status
+        self.retry_after = retry_after  # seconds, from a 429's Retry-After
 
 
 class Client:
-    def __init__(self, base_url: str = DEFAULT_URL, timeout: float = 10.0):
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        timeout: float = 10.0,
+        patience: float = RATE_LIMIT_PATIENCE_S,
+    ):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.patience = patience
 
     def request(
         self, method: str, path: str, body: dict | None = None, raw: bytes | None = None
     ) -> dict:
-        """``body`` goes as JSON, ``raw`` as application/octet-stream."""
+        """``body`` goes as JSON, ``raw`` as application/octet-stream. A rate-limited request
+        is sent again after the node's Retry-After, for up to ``patience`` seconds."""
+        give_up = time.monotonic() + self.patience
+        while True:
+            try:
+                return self._once(method, path, body, raw)
+            except ApiError as exc:
+                if exc.status != 429 or time.monotonic() + exc.retry_after > give_up:
+                    raise
+                time.sleep(exc.retry_after)
+
+    def _once(self, method: str, path: str, body: dict | None, raw: bytes | None) -> dict:
         if raw is not None:
             data, headers = raw, {"Content-Type": "application/octet-stream"}
         elif body is not None:
@@ -52,7 +76,12 @@ class Client:
                 raise ApiError(
                     "bad_response", f"HTTP {exc.code} from {self.base_url}", exc.code
                 ) from None
-            raise ApiError(str(error.get("code")), str(error.get("message")), exc.code) from None
+            raise ApiError(
+                str(error.get("code")),
+                str(error.get("message")),
+                exc.code,
+                _retry_after(exc.headers.get("Retry-After")) if exc.code == 429 else 0.0,
+            ) from None
         except (urllib.error.URLError, ConnectionError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ApiError(
@@ -131,3 +160,11 @@ class Client:
             if time.monotonic() >= deadline:
                 raise ApiError("timeout", f"transaction {tx_id} not committed within {timeout:g} s")
             time.sleep(poll)
+
+
+def _retry_after(header: str | None) -> float:
+    """Retry-After in seconds (RFC 9110: a number of seconds; a date or nothing: 1 s)."""
+    try:
+        return max(0.0, float(header)) if header is not None else 1.0
+    except ValueError:
+        return 1.0
