@@ -17,7 +17,10 @@ fee-paying traffic, however many nodes are activated.
 
 Entries expire after a time to live. The cheap checks here (``BatchCheck``) run before a
 signature is verified (once per node, see ``Node``); ``admit`` checks again exactly: nonce
-order, fees, room, and that the sender can pay for everything it has queued.
+order, fees, room, and that the sender can pay for everything it has queued. A transaction
+that passed the cheap checks is *in flight* until its batch is admitted (``release``); the
+cheap checks of a later batch count it as queued, so a batch that arrives while an earlier one
+of the same senders is still being verified is judged against both.
 """
 
 import hashlib
@@ -130,6 +133,12 @@ class Mempool:
         self._seq = itertools.count()
         self._shard_key = os.urandom(SHARD_KEY_BYTES) if shard_key is None else shard_key
         self._heartbeat_senders: set[bytes] = set()  # senders with a pending heartbeat
+        # Passed the cheap checks, not yet admitted or refused: sender -> those txs in order
+        # (each with whether it is a new entry, not a replacement), and shard -> (new
+        # entries, heartbeats among them).
+        self._in_flight: dict[bytes, list[tuple[Transaction, bool]]] = {}
+        self._in_flight_ids: set[bytes] = set()
+        self._in_flight_room: dict[int, tuple[int, int]] = {}
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -215,7 +224,43 @@ class Mempool:
         return lowest[1]
 
     def batch_check(self) -> "BatchCheck":
+        """The cheap checks of a new batch; what passes is in flight until ``release``."""
         return BatchCheck(self)
+
+    def _hold(self, tx: Transaction, number: int, new: bool) -> None:
+        self._in_flight.setdefault(tx.sender, []).append((tx, new))
+        self._in_flight_ids.add(tx.id)
+        if new:
+            more, heartbeats = self._in_flight_room.get(number, (0, 0))
+            self._in_flight_room[number] = (more + 1, heartbeats + (tx.kind == KIND_HEARTBEAT))
+
+    def release(self, txs: list[Transaction]) -> None:
+        """End the flight of ``txs`` (that passed a batch's cheap checks): admitted or refused."""
+        for tx in txs:
+            self._in_flight_ids.discard(tx.id)
+            held = self._in_flight.get(tx.sender, [])
+            # by identity, and from the front: a batch is released in the order it was held
+            at = next((i for i, (flying, _) in enumerate(held) if flying is tx), None)
+            if at is None:
+                continue
+            new = held.pop(at)[1]
+            if not held:
+                del self._in_flight[tx.sender]
+            if not new:
+                continue
+            number = self.shard_index(tx.sender)
+            more, heartbeats = self._in_flight_room[number]
+            if more == 1:
+                del self._in_flight_room[number]
+            else:
+                self._in_flight_room[number] = (
+                    more - 1,
+                    heartbeats - (tx.kind == KIND_HEARTBEAT),
+                )
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight_ids)
 
     # ---- changes ------------------------------------------------------------------------
 
@@ -368,45 +413,62 @@ class Mempool:
 
 class BatchCheck:
     """The cheap checks of a batch, before any of its signatures is verified: every rule of
-    ``Mempool.admit``, each transaction checked as if those before it in the batch that
-    passed were admitted. The pool is not touched; ``admit`` checks again when it admits
-    (room is judged against the pool as it is: a batch that outbids the same victim twice
-    passes here and is cut there)."""
+    ``Mempool.admit``, each transaction checked as if those in flight (of earlier batches)
+    and those before it in the batch that passed were admitted. What passes is put in flight;
+    the pool's entries are not touched, and ``admit`` checks again when it admits (room is
+    judged against the pool as it is: a batch that outbids the same victim twice passes here
+    and is cut there)."""
 
     def __init__(self, pool: Mempool):
         self._pool = pool
-        self._queues: dict[bytes, SenderQueue] = {}  # the pool's, plus what passed here
-        self._ids: set[bytes] = set()
-        self._more: dict[int, tuple[int, int]] = {}  # shard -> new entries, heartbeats
+        self._queues: dict[bytes, SenderQueue] = {}  # the pool's, plus what is in flight
+        self._more: dict[int, tuple[int, int]] = {}  # shard -> entries, heartbeats in flight
 
-    def check(self, tx: Transaction, account: tuple[int, int]) -> None:
-        """Raise Rejected as ``admit`` would."""
-        pool = self._pool
-        if tx.id in pool.by_id or tx.id in self._ids:
-            raise Rejected("duplicate", "transaction is already pending")
-        balance, chain_nonce = account
-        number = pool.shard_index(tx.sender)
-        shard = pool.shards[number]
+    def _queue(self, tx: Transaction, chain_nonce: int, shard: Shard) -> SenderQueue:
         queue = self._queues.get(tx.sender)
         if queue is None:
             held = shard.senders.get(tx.sender)
             queue = held.copy() if held else SenderQueue(chain_nonce)
+            for flying, _ in self._pool._in_flight.get(tx.sender, ()):
+                _place(queue, flying)
+            self._queues[tx.sender] = queue
+        return queue
+
+    def check(self, tx: Transaction, account: tuple[int, int]) -> None:
+        """Raise Rejected as ``admit`` would; else put ``tx`` in flight."""
+        pool = self._pool
+        if tx.id in pool.by_id or tx.id in pool._in_flight_ids:
+            raise Rejected("duplicate", "transaction is already pending")
+        balance, chain_nonce = account
+        number = pool.shard_index(tx.sender)
+        shard = pool.shards[number]
+        queue = self._queue(tx, chain_nonce, shard)
         index = pool._check_sender(queue, tx, balance)
-        entry = Entry(tx, -1, 0.0)
-        heartbeat = tx.kind == KIND_HEARTBEAT
         if index is None:
-            more, more_heartbeats = self._more.get(number, (0, 0))
+            if number not in self._more:
+                self._more[number] = pool._in_flight_room.get(number, (0, 0))
+            more, more_heartbeats = self._more[number]
             pool._check_room(shard, tx, more, more_heartbeats)
-            self._more[number] = (more + 1, more_heartbeats + heartbeat)
-            queue.entries.append(entry)
-            queue.spend += tx.cost
-        else:
-            old = queue.entries[index].tx
-            if old.kind == KIND_HEARTBEAT:
-                queue.heartbeat_epochs.discard(old.epoch)
-            queue.entries[index] = entry
-            queue.spend += tx.cost - old.cost
-        if heartbeat:
-            queue.heartbeat_epochs.add(tx.epoch)
-        self._queues[tx.sender] = queue
-        self._ids.add(tx.id)
+            self._more[number] = (more + 1, more_heartbeats + (tx.kind == KIND_HEARTBEAT))
+        _place(queue, tx)
+        pool._hold(tx, number, new=index is None)
+
+
+def _place(queue: SenderQueue, tx: Transaction) -> None:
+    """Put ``tx`` into a copy of a sender's queue as ``admit`` would, without its checks: after
+    the others, or over the entry of its nonce (one that no longer fits is left out)."""
+    index = tx.nonce - queue.base_nonce
+    if index < 0 or index > len(queue.entries):
+        return
+    entry = Entry(tx, -1, 0.0)
+    if index == len(queue.entries):
+        queue.entries.append(entry)
+        queue.spend += tx.cost
+    else:
+        old = queue.entries[index].tx
+        if old.kind == KIND_HEARTBEAT:
+            queue.heartbeat_epochs.discard(old.epoch)
+        queue.entries[index] = entry
+        queue.spend += tx.cost - old.cost
+    if tx.kind == KIND_HEARTBEAT:
+        queue.heartbeat_epochs.add(tx.epoch)

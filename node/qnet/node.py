@@ -123,6 +123,9 @@ class Node:
         # Transactions whose signatures verified here, most recent last: a signature is
         # verified once per node, whether it came to admission or in a block first.
         self._verified: OrderedDict[bytes, None] = OrderedDict()
+        # Done when the batch admitted last (in the order of their cheap checks) is through:
+        # batches are admitted in that order, whichever's signatures verify first.
+        self._admitted_last: asyncio.Future | None = None
         self.work = asyncio.Event()
         self.committed_event = asyncio.Event()
         self._verify_pool = ThreadPoolExecutor(config.verify_threads, "qnet-verify")
@@ -288,7 +291,31 @@ class Node:
                 outcome[i] = self.refuse(tx, exc)
             else:
                 to_verify.append((i, tx))
-        verified = await self._verify([tx for _, tx in to_verify])
+        # What passed is in flight (later batches' cheap checks count it) until admitted or
+        # refused below, after every batch checked before this one.
+        flying = [tx for _, tx in to_verify]
+        before = self._admitted_last
+        done = self._admitted_last = asyncio.get_running_loop().create_future()
+        try:
+            verified = await self._verify(flying)
+            if before is not None:
+                await asyncio.shield(before)
+            return outcome, self._admit_verified(to_verify, verified, outcome, relay, source)
+        finally:
+            self.mempool.release(flying)
+            if before is None or before.done():
+                done.set_result(None)
+            else:  # cancelled while waiting: whoever comes next still waits for ``before``
+                before.add_done_callback(lambda _: done.set_result(None))
+
+    def _admit_verified(
+        self,
+        to_verify: list[tuple[int, Transaction]],
+        verified: list[bool],
+        outcome: list[Rejected | None],
+        relay: bool,
+        source: str | None,
+    ) -> list[Transaction]:
         now = time.monotonic()
         admitted: list[Transaction] = []
         for (i, tx), ok in zip(to_verify, verified, strict=True):
@@ -308,7 +335,7 @@ class Node:
             self.work.set()
             if relay and self.relay is not None:
                 self.relay(admitted, source)
-        return outcome, admitted
+        return admitted
 
     async def restore_journal(self) -> None:
         """At start, before the API serves: re-admit what the journal holds (accepted before

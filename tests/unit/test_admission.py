@@ -137,6 +137,38 @@ def test_a_batch_is_checked_in_order_and_verified_together(node, verify_calls):
     assert node.mempool.pending_count(other.address) == 1
 
 
+def test_a_batch_arriving_while_one_before_it_verifies_follows_it(node, monkeypatch):
+    """Two batches of the same sender's consecutive nonces, the second checked while the
+    first is still being verified: the second's nonces are not a gap, and it is admitted after
+    the first even though its own signatures verify first (the gate holds the first back until
+    they have)."""
+    w, other = WALLETS[0], WALLETS[1]
+    first = [transfer(w, 0)]
+    second = [transfer(w, 1), transfer(other, 0)]
+    waiting = {t.id for t in second}
+    lock, second_verified = threading.Lock(), threading.Event()
+    real = tx.Transaction.verify_signature
+
+    def gated(t):
+        if t.id == first[0].id:
+            assert second_verified.wait(10), "the second batch was not verified meanwhile"
+        ok = real(t)
+        with lock:
+            waiting.discard(t.id)
+            if not waiting:
+                second_verified.set()
+        return ok
+
+    monkeypatch.setattr(tx.Transaction, "verify_signature", gated)
+
+    async def both():
+        return await asyncio.gather(node.submit(first), node.submit(second))
+
+    assert asyncio.run(both()) == [[None], [None, None]]
+    assert node.mempool.pending_count(w.address) == 2
+    assert node.mempool.in_flight == 0
+
+
 def test_a_full_mempool_refuses_before_verifying(tmp_path, verify_calls):
     n = new_node(tmp_path, "small", genesis(), mempool_shards=1, mempool_capacity=2)
     try:

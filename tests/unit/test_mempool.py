@@ -462,12 +462,13 @@ def test_eviction_picks_the_newest_of_the_lowest_fee():
 # ---- the cheap checks of a batch -----------------------------------------------------------
 
 
-def test_a_batch_check_sees_the_batch_before_it_and_changes_nothing():
+def test_a_batch_check_sees_the_batch_before_it_and_changes_no_entry():
     pool = new_pool(shards=2, per_sender=3)
     pool.admit(transfer(A, 0), RICH, 0.0)
     batch = pool.batch_check()
-    batch.check(transfer(A, 1), RICH)
-    batch.check(transfer(A, 2), RICH)  # follows the one before it in the batch
+    passed = [transfer(A, 1), transfer(A, 2)]  # the second follows the first in the batch
+    for t in passed:
+        batch.check(t, RICH)
     with pytest.raises(Rejected) as info:
         batch.check(transfer(A, 3), RICH)
     assert info.value.code == "sender_limit"
@@ -481,6 +482,35 @@ def test_a_batch_check_sees_the_batch_before_it_and_changes_nothing():
         batch.check(transfer(C, 0, amount=10), (MIN_FEE, 0))  # the fee counts
     assert info.value.code == "insufficient_funds"
     assert len(pool) == 1 and nonces(pool, A) == [0] and nonces(pool, B) == []
+    assert pool.in_flight == 3
+
+
+def test_what_passed_a_batch_check_is_in_flight_for_later_batches_until_released():
+    """A batch checked while an earlier one of the same sender is still being verified sees
+    it: its nonces follow, and its share of the shard's room and the sender's funds count."""
+    pool = new_pool(shards=1, capacity=3, per_sender=10)
+    first = [transfer(A, 0), transfer(A, 1)]
+    check = pool.batch_check()
+    for t in first:
+        check.check(t, RICH)
+    second = pool.batch_check()
+    second.check(transfer(A, 2), RICH)  # not a gap: 0 and 1 are in flight
+    with pytest.raises(Rejected) as info:
+        second.check(transfer(A, 1), RICH)
+    assert info.value.code == "duplicate"
+    with pytest.raises(Rejected) as info:
+        pool.batch_check().check(transfer(B, 0), RICH)  # three in flight fill the room
+    assert info.value.code == "mempool_full"
+    with pytest.raises(Rejected) as info:  # the fees in flight count against the balance
+        pool.batch_check().check(transfer(A, 3), (3 * (MIN_FEE + 1), 0))
+    assert info.value.code == "insufficient_funds"
+    pool.release(first)  # refused at verification, say: they are gone
+    assert pool.in_flight == 1
+    with pytest.raises(Rejected) as info:
+        pool.batch_check().check(transfer(A, 3), RICH)
+    assert info.value.code == "nonce_gap"
+    pool.batch_check().check(transfer(A, 0), RICH)
+    assert len(pool) == 0
 
 
 @given(
@@ -517,6 +547,7 @@ def test_a_batch_check_refuses_exactly_what_admitting_in_order_refuses(held, bat
             cheap.append(exc.code)
         else:
             cheap.append(None)
+    pool.release(txs)
     admitted = []
     for t in txs:
         try:
@@ -574,6 +605,7 @@ class MempoolMachine(RuleBasedStateMachine):
             cheap = exc.code
         else:
             cheap = None
+            self.pool.release([t])
         try:
             evicted = self.pool.admit(t, account, self.now)
         except Rejected as exc:
