@@ -36,6 +36,7 @@ from .tx import KIND_HEARTBEAT, Transaction, framed_size
 REPLACEMENT_BUMP_PERCENT = 10  # a replacement pays at least this much more than what it replaces
 HEARTBEAT_SHARE_PERCENT = 10  # of a shard's capacity and of a block's transactions
 SHARD_KEY_BYTES = 16
+SHARD_MEMORY = 100_000  # senders whose shard is remembered (the hash costs more than admission)
 _TAILS_SLACK = 64  # stale tail records a shard tolerates beyond twice its senders
 
 
@@ -132,11 +133,12 @@ class Mempool:
         self.raw_bytes = 0  # of the pending transactions' canonical encodings (the journal's)
         self._seq = itertools.count()
         self._shard_key = os.urandom(SHARD_KEY_BYTES) if shard_key is None else shard_key
+        self._shard_numbers: dict[bytes, int] = {}  # sender -> shard, up to SHARD_MEMORY
         self._heartbeat_senders: set[bytes] = set()  # senders with a pending heartbeat
         # Passed the cheap checks, not yet admitted or refused: sender -> those txs in order
-        # (each with whether it is a new entry, not a replacement), and shard -> (new
-        # entries, heartbeats among them).
-        self._in_flight: dict[bytes, list[tuple[Transaction, bool]]] = {}
+        # (each with its shard if it is a new entry, None if a replacement), and shard ->
+        # (new entries, heartbeats among them).
+        self._in_flight: dict[bytes, list[tuple[Transaction, int | None]]] = {}
         self._in_flight_ids: set[bytes] = set()
         self._in_flight_room: dict[int, tuple[int, int]] = {}
 
@@ -147,8 +149,13 @@ class Mempool:
         return tx_id in self.by_id
 
     def shard_index(self, sender: bytes) -> int:
-        digest = hashlib.blake2b(sender, digest_size=8, key=self._shard_key).digest()
-        return int.from_bytes(digest) % len(self.shards)
+        number = self._shard_numbers.get(sender)
+        if number is None:
+            if len(self._shard_numbers) >= SHARD_MEMORY:
+                self._shard_numbers.clear()
+            digest = hashlib.blake2b(sender, digest_size=8, key=self._shard_key).digest()
+            number = self._shard_numbers[sender] = int.from_bytes(digest) % len(self.shards)
+        return number
 
     def shard_of(self, sender: bytes) -> Shard:
         return self.shards[self.shard_index(sender)]
@@ -228,7 +235,7 @@ class Mempool:
         return BatchCheck(self)
 
     def _hold(self, tx: Transaction, number: int, new: bool) -> None:
-        self._in_flight.setdefault(tx.sender, []).append((tx, new))
+        self._in_flight.setdefault(tx.sender, []).append((tx, number if new else None))
         self._in_flight_ids.add(tx.id)
         if new:
             more, heartbeats = self._in_flight_room.get(number, (0, 0))
@@ -243,12 +250,11 @@ class Mempool:
             at = next((i for i, (flying, _) in enumerate(held) if flying is tx), None)
             if at is None:
                 continue
-            new = held.pop(at)[1]
+            number = held.pop(at)[1]
             if not held:
                 del self._in_flight[tx.sender]
-            if not new:
+            if number is None:
                 continue
-            number = self.shard_index(tx.sender)
             more, heartbeats = self._in_flight_room[number]
             if more == 1:
                 del self._in_flight_room[number]

@@ -213,8 +213,6 @@ class Node:
             raise Rejected(
                 "wrong_chain", f"transaction is for chain {tx.chain_id!r}, not {self.chain_id!r}"
             )
-        if tx.id in self.mempool:
-            raise Rejected("duplicate", "transaction is already pending")
         if not self.rules.block_limits.fits(1, framed_size(tx)):
             raise Rejected(
                 "malformed",
