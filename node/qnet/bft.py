@@ -14,20 +14,11 @@ Gossip follows the hierarchy (DESIGN §5, ``topology.py``): consensus messages s
 validators; committed blocks flow down to followers that are behind (headers only to light
 nodes); transactions flow up, towards the validators.
 
-Peer message kinds (``p2p`` reserves kinds below 16):
-    16 CONSENSUS   a proposal (carrying the encoded block) or a vote; only between validators
-    17 TXS         a batch of at most TX_BATCH signed transactions (the batch endpoint's framing)
-    18 STATUS      height:u64 certificate: the commit certificate of that height (none at 0),
-                   sent on connect, after every commit and periodically
-    19 GET_BLOCKS  first:u64 last:u64
-    20 BLOCKS      (block_len:u32 block cert_len:u32 certificate)*: the answer to GET_BLOCKS,
-                   or one committed block pushed to a follower
-    21 PING        token:u64, answered by
-    22 PONG        the same token: the round-trip time shown by ``network peers``
-    23 HEADERS     (header_len:u32 header cert_len:u32 certificate)*, for light nodes
-    24 GET_HEADERS first:u64 last:u64
-    25 GET_NODE    public_key(32): a light node asks what it needs for its heartbeat
-    26 NODE        public_key(32) ``HeartbeatView.encode()``
+The peer message kinds and their codecs are in ``wire.py``: CONSENSUS only between
+validators; TXS up the hierarchy; STATUS on connect, after every commit and periodically;
+GET_BLOCKS answered by BLOCKS, which also pushes a committed block to a follower; PING
+answered by PONG (the round trip shown by ``network peers``); GET_HEADERS answered by
+HEADERS, for light nodes, as GET_NODE is by NODE.
 
 Registration is open, so every peer is a stranger until checked (DESIGN §5). What a peer
 sends is checked before it is stored, logged, relayed or counted:
@@ -76,26 +67,40 @@ from .ledger import BlockLimits
 from .node import InvalidBlock, Node
 from .p2p import PROTOCOL_BAN_S, PeerInfo, PeerNetwork
 from .topology import PeerPolicy
-from .tx import MAX_TX_BYTES, DecodeError, Transaction, encode_batch, frame_batch, split_batch
+from .tx import Transaction
+from .wire import (
+    KIND_BLOCKS,
+    KIND_CONSENSUS,
+    KIND_GET_BLOCKS,
+    KIND_GET_HEADERS,
+    KIND_GET_NODE,
+    KIND_HEADERS,
+    KIND_NODE,
+    KIND_PING,
+    KIND_PONG,
+    KIND_STATUS,
+    KIND_TXS,
+    MAX_BLOCKS,
+    MAX_FRAMED_TX,
+    TX_BATCH,
+    Blocks,
+    Consensus,
+    GetBlocks,
+    GetHeaders,
+    GetNode,
+    Headers,
+    NodeView,
+    Ping,
+    Pong,
+    ProtocolError,
+    Status,
+    Txs,
+)
 
 log = logging.getLogger("qnet.bft")
 
-KIND_CONSENSUS = 16
-KIND_TXS = 17
-KIND_STATUS = 18
-KIND_GET_BLOCKS = 19
-KIND_BLOCKS = 20
-KIND_PING = 21
-KIND_PONG = 22
-KIND_HEADERS = 23
-KIND_GET_HEADERS = 24
-KIND_GET_NODE = 25
-KIND_NODE = 26
-
-_HEIGHT = struct.Struct(">Q")
-_RANGE = struct.Struct(">QQ")
 _LEN = struct.Struct(">I")
-SYNC_BATCH = 64  # blocks per GET_BLOCKS
+SYNC_BATCH = MAX_BLOCKS  # blocks per GET_BLOCKS: as many as one BLOCKS frame may hold
 SYNC_BYTES = 8 * 2**20  # what one BLOCKS answer may carry
 SYNC_TIMEOUT_S = 5.0  # a GET_BLOCKS not answered by then counts against the peer
 SYNC_STRIKES = 3  # unanswered requests in a row before the peer is banned
@@ -104,7 +109,6 @@ SYNC_GRACE_S = 1.5
 STATUS_EVERY_S = 2.0
 STATUS_CERTS_KEPT = 64  # certificates of STATUS claims already verified, by digest
 TX_FLUSH_S = 0.01
-TX_BATCH = 5_000  # transactions per TXS frame, sent and accepted
 TX_SPLIT_INLINE_BYTES = 64 * 1024  # bigger TXS frames are cut into transactions off the loop
 MAX_FUTURE_MS = 10_000  # a proposed block may not be dated further ahead than this
 WAL_COMPACT_MIN = 1_000  # forgotten messages in consensus.wal before it may be rewritten
@@ -116,7 +120,6 @@ INPUT_BYTES = 128 * 2**20  # the bytes of all peers' waiting inputs together
 LINK_FAULTS = frozenset(
     {"wrong_chain", "not_validator", "not_proposer", "bad_signature", "malformed_value"}
 )
-_MAX_FRAMED_TX = len(frame_batch([bytes(MAX_TX_BYTES)]))
 BAD_SIGNATURE = "bad_signature"  # the refusal code of ``Node.submit`` for it
 
 
@@ -140,7 +143,7 @@ def check_block_size(value: bytes, limits: BlockLimits) -> Header:
             f"block {header.height} holds {header.tx_count} transactions of {body} bytes, "
             f"beyond the genesis limits ({limits.max_txs} transactions, {limits.max_bytes} bytes)"
         )
-    if body > header.tx_count * _MAX_FRAMED_TX:
+    if body > header.tx_count * MAX_FRAMED_TX:
         raise BlockError(
             f"block {header.height} has {body} bytes of transactions, more than its "
             f"{header.tx_count} transactions can take"
@@ -299,50 +302,8 @@ class SigningStateFile:
         os.close(self._fd)
 
 
-def encode_blocks(items: list[tuple[bytes, bytes]]) -> bytes:
-    """BLOCKS or HEADERS: (block or header, certificate) pairs, each length-prefixed."""
-    return b"".join(_LEN.pack(len(b)) + b + _LEN.pack(len(c)) + c for b, c in items)
-
-
-def _pairs(data: bytes) -> list[tuple[bytes, bytes]]:
-    """Cut BLOCKS or HEADERS into its pairs; an answer never holds more than SYNC_BATCH."""
-    out, pos = [], 0
-    while pos < len(data):
-        if len(out) == SYNC_BATCH:
-            raise BlockError(f"more than {SYNC_BATCH} blocks in one message")
-        parts = []
-        for _ in range(2):
-            if pos + _LEN.size > len(data):
-                raise BlockError("blocks message truncated")
-            (n,) = _LEN.unpack_from(data, pos)
-            pos += _LEN.size
-            if pos + n > len(data):
-                raise BlockError("blocks message truncated")
-            parts.append(data[pos : pos + n])
-            pos += n
-        out.append((parts[0], parts[1]))
-    return out
-
-
-def decode_blocks(data: bytes) -> list[tuple[Block, CommitCertificate]]:
-    return _decode_pairs(_pairs(data))
-
-
-def _decode_pairs(pairs: list[tuple[bytes, bytes]]) -> list[tuple[Block, CommitCertificate]]:
-    return [(Block.decode(b), CommitCertificate.decode(c)) for b, c in pairs]
-
-
-def decode_headers(data: bytes) -> list[tuple[Header, CommitCertificate]]:
-    return [(Header.decode(h), CommitCertificate.decode(c)) for h, c in _pairs(data)]
-
-
 def policy_for(node_type: str, region: str, me: bytes, validators) -> PeerPolicy:
     return PeerPolicy(me, node_type, region, frozenset(validators))
-
-
-def encode_status(height: int, certificate: bytes) -> bytes:
-    """STATUS: a height and the commit certificate that proves it (none at height 0)."""
-    return _HEIGHT.pack(height) + certificate
 
 
 class PeerStats:
@@ -365,26 +326,23 @@ class PeerStats:
     async def ping(self, node_id: str) -> None:
         token = time.perf_counter_ns()
         self._pings[node_id] = token
-        await self.net.send(node_id, KIND_PING, _HEIGHT.pack(token))
+        await self.net.send(node_id, KIND_PING, Ping(token).encode())
 
-    async def on_ping(self, peer: PeerInfo, payload: bytes) -> None:
-        _HEIGHT.unpack(payload)
-        await self.net.send(peer.node_id, KIND_PONG, payload)
+    async def on_ping(self, peer: PeerInfo, ping: Ping) -> None:
+        await self.net.send(peer.node_id, KIND_PONG, Pong(ping.token).encode())
 
-    def on_pong(self, peer: PeerInfo, payload: bytes) -> None:
-        (token,) = _HEIGHT.unpack(payload)
-        if self._pings.pop(peer.node_id, None) == token:
-            self._rtt_ms[peer.node_id] = (time.perf_counter_ns() - token) / 1e6
+    def on_pong(self, peer: PeerInfo, pong: Pong) -> None:
+        if self._pings.pop(peer.node_id, None) == pong.token:
+            self._rtt_ms[peer.node_id] = (time.perf_counter_ns() - pong.token) / 1e6
 
     def saw(self, peer: PeerInfo, height: int) -> None:
         """The peer served a block of ``height`` whose certificate verified."""
         self.heights[peer.node_id] = max(self.heights.get(peer.node_id, 0), height)
 
-    def on_status(self, peer: PeerInfo, payload: bytes, ours: int) -> None:
-        """Take a STATUS; raises BlockError or struct.error if it is malformed or claims a
-        height above ours that its certificate does not prove."""
-        (height,) = _HEIGHT.unpack_from(payload)
-        certificate = payload[_HEIGHT.size :]
+    def on_status(self, peer: PeerInfo, status: Status, ours: int) -> None:
+        """Take a STATUS; raises BlockError if it claims a height above ours that its
+        certificate does not prove."""
+        height, certificate = status.height, status.certificate
         if height > max(ours, self.heights.get(peer.node_id, 0)):
             key = crypto.digest(certificate)
             if self._certified.get(key) != height:
@@ -607,7 +565,7 @@ class BftConsensus:
         self._inputs.put(handler)
 
     def _status(self) -> bytes:
-        return encode_status(self.node.state.height, self._head_certificate)
+        return Status(self.node.state.height, self._head_certificate).encode()
 
     # ---- the core's effects --------------------------------------------------------------
     async def _carry_out(
@@ -882,10 +840,10 @@ class BftConsensus:
         blocks = headers = b""
         for peer in followers:
             if peer.node_type == "light":
-                headers = headers or encode_blocks([(block.header.encode(), cert_bytes)])
+                headers = headers or Headers(((block.header.encode(), cert_bytes),)).encode()
                 await self.net.send(peer.node_id, KIND_HEADERS, headers)
             else:
-                blocks = blocks or encode_blocks([(block.encode(), cert_bytes)])
+                blocks = blocks or Blocks(((block.encode(), cert_bytes),)).encode()
                 await self.net.send(peer.node_id, KIND_BLOCKS, blocks)
 
     async def _commit(self, block: Block, cert: CommitCertificate, diff) -> None:
@@ -921,7 +879,7 @@ class BftConsensus:
             return
         try:
             await self._dispatch(peer, kind, payload)
-        except (BlockError, DecodeError, tendermint.MessageError, struct.error) as exc:
+        except (BlockError, ProtocolError) as exc:
             self._ban(peer.node_id, f"malformed kind {kind} message: {exc}")
 
     async def _dispatch(self, peer: PeerInfo, kind: int, payload: bytes) -> None:
@@ -930,26 +888,25 @@ class BftConsensus:
         elif kind == KIND_TXS:
             await self._on_txs(peer, payload)
         elif kind == KIND_STATUS:
-            self.stats.on_status(peer, payload, self.node.state.height)
+            self.stats.on_status(peer, Status.decode(payload), self.node.state.height)
             self._update_lag()
             self._maybe_sync()
         elif kind == KIND_GET_BLOCKS:
-            first, last = _RANGE.unpack(payload)
-            await self._serve_blocks(peer, first, last)
+            request = GetBlocks.decode(payload)
+            await self._serve_blocks(peer, request.first, request.last)
         elif kind == KIND_PING:
-            await self.stats.on_ping(peer, payload)
+            await self.stats.on_ping(peer, Ping.decode(payload))
         elif kind == KIND_PONG:
-            self.stats.on_pong(peer, payload)
+            self.stats.on_pong(peer, Pong.decode(payload))
         elif kind == KIND_BLOCKS:
             await self._on_blocks(peer, payload)
         elif kind == KIND_GET_HEADERS:
-            first, last = _RANGE.unpack(payload)
-            await self._serve_headers(peer, first, last)
+            request = GetHeaders.decode(payload)
+            await self._serve_headers(peer, request.first, request.last)
         elif kind == KIND_GET_NODE:
-            if len(payload) != 32:
-                raise struct.error("GET_NODE carries a 32-byte public key")
-            view = self.node.heartbeat_view(payload)
-            await self.net.send(peer.node_id, KIND_NODE, payload + view.encode())
+            key = GetNode.decode(payload).public_key
+            answer = NodeView(key, self.node.heartbeat_view(key))
+            await self.net.send(peer.node_id, KIND_NODE, answer.encode())
         elif kind in (KIND_HEADERS, KIND_NODE):
             pass  # answers meant for light nodes
         else:
@@ -963,7 +920,7 @@ class BftConsensus:
             return
         if self.core is None or self._holding:
             return  # not voting (yet): the validators' messages are of no use here
-        message = tendermint.decode_message(payload)
+        message = Consensus.decode(payload).message
         if isinstance(message, tendermint.Proposal):
             check_block_size(message.value, self.node.rules.block_limits)
         self._inputs.offer(
@@ -979,16 +936,10 @@ class BftConsensus:
         self._note_round()
 
     async def _on_txs(self, peer: PeerInfo, payload: bytes) -> None:
-        if len(payload) > TX_BATCH * _MAX_FRAMED_TX:
-            self._ban(peer.node_id, f"sent a {len(payload)}-byte TXS frame: no batch is as big")
-            return
         if len(payload) > TX_SPLIT_INLINE_BYTES:
-            raws = await asyncio.to_thread(split_batch, payload)
+            raws = list((await asyncio.to_thread(Txs.decode, payload)).raws)
         else:
-            raws = split_batch(payload)
-        if len(raws) > TX_BATCH:
-            self._ban(peer.node_id, f"sent {len(raws)} transactions in one frame, over {TX_BATCH}")
-            return
+            raws = list(Txs.decode(payload).raws)
         # Validators are a mesh: what one relays, the others already got from it.
         among_validators = self.is_validator and peer.public_key in self.validators
         outcome = await self.node.submit_raw(raws, relay=not among_validators, source=peer.node_id)
@@ -1035,7 +986,7 @@ class BftConsensus:
         last = min(ahead[peer], ours + SYNC_BATCH)
         self._requests[peer] = SyncRequest(ours + 1, last, now + SYNC_TIMEOUT_S)
         self._asked_at[peer] = now
-        self._spawn(self.net.send(peer, KIND_GET_BLOCKS, _RANGE.pack(ours + 1, last)))
+        self._spawn(self.net.send(peer, KIND_GET_BLOCKS, GetBlocks(ours + 1, last).encode()))
 
     def _expire_requests(self, now: float) -> None:
         for node_id, request in list(self._requests.items()):
@@ -1065,7 +1016,8 @@ class BftConsensus:
         """BLOCKS answer our request, or push the next committed block to a follower.
         Framing, heights and sizes are checked on the headers; only then are the blocks
         decoded, off the event loop."""
-        pairs = _pairs(payload)
+        message = Blocks.decode(payload)
+        pairs = message.items
         heights = [
             check_block_size(block, self.node.rules.block_limits).height for block, _ in pairs
         ]
@@ -1088,7 +1040,7 @@ class BftConsensus:
             # request since renewed comes here too, hence no ban at once.
             self._strike(peer.node_id, f"sent blocks {heights} nobody asked for")
             return
-        blocks = await asyncio.to_thread(_decode_pairs, pairs)
+        blocks = await asyncio.to_thread(message.blocks)
         self._inputs.offer(peer.node_id, len(payload), lambda: self._apply_synced(peer, blocks))
 
     async def _serve_blocks(self, peer: PeerInfo, first: int, last: int) -> None:
@@ -1103,7 +1055,7 @@ class BftConsensus:
                 break
             items.append(item)
         if items:
-            await self.net.send(peer.node_id, KIND_BLOCKS, encode_blocks(items))
+            await self.net.send(peer.node_id, KIND_BLOCKS, Blocks(tuple(items)).encode())
 
     async def _serve_headers(self, peer: PeerInfo, first: int, last: int) -> None:
         last = min(last, first + SYNC_BATCH - 1, self.node.state.height)
@@ -1114,7 +1066,7 @@ class BftConsensus:
                 break
             items.append(item)
         if items:
-            await self.net.send(peer.node_id, KIND_HEADERS, encode_blocks(items))
+            await self.net.send(peer.node_id, KIND_HEADERS, Headers(tuple(items)).encode())
 
     async def _apply_synced(self, peer: PeerInfo, blocks: list) -> None:
         applied = 0
@@ -1190,8 +1142,8 @@ class BftConsensus:
             for peer in self._upstream():
                 if peer.node_id in sources:
                     txs = [t for t, source in batch if source != peer.node_id]
-                    data = encode_batch(txs) if txs else b""
+                    data = Txs.of(txs).encode() if txs else b""
                 else:
-                    data = whole = whole or encode_batch([t for t, _ in batch])
+                    data = whole = whole or Txs.of(t for t, _ in batch).encode()
                 if data:
                     await self.net.send(peer.node_id, KIND_TXS, data)
