@@ -40,9 +40,7 @@ sends is checked before it is stored, logged, relayed or counted:
 - Sync asks one peer at a time, rotating among the peers that are ahead, with a deadline:
   a peer that lets it pass is demoted for a while and banned after ``SYNC_STRIKES``; BLOCKS
   that answer no request are taken only as the push of the next block to a follower.
-- A TXS frame holds at most TX_BATCH transactions, and a peer that relays a transaction
-  whose signature does not verify is banned (an honest relay passes on only what its own
-  admission verified).
+- Transactions are checked and relayed by ``gossip.py``.
 A disk error does not stop the driver: a signing state that cannot be saved withholds the
 messages it covers (never a vote that could be signed differently after a crash), and a
 consensus.wal that refuses writes costs only liveness after a crash, as a torn tail does.
@@ -60,12 +58,12 @@ from . import crypto, tendermint
 from .block import Block, BlockError, CommitCertificate, Header
 from .config import NodeConfig
 from .consensus_store import ConsensusLog, SigningStateFile
+from .gossip import TxGossip
 from .journal import JournalError
 from .ledger import BlockLimits
 from .node import InvalidBlock, Node
 from .p2p import PROTOCOL_BAN_S, PeerInfo, PeerNetwork
 from .topology import PeerPolicy
-from .tx import Transaction
 from .wire import (
     KIND_BLOCKS,
     KIND_CONSENSUS,
@@ -80,7 +78,6 @@ from .wire import (
     KIND_TXS,
     MAX_BLOCKS,
     MAX_FRAMED_TX,
-    TX_BATCH,
     Blocks,
     Consensus,
     GetBlocks,
@@ -92,7 +89,6 @@ from .wire import (
     Pong,
     ProtocolError,
     Status,
-    Txs,
 )
 
 log = logging.getLogger("qnet.bft")
@@ -105,8 +101,6 @@ SYNC_BAN_S = 600.0
 SYNC_GRACE_S = 1.5
 STATUS_EVERY_S = 2.0
 STATUS_CERTS_KEPT = 64  # certificates of STATUS claims already verified, by digest
-TX_FLUSH_S = 0.01
-TX_SPLIT_INLINE_BYTES = 64 * 1024  # bigger TXS frames are cut into transactions off the loop
 MAX_FUTURE_MS = 10_000  # a proposed block may not be dated further ahead than this
 WAL_COMPACT_MIN = 1_000  # forgotten messages in consensus.wal before it may be rewritten
 PEER_INPUTS = 1_000  # consensus messages and BLOCKS of one peer waiting for the driver
@@ -117,7 +111,6 @@ INPUT_BYTES = 128 * 2**20  # the bytes of all peers' waiting inputs together
 LINK_FAULTS = frozenset(
     {"wrong_chain", "not_validator", "not_proposer", "bad_signature", "malformed_value"}
 )
-BAD_SIGNATURE = "bad_signature"  # the refusal code of ``Node.submit`` for it
 
 
 def value_id(value: bytes) -> bytes:
@@ -348,6 +341,7 @@ class BftConsensus:
         # in flight is dropped unread.
         self._cut: set[str] = set()
         self.stats = PeerStats(self.net, self.metrics, node.chain_id, self.validators.powers)
+        self.gossip = TxGossip(node, self.net, self.validators, self.is_validator, self._ban)
         self._peer_heights = self.stats.heights
         self._head_certificate = b""  # of the committed head, for STATUS
         # Sync: requests by peer (one live at a time; expired ones wait for a late answer),
@@ -357,7 +351,6 @@ class BftConsensus:
         self._asked_at: dict[str, float] = {}
         self._demoted_until: dict[str, float] = {}
         self._behind_since: tuple[int, float] | None = None  # (our height, since when)
-        self._relay: list[tuple[Transaction, str | None]] = []  # (tx, the peer it came from)
         self._height = 0  # the height the core was last started at
         self._started_at = time.time()
         # A validator whose signing state is gone (data wiped, or restored from a snapshot)
@@ -376,7 +369,7 @@ class BftConsensus:
     # ---- lifecycle -----------------------------------------------------------------------
     async def run(self) -> None:
         node = self.node
-        node.relay = self._queue_relay
+        node.relay = self.gossip.queue
         node.network_status = self._network_status
         node.network_peers = self.stats.rows
         if node.state.height:
@@ -384,7 +377,7 @@ class BftConsensus:
             self._head_certificate = stored[1] if stored else b""
         await self.net.start()
         self._spawn(self._status_loop())
-        self._spawn(self._tx_flush_loop())
+        self._spawn(self.gossip.flush_loop())
         if self.is_validator:
             self.core = self._make_core()
             if self._holding:
@@ -406,7 +399,7 @@ class BftConsensus:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             node.relay = None
-            await self._hand_off()
+            await self.gossip.hand_off()
             await self.net.stop()
             self.log.close()
             self.signing_state.close()
@@ -438,38 +431,11 @@ class BftConsensus:
             "consensus_round": self.core.round if self.core is not None and self._height else 0,
         }
 
-    async def _hand_off(self) -> None:
-        """At a stop, hand every pending transaction up: one this node admitted may be
-        nowhere else yet (its relay batch not sent, or sent to no one), and the node that
-        starts again from this data dir has an empty mempool. Peers that have it already
-        drop it as a duplicate; ``net.stop`` lets the frames leave before it closes."""
-        txs = self.node.mempool.pending()
-        peers = self._upstream()
-        if not txs or not peers:
-            return
-        self._relay = [(t, None) for t in txs]  # the whole mempool holds what was queued
-        await self._send_up()
-        log.info("handed %d pending transactions to %d peers", len(txs), len(peers))
-
-    def _queue_relay(self, txs: list[Transaction], source: str | None) -> None:
-        self._relay.extend((t, source) for t in txs)
-
-    def _validator_peers(self) -> list[PeerInfo]:
-        return [p for p in self.net.peers() if p.public_key in self.validators]
-
     async def _to_validators(self, kind: int, data: bytes, exclude: str | None = None) -> None:
         """Consensus traffic stays among validators: followers do not vote."""
         await self.net.broadcast(
             kind, data, exclude, only=lambda peer: peer.public_key in self.validators
         )
-
-    def _upstream(self) -> list[PeerInfo]:
-        """Where transactions go: to validators if any is a peer (always, for a validator),
-        otherwise to the super and full peers, which pass them on up."""
-        validators = self._validator_peers()
-        if validators or self.is_validator:
-            return validators
-        return [p for p in self.net.peers() if p.node_type != "light"]
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -806,7 +772,7 @@ class BftConsensus:
         if kind == KIND_CONSENSUS:
             self._on_consensus(peer, payload)
         elif kind == KIND_TXS:
-            await self._on_txs(peer, payload)
+            await self.gossip.on_txs(peer, payload)
         elif kind == KIND_STATUS:
             self.stats.on_status(peer, Status.decode(payload), self.node.state.height)
             self._update_lag()
@@ -854,21 +820,6 @@ class BftConsensus:
     ) -> None:
         await self._carry_out(self.core.on_message(message), source=peer, data=data)
         self._note_round()
-
-    async def _on_txs(self, peer: PeerInfo, payload: bytes) -> None:
-        if len(payload) > TX_SPLIT_INLINE_BYTES:
-            raws = list((await asyncio.to_thread(Txs.decode, payload)).raws)
-        else:
-            raws = list(Txs.decode(payload).raws)
-        # Validators are a mesh: what one relays, the others already got from it.
-        among_validators = self.is_validator and peer.public_key in self.validators
-        outcome = await self.node.submit_raw(raws, relay=not among_validators, source=peer.node_id)
-        bad = sum(1 for refused in outcome if refused is not None and refused.code == BAD_SIGNATURE)
-        if bad:
-            self._ban(
-                peer.node_id,
-                f"relayed {bad} of {len(raws)} transactions with a signature that does not verify",
-            )
 
     # ---- sync ----------------------------------------------------------------------------
     def _update_lag(self) -> None:
@@ -1045,25 +996,3 @@ class BftConsensus:
             log.info("heartbeat for epoch %d submitted", heartbeat.epoch)
         else:
             log.warning("heartbeat for epoch %d refused: %s", heartbeat.epoch, refused.message)
-
-    async def _tx_flush_loop(self) -> None:
-        """Relay newly admitted transactions up the hierarchy in batches, never back to the
-        peer they came from."""
-        while True:
-            await asyncio.sleep(TX_FLUSH_S)  # batching window for gossip
-            await self._send_up()
-
-    async def _send_up(self) -> None:
-        """Send what waits in the relay queue to the upstream peers, in batches."""
-        while self._relay:
-            batch, self._relay[:TX_BATCH] = self._relay[:TX_BATCH], []
-            sources = {source for _, source in batch}
-            whole = b""
-            for peer in self._upstream():
-                if peer.node_id in sources:
-                    txs = [t for t, source in batch if source != peer.node_id]
-                    data = Txs.of(txs).encode() if txs else b""
-                else:
-                    data = whole = whole or Txs.of(t for t, _ in batch).encode()
-                if data:
-                    await self.net.send(peer.node_id, KIND_TXS, data)

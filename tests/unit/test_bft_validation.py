@@ -89,7 +89,7 @@ def driver(tmp_path):
         data_dir.mkdir()
         node = Node(load_config(data_dir, region="eu"), GENESIS, key)
         consensus = BftConsensus(node, node.config)
-        consensus.net = consensus.stats.net = FakeNet(list(peers))
+        consensus.net = consensus.stats.net = consensus.gossip.net = FakeNet(list(peers))
         if consensus.is_validator:
             consensus.core = consensus._make_core()
             await consensus._start_height()
