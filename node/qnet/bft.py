@@ -1,4 +1,5 @@
-"""The network driver of a validator: Tendermint core + peer network + block sync.
+"""The network driver of a validator: Tendermint core + peer network, with block sync
+(``sync.py``) and transaction gossip (``gossip.py``) beside it.
 
 The core (``tendermint.Core``) decides; this driver does its I/O. Every input to the core
 (a peer's message, a timeout, a built or validated block, a synced block) is handled by one
@@ -34,36 +35,32 @@ sends is checked before it is stored, logged, relayed or counted:
   never causes (``LINK_FAULTS``: it relays and re-sends only what its own core accepted)
   bans the link.
 - What peers send waits for the driver in ``DriverInputs``, bounded per peer and in all.
-- STATUS heights above ours count only with a commit certificate that verifies, so a peer
-  cannot draw sync towards heights that do not exist; blocks it served raise its height
-  only once their certificates verified.
-- Sync asks one peer at a time, rotating among the peers that are ahead, with a deadline:
-  a peer that lets it pass is demoted for a while and banned after ``SYNC_STRIKES``; BLOCKS
-  that answer no request are taken only as the push of the next block to a follower.
+- STATUS and BLOCKS are sync's (``sync.py``: certified heights, one request at a time,
+  strikes and bans); the blocks it takes are applied here, in the driver's turn.
 - Transactions are checked and relayed by ``gossip.py``.
 A disk error does not stop the driver: a signing state that cannot be saved withholds the
 messages it covers (never a vote that could be signed differently after a crash), and a
 consensus.wal that refuses writes costs only liveness after a crash, as a torn tail does.
+(The files themselves: ``consensus_store.py``.)
 """
 
 import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from . import crypto, tendermint
-from .block import Block, BlockError, CommitCertificate, Header
+from .block import Block, BlockError, CommitCertificate
 from .config import NodeConfig
 from .consensus_store import ConsensusLog, SigningStateFile
 from .gossip import TxGossip
 from .journal import JournalError
-from .ledger import BlockLimits
 from .node import InvalidBlock, Node
 from .p2p import PROTOCOL_BAN_S, PeerInfo, PeerNetwork
-from .topology import PeerPolicy
+from .sync import STATUS_EVERY_S, BlockSync, PeerStats
+from .topology import policy_for
 from .wire import (
     KIND_BLOCKS,
     KIND_CONSENSUS,
@@ -76,8 +73,6 @@ from .wire import (
     KIND_PONG,
     KIND_STATUS,
     KIND_TXS,
-    MAX_BLOCKS,
-    MAX_FRAMED_TX,
     Blocks,
     Consensus,
     GetBlocks,
@@ -89,18 +84,11 @@ from .wire import (
     Pong,
     ProtocolError,
     Status,
+    check_block_size,
 )
 
 log = logging.getLogger("qnet.bft")
 
-SYNC_BATCH = MAX_BLOCKS  # blocks per GET_BLOCKS: as many as one BLOCKS frame may hold
-SYNC_BYTES = 8 * 2**20  # what one BLOCKS answer may carry
-SYNC_TIMEOUT_S = 5.0  # a GET_BLOCKS not answered by then counts against the peer
-SYNC_STRIKES = 3  # unanswered requests in a row before the peer is banned
-SYNC_BAN_S = 600.0
-SYNC_GRACE_S = 1.5
-STATUS_EVERY_S = 2.0
-STATUS_CERTS_KEPT = 64  # certificates of STATUS claims already verified, by digest
 MAX_FUTURE_MS = 10_000  # a proposed block may not be dated further ahead than this
 WAL_COMPACT_MIN = 1_000  # forgotten messages in consensus.wal before it may be rewritten
 PEER_INPUTS = 1_000  # consensus messages and BLOCKS of one peer waiting for the driver
@@ -121,37 +109,7 @@ def value_id(value: bytes) -> bytes:
         return crypto.digest(value)  # not a block: an id that no valid block can have
 
 
-def check_block_size(value: bytes, limits: BlockLimits) -> Header:
-    """The header of an encoded block that keeps to the genesis limits (``BlockLimits``: at
-    most ``max_block_txs`` transactions and ``max_block_bytes`` of them) and holds no more
-    bytes than its transactions can take. Cheap (the header only), so it runs before
-    anything stores, relays or decodes the block; raises BlockError."""
-    header = Block.decode_header(value)
-    body = len(value) - len(Block.encode_parts(header.encode(), bytes(64), b""))
-    if not limits.fits(header.tx_count, body):
-        raise BlockError(
-            f"block {header.height} holds {header.tx_count} transactions of {body} bytes, "
-            f"beyond the genesis limits ({limits.max_txs} transactions, {limits.max_bytes} bytes)"
-        )
-    if body > header.tx_count * MAX_FRAMED_TX:
-        raise BlockError(
-            f"block {header.height} has {body} bytes of transactions, more than its "
-            f"{header.tx_count} transactions can take"
-        )
-    return header
-
-
 Handler = Callable[[], Awaitable[None]]
-
-
-@dataclass(slots=True)
-class SyncRequest:
-    """A GET_BLOCKS sent: the heights asked for and when the answer is due."""
-
-    first: int
-    last: int
-    deadline: float  # time.monotonic()
-    expired: bool = False
 
 
 class DriverInputs:
@@ -215,90 +173,6 @@ class DriverInputs:
         return handler
 
 
-def policy_for(node_type: str, region: str, me: bytes, validators) -> PeerPolicy:
-    return PeerPolicy(me, node_type, region, frozenset(validators))
-
-
-class PeerStats:
-    """What a node knows of its connected peers beyond the handshake: their heights (from
-    STATUS) and round-trip times (PING/PONG), for sync, ``network peers`` and metrics.
-
-    A peer's height rises above ours only with a commit certificate that verifies: a claim
-    at or below our own height cannot make us sync, so it is taken as said."""
-
-    def __init__(self, net: PeerNetwork, metrics, chain_id: str, validators):
-        self.net = net
-        self.metrics = metrics
-        self.chain_id = chain_id
-        self.validators = validators
-        self.heights: dict[str, int] = {}
-        self._certified: OrderedDict[bytes, int] = OrderedDict()  # digest -> its height
-        self._pings: dict[str, int] = {}  # node id -> token (perf_counter_ns) of the ping out
-        self._rtt_ms: dict[str, float] = {}
-
-    async def ping(self, node_id: str) -> None:
-        token = time.perf_counter_ns()
-        self._pings[node_id] = token
-        await self.net.send(node_id, KIND_PING, Ping(token).encode())
-
-    async def on_ping(self, peer: PeerInfo, ping: Ping) -> None:
-        await self.net.send(peer.node_id, KIND_PONG, Pong(ping.token).encode())
-
-    def on_pong(self, peer: PeerInfo, pong: Pong) -> None:
-        if self._pings.pop(peer.node_id, None) == pong.token:
-            self._rtt_ms[peer.node_id] = (time.perf_counter_ns() - pong.token) / 1e6
-
-    def saw(self, peer: PeerInfo, height: int) -> None:
-        """The peer served a block of ``height`` whose certificate verified."""
-        self.heights[peer.node_id] = max(self.heights.get(peer.node_id, 0), height)
-
-    def on_status(self, peer: PeerInfo, status: Status, ours: int) -> None:
-        """Take a STATUS; raises BlockError if it claims a height above ours that its
-        certificate does not prove."""
-        height, certificate = status.height, status.certificate
-        if height > max(ours, self.heights.get(peer.node_id, 0)):
-            key = crypto.digest(certificate)
-            if self._certified.get(key) != height:
-                cert = CommitCertificate.decode(certificate)
-                if cert.height != height:
-                    raise BlockError(
-                        f"STATUS of height {height} carries the certificate of height {cert.height}"
-                    )
-                cert.verify(self.chain_id, self.validators)
-                self._certified[key] = height
-                while len(self._certified) > STATUS_CERTS_KEPT:
-                    self._certified.popitem(last=False)
-        self.heights[peer.node_id] = height
-
-    def changed(self, peer: PeerInfo, connected: bool) -> None:
-        """A peer came or went: recount qnet_peers{type,region}, forget what went."""
-        counts = Counter((p.node_type, p.region) for p in self.net.peers())
-        self.metrics.peers.clear()
-        for (node_type, region), n in counts.items():
-            self.metrics.peers.labels(node_type, region).set(n)
-        if not connected:
-            for known in (self.heights, self._pings, self._rtt_ms):
-                known.pop(peer.node_id, None)
-
-    def lag(self, ours: int) -> int:
-        return max(0, max(self.heights.values(), default=ours) - ours)
-
-    def rows(self) -> list[dict]:
-        return [
-            {
-                "node_id": p.node_id,
-                "node_type": p.node_type,
-                "region": p.region,
-                "address": p.listen,
-                "direction": "outbound" if p.outbound else "inbound",
-                "latency_ms": self._rtt_ms.get(p.node_id),
-                "height": self.heights.get(p.node_id),
-                "validator": p.public_key in self.validators,
-            }
-            for p in sorted(self.net.peers(), key=lambda p: p.node_id)
-        ]
-
-
 class BftConsensus:
     def __init__(self, node: Node, config: NodeConfig):
         self.node = node
@@ -342,15 +216,9 @@ class BftConsensus:
         self._cut: set[str] = set()
         self.stats = PeerStats(self.net, self.metrics, node.chain_id, self.validators.powers)
         self.gossip = TxGossip(node, self.net, self.validators, self.is_validator, self._ban)
+        self.sync = BlockSync(node, self.net, self.stats, self._spawn, self._ban)
         self._peer_heights = self.stats.heights
         self._head_certificate = b""  # of the committed head, for STATUS
-        # Sync: requests by peer (one live at a time; expired ones wait for a late answer),
-        # unanswered requests in a row, when each peer was last asked and demoted until.
-        self._requests: dict[str, SyncRequest] = {}
-        self._strikes: dict[str, int] = {}
-        self._asked_at: dict[str, float] = {}
-        self._demoted_until: dict[str, float] = {}
-        self._behind_since: tuple[int, float] | None = None  # (our height, since when)
         self._height = 0  # the height the core was last started at
         self._started_at = time.time()
         # A validator whose signing state is gone (data wiped, or restored from a snapshot)
@@ -744,8 +612,7 @@ class BftConsensus:
     async def _on_peer(self, peer: PeerInfo, connected: bool) -> None:
         self.stats.changed(peer, connected)
         if not connected:
-            for known in (self._requests, self._strikes, self._asked_at, self._demoted_until):
-                known.pop(peer.node_id, None)
+            self.sync.forget(peer.node_id)
             self._cut.discard(peer.node_id)
             self._update_lag()
             return
@@ -776,10 +643,10 @@ class BftConsensus:
         elif kind == KIND_STATUS:
             self.stats.on_status(peer, Status.decode(payload), self.node.state.height)
             self._update_lag()
-            self._maybe_sync()
+            self.sync.maybe_sync()
         elif kind == KIND_GET_BLOCKS:
             request = GetBlocks.decode(payload)
-            await self._serve_blocks(peer, request.first, request.last)
+            await self.sync.serve_blocks(peer, request.first, request.last)
         elif kind == KIND_PING:
             await self.stats.on_ping(peer, Ping.decode(payload))
         elif kind == KIND_PONG:
@@ -788,7 +655,7 @@ class BftConsensus:
             await self._on_blocks(peer, payload)
         elif kind == KIND_GET_HEADERS:
             request = GetHeaders.decode(payload)
-            await self._serve_headers(peer, request.first, request.last)
+            await self.sync.serve_headers(peer, request.first, request.last)
         elif kind == KIND_GET_NODE:
             key = GetNode.decode(payload).public_key
             answer = NodeView(key, self.node.heartbeat_view(key))
@@ -825,119 +692,14 @@ class BftConsensus:
     def _update_lag(self) -> None:
         self.metrics.sync_lag.set(self._network_status()["sync_lag_blocks"])
 
-    def _maybe_sync(self) -> None:
-        """Ask a peer that is ahead for the next blocks, one request at a time.
-
-        Heights come from verified certificates only (``PeerStats``), the peers ahead take
-        turns (the one asked longest ago first), and a request not answered within
-        SYNC_TIMEOUT_S demotes its peer, for longer each time, until it is banned. A peer
-        one block ahead is normal while a height's precommits are still arriving; consensus
-        catches up by itself then, so sync waits unless the gap is two blocks or lasts
-        longer than SYNC_GRACE_S.
-        """
-        now = time.monotonic()
-        self._expire_requests(now)
-        if any(not request.expired for request in self._requests.values()):
-            return
-        ours = self.node.state.height
-        ahead = {
-            node_id: height
-            for node_id, height in self._peer_heights.items()
-            if height > ours and self._demoted_until.get(node_id, 0.0) <= now
-        }
-        if not ahead:
-            self._behind_since = None
-            return
-        if max(ahead.values()) == ours + 1:
-            if self._behind_since is None or self._behind_since[0] != ours:
-                self._behind_since = (ours, now)
-            if now - self._behind_since[1] < SYNC_GRACE_S:
-                return
-        peer = min(ahead, key=lambda node_id: (self._asked_at.get(node_id, 0.0), node_id))
-        last = min(ahead[peer], ours + SYNC_BATCH)
-        self._requests[peer] = SyncRequest(ours + 1, last, now + SYNC_TIMEOUT_S)
-        self._asked_at[peer] = now
-        self._spawn(self.net.send(peer, KIND_GET_BLOCKS, GetBlocks(ours + 1, last).encode()))
-
-    def _expire_requests(self, now: float) -> None:
-        for node_id, request in list(self._requests.items()):
-            if not request.expired and now >= request.deadline:
-                request.expired = True  # a late answer is still welcome, not unsolicited
-                self._strike(
-                    node_id,
-                    f"did not answer for blocks {request.first}-{request.last} "
-                    f"within {SYNC_TIMEOUT_S:g} s",
-                )
-
-    def _strike(self, node_id: str, what: str) -> None:
-        """Demote a peer that failed sync, for longer each time; ban it at SYNC_STRIKES."""
-        strikes = self._strikes[node_id] = self._strikes.get(node_id, 0) + 1
-        if strikes >= SYNC_STRIKES:
-            self._ban(node_id, f"{what}, {strikes} times in a row", SYNC_BAN_S)
-            return
-        self._demoted_until[node_id] = time.monotonic() + strikes * SYNC_TIMEOUT_S
-        log.warning(
-            "%s %s: asking other peers for blocks for %g s",
-            node_id,
-            what,
-            strikes * SYNC_TIMEOUT_S,
-        )
-
     async def _on_blocks(self, peer: PeerInfo, payload: bytes) -> None:
-        """BLOCKS answer our request, or push the next committed block to a follower.
-        Framing, heights and sizes are checked on the headers; only then are the blocks
-        decoded, off the event loop."""
-        message = Blocks.decode(payload)
-        pairs = message.items
-        heights = [
-            check_block_size(block, self.node.rules.block_limits).height for block, _ in pairs
-        ]
-        request = self._requests.get(peer.node_id)
-        if request is not None and heights[:1] == [request.first]:
-            del self._requests[peer.node_id]
-            if heights != list(range(request.first, request.first + len(heights))) or (
-                heights[-1] > request.last
-            ):
-                self._ban(
-                    peer.node_id,
-                    f"answered a request for blocks {request.first}-{request.last} with {heights}",
-                )
-                return
-        elif len(heights) == 1 and not self.is_validator:
-            if heights[0] != self.node.state.height + 1:
-                return  # pushed by several upstream peers, or we are further behind
-        else:
-            # Validators get no pushes, and a push is one block. A late answer to a
-            # request since renewed comes here too, hence no ban at once.
-            self._strike(peer.node_id, f"sent blocks {heights} nobody asked for")
+        """BLOCKS that sync takes (``BlockSync.take``) are decoded off the event loop and
+        applied in the driver's turn."""
+        message = self.sync.take(peer, payload, self.is_validator)
+        if message is None:
             return
         blocks = await asyncio.to_thread(message.blocks)
         self._inputs.offer(peer.node_id, len(payload), lambda: self._apply_synced(peer, blocks))
-
-    async def _serve_blocks(self, peer: PeerInfo, first: int, last: int) -> None:
-        last = min(last, first + SYNC_BATCH - 1, self.node.state.height)
-        items, size = [], 0
-        for height in range(first, last + 1):
-            item = await asyncio.to_thread(self.node.storage.encoded_block, height)
-            if item is None:
-                break
-            size += len(item[0]) + len(item[1])
-            if items and size > SYNC_BYTES:
-                break
-            items.append(item)
-        if items:
-            await self.net.send(peer.node_id, KIND_BLOCKS, Blocks(tuple(items)).encode())
-
-    async def _serve_headers(self, peer: PeerInfo, first: int, last: int) -> None:
-        last = min(last, first + SYNC_BATCH - 1, self.node.state.height)
-        items = []
-        for height in range(first, last + 1):
-            item = await asyncio.to_thread(self.node.storage.encoded_header, height)
-            if item is None:
-                break
-            items.append(item)
-        if items:
-            await self.net.send(peer.node_id, KIND_HEADERS, Headers(tuple(items)).encode())
 
     async def _apply_synced(self, peer: PeerInfo, blocks: list) -> None:
         applied = 0
@@ -954,7 +716,7 @@ class BftConsensus:
             self.stats.saw(peer, block.header.height)
             await self._push_committed(block, cert, exclude=peer.node_id)
         if applied:
-            self._strikes.pop(peer.node_id, None)
+            self.sync.answered(peer.node_id)
             log.log(
                 logging.INFO if applied > 1 else logging.DEBUG,
                 "synced %d block(s) from %s, now at height %d",
@@ -970,14 +732,14 @@ class BftConsensus:
             if self.core is not None and not self._holding:
                 await self._start_height()
         self._update_lag()
-        self._maybe_sync()
+        self.sync.maybe_sync()
 
     # ---- background loops ----------------------------------------------------------------
     async def _status_loop(self) -> None:
         while True:
             await asyncio.sleep(STATUS_EVERY_S)  # periodic: a lost STATUS heals by itself
             await self.net.broadcast(KIND_STATUS, self._status())
-            self._maybe_sync()
+            self.sync.maybe_sync()
             await self._send_heartbeat()
             for peer in self.net.peers():
                 await self.stats.ping(peer.node_id)

@@ -20,13 +20,14 @@ import time
 from collections import deque
 
 from . import __version__, crypto, ledger
-from .bft import STATUS_EVERY_S, PeerStats, policy_for
 from .block import BlockError, CommitCertificate, Header
 from .config import NodeConfig
 from .genesis import Genesis
 from .metrics import Metrics
 from .node import ARRIVALS_KEPT, InvalidBlock, status_document
 from .p2p import PeerInfo, PeerNetwork
+from .sync import STATUS_EVERY_S, PeerStats
+from .topology import policy_for
 from .tx import make_heartbeat
 from .wire import (
     KIND_BLOCKS,

@@ -36,7 +36,11 @@ Payloads, big-endian, ``str8 = len:u8 utf-8``, ``address = str8 "host:port"``::
     26 NODE        public_key(32) activated:u8 last_epoch:u64 nonce:u64 pending:u32 epoch:u64
                    (last_epoch ``ledger.NEVER``: none yet)
 
-When each kind is sent and what a node does with it: ``p2p.py`` (0-3), ``bft.py`` (16-26).
+When each kind is sent and what a node does with it: ``p2p.py`` (0-3); ``bft.py``, ``sync.py``
+and ``gossip.py`` (16-26) on full and super nodes, ``light.py`` on light nodes.
+
+``check_block_size`` is the cheap check of an encoded block a peer sends (in a proposal or in
+BLOCKS) against the genesis limits: on its header, before the block is decoded.
 """
 
 import struct
@@ -173,6 +177,26 @@ def _public_key(data: bytes, what: str) -> bytes:
     if len(data) != crypto.PUBKEY_LEN:
         raise ProtocolError(f"{what} carries a {crypto.PUBKEY_LEN}-byte public key")
     return bytes(data)
+
+
+def check_block_size(value: bytes, limits: ledger.BlockLimits) -> Header:
+    """The header of an encoded block that keeps to the genesis limits (``BlockLimits``: at
+    most ``max_block_txs`` transactions and ``max_block_bytes`` of them) and holds no more
+    bytes than its transactions can take. Cheap (the header only), so it runs before
+    anything stores, relays or decodes the block; raises BlockError."""
+    header = Block.decode_header(value)
+    body = len(value) - len(Block.encode_parts(header.encode(), bytes(64), b""))
+    if not limits.fits(header.tx_count, body):
+        raise BlockError(
+            f"block {header.height} holds {header.tx_count} transactions of {body} bytes, "
+            f"beyond the genesis limits ({limits.max_txs} transactions, {limits.max_bytes} bytes)"
+        )
+    if body > header.tx_count * MAX_FRAMED_TX:
+        raise BlockError(
+            f"block {header.height} has {body} bytes of transactions, more than its "
+            f"{header.tx_count} transactions can take"
+        )
+    return header
 
 
 # ---- the link's own: handshake and peer exchange (p2p.py) ----------------------------------

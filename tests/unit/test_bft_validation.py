@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from qnet import bft, crypto, tendermint, wire
+from qnet import bft, crypto, sync, tendermint, wire
 from qnet.bft import BftConsensus, DriverInputs
 from qnet.block import Block, CommitCertificate, Header, precommit_message, tx_root
 from qnet.config import load_config
@@ -89,7 +89,8 @@ def driver(tmp_path):
         data_dir.mkdir()
         node = Node(load_config(data_dir, region="eu"), GENESIS, key)
         consensus = BftConsensus(node, node.config)
-        consensus.net = consensus.stats.net = consensus.gossip.net = FakeNet(list(peers))
+        net = FakeNet(list(peers))
+        consensus.net = consensus.stats.net = consensus.gossip.net = consensus.sync.net = net
         if consensus.is_validator:
             consensus.core = consensus._make_core()
             await consensus._start_height()
@@ -345,18 +346,18 @@ def test_sync_rotates_among_certified_peers_and_bans_one_that_never_answers(driv
         consensus = await driver(key=STRANGER, peers=(a, b))  # a follower
         _, cert = certified(10)
         clock = [1000.0]
-        monkeypatch.setattr(bft.time, "monotonic", lambda: clock[0])
+        monkeypatch.setattr(sync.time, "monotonic", lambda: clock[0])
         for link in (a, b):
             await consensus._on_message(link, KIND_STATUS, Status(10, cert).encode())
         await asyncio.sleep(0)
         asked = [n for n, _ in consensus.net.kinds(KIND_GET_BLOCKS)]
         assert len(asked) == 1  # one request at a time
         for _ in range(6):  # nobody answers: each deadline passes
-            clock[0] += bft.SYNC_TIMEOUT_S + 0.1
-            consensus._maybe_sync()
+            clock[0] += sync.SYNC_TIMEOUT_S + 0.1
+            consensus.sync.maybe_sync()
             await asyncio.sleep(0)
-            for node_id in list(consensus._demoted_until):
-                consensus._demoted_until[node_id] = 0.0  # demotion over: ask again
+            for node_id in list(consensus.sync._demoted_until):
+                consensus.sync._demoted_until[node_id] = 0.0  # demotion over: ask again
         asked = [n for n, _ in consensus.net.kinds(KIND_GET_BLOCKS)]
         assert {asked[0], asked[1]} == {a.node_id, b.node_id}  # it rotated
         assert set(consensus.net.banned) == {a.node_id, b.node_id}
@@ -371,7 +372,7 @@ def test_blocks_nobody_asked_for_are_not_decoded_and_count_against_the_peer(driv
     async def scenario():
         consensus = await driver()  # a validator: it gets no pushes
         many = Blocks(tuple(certified(h) for h in (1, 2, 3))).encode()
-        for _ in range(bft.SYNC_STRIKES):
+        for _ in range(sync.SYNC_STRIKES):
             await consensus._on_message(OTHER_LINK, KIND_BLOCKS, many)
         assert consensus._inputs._queue.empty()
         assert "nobody asked for" in consensus.net.banned[OTHER_LINK.node_id]
@@ -428,7 +429,7 @@ def test_a_push_while_a_request_is_outstanding_is_not_taken_for_its_answer(drive
         push = Blocks((certified(11),)).encode()  # it committed 11 meanwhile and pushes it
         await consensus._on_message(upstream, KIND_BLOCKS, push)
         assert not consensus.net.banned
-        assert upstream.node_id in consensus._requests  # the answer is still awaited
+        assert upstream.node_id in consensus.sync._requests  # the answer is still awaited
         assert consensus._inputs._queue.empty()
 
     asyncio.run(scenario())
