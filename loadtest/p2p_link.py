@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from qnet import crypto, p2p
+from qnet import crypto, p2p, wire
 from qnet.localnode import free_port
 
 SIZES = (256, 4 * 1024, 64 * 1024, 1024 * 1024)
@@ -64,7 +64,7 @@ async def measure(module: ModuleType, size: int, seconds: float) -> dict:
         sent = 0
         while time.perf_counter() - started < seconds:
             for _ in range(window):
-                if not await sender.send(peer, module.FIRST_APP_KIND, payload):
+                if not await sender.send(peer, wire.FIRST_APP_KIND, payload):
                     raise RuntimeError("the receiver was dropped")
             sent += window
             target[0] = sent - window

@@ -1,4 +1,5 @@
-"""The network driver of a validator: Tendermint core + peer network + block sync.
+"""The network driver of a validator: Tendermint core + peer network, with block sync
+(``sync.py``) and transaction gossip (``gossip.py``) beside it.
 
 The core (``tendermint.Core``) decides; this driver does its I/O. Every input to the core
 (a peer's message, a timeout, a built or validated block, a synced block) is handled by one
@@ -14,20 +15,11 @@ Gossip follows the hierarchy (DESIGN §5, ``topology.py``): consensus messages s
 validators; committed blocks flow down to followers that are behind (headers only to light
 nodes); transactions flow up, towards the validators.
 
-Peer message kinds (``p2p`` reserves kinds below 16):
-    16 CONSENSUS   a proposal (carrying the encoded block) or a vote; only between validators
-    17 TXS         a batch of at most TX_BATCH signed transactions (the batch endpoint's framing)
-    18 STATUS      height:u64 certificate: the commit certificate of that height (none at 0),
-                   sent on connect, after every commit and periodically
-    19 GET_BLOCKS  first:u64 last:u64
-    20 BLOCKS      (block_len:u32 block cert_len:u32 certificate)*: the answer to GET_BLOCKS,
-                   or one committed block pushed to a follower
-    21 PING        token:u64, answered by
-    22 PONG        the same token: the round-trip time shown by ``network peers``
-    23 HEADERS     (header_len:u32 header cert_len:u32 certificate)*, for light nodes
-    24 GET_HEADERS first:u64 last:u64
-    25 GET_NODE    public_key(32): a light node asks what it needs for its heartbeat
-    26 NODE        public_key(32) ``HeartbeatView.encode()``
+The peer message kinds and their codecs are in ``wire.py``: CONSENSUS only between
+validators; TXS up the hierarchy; STATUS on connect, after every commit and periodically;
+GET_BLOCKS answered by BLOCKS, which also pushes a committed block to a follower; PING
+answered by PONG (the round trip shown by ``network peers``); GET_HEADERS answered by
+HEADERS, for light nodes, as GET_NODE is by NODE.
 
 Registration is open, so every peer is a stranger until checked (DESIGN §5). What a peer
 sends is checked before it is stored, logged, relayed or counted:
@@ -43,69 +35,60 @@ sends is checked before it is stored, logged, relayed or counted:
   never causes (``LINK_FAULTS``: it relays and re-sends only what its own core accepted)
   bans the link.
 - What peers send waits for the driver in ``DriverInputs``, bounded per peer and in all.
-- STATUS heights above ours count only with a commit certificate that verifies, so a peer
-  cannot draw sync towards heights that do not exist; blocks it served raise its height
-  only once their certificates verified.
-- Sync asks one peer at a time, rotating among the peers that are ahead, with a deadline:
-  a peer that lets it pass is demoted for a while and banned after ``SYNC_STRIKES``; BLOCKS
-  that answer no request are taken only as the push of the next block to a follower.
-- A TXS frame holds at most TX_BATCH transactions, and a peer that relays a transaction
-  whose signature does not verify is banned (an honest relay passes on only what its own
-  admission verified).
+- STATUS and BLOCKS are sync's (``sync.py``: certified heights, one request at a time,
+  strikes and bans); the blocks it takes are applied here, in the driver's turn.
+- Transactions are checked and relayed by ``gossip.py``.
 A disk error does not stop the driver: a signing state that cannot be saved withholds the
 messages it covers (never a vote that could be signed differently after a crash), and a
 consensus.wal that refuses writes costs only liveness after a crash, as a torn tail does.
+(The files themselves: ``consensus_store.py``.)
 """
 
 import asyncio
 import contextlib
 import logging
-import os
-import struct
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 from . import crypto, tendermint
-from .block import Block, BlockError, CommitCertificate, Header
+from .block import Block, BlockError, CommitCertificate
 from .config import NodeConfig
+from .consensus_store import ConsensusLog, SigningStateFile
+from .gossip import TxGossip
 from .journal import JournalError
-from .ledger import BlockLimits
 from .node import InvalidBlock, Node
 from .p2p import PROTOCOL_BAN_S, PeerInfo, PeerNetwork
-from .topology import PeerPolicy
-from .tx import MAX_TX_BYTES, DecodeError, Transaction, encode_batch, frame_batch, split_batch
+from .sync import STATUS_EVERY_S, BlockSync, PeerStats
+from .topology import policy_for
+from .wire import (
+    KIND_BLOCKS,
+    KIND_CONSENSUS,
+    KIND_GET_BLOCKS,
+    KIND_GET_HEADERS,
+    KIND_GET_NODE,
+    KIND_HEADERS,
+    KIND_NODE,
+    KIND_PING,
+    KIND_PONG,
+    KIND_STATUS,
+    KIND_TXS,
+    Blocks,
+    Consensus,
+    GetBlocks,
+    GetHeaders,
+    GetNode,
+    Headers,
+    NodeView,
+    Ping,
+    Pong,
+    ProtocolError,
+    Status,
+    check_block_size,
+)
 
 log = logging.getLogger("qnet.bft")
 
-KIND_CONSENSUS = 16
-KIND_TXS = 17
-KIND_STATUS = 18
-KIND_GET_BLOCKS = 19
-KIND_BLOCKS = 20
-KIND_PING = 21
-KIND_PONG = 22
-KIND_HEADERS = 23
-KIND_GET_HEADERS = 24
-KIND_GET_NODE = 25
-KIND_NODE = 26
-
-_HEIGHT = struct.Struct(">Q")
-_RANGE = struct.Struct(">QQ")
-_LEN = struct.Struct(">I")
-SYNC_BATCH = 64  # blocks per GET_BLOCKS
-SYNC_BYTES = 8 * 2**20  # what one BLOCKS answer may carry
-SYNC_TIMEOUT_S = 5.0  # a GET_BLOCKS not answered by then counts against the peer
-SYNC_STRIKES = 3  # unanswered requests in a row before the peer is banned
-SYNC_BAN_S = 600.0
-SYNC_GRACE_S = 1.5
-STATUS_EVERY_S = 2.0
-STATUS_CERTS_KEPT = 64  # certificates of STATUS claims already verified, by digest
-TX_FLUSH_S = 0.01
-TX_BATCH = 5_000  # transactions per TXS frame, sent and accepted
-TX_SPLIT_INLINE_BYTES = 64 * 1024  # bigger TXS frames are cut into transactions off the loop
 MAX_FUTURE_MS = 10_000  # a proposed block may not be dated further ahead than this
 WAL_COMPACT_MIN = 1_000  # forgotten messages in consensus.wal before it may be rewritten
 PEER_INPUTS = 1_000  # consensus messages and BLOCKS of one peer waiting for the driver
@@ -116,8 +99,6 @@ INPUT_BYTES = 128 * 2**20  # the bytes of all peers' waiting inputs together
 LINK_FAULTS = frozenset(
     {"wrong_chain", "not_validator", "not_proposer", "bad_signature", "malformed_value"}
 )
-_MAX_FRAMED_TX = len(frame_batch([bytes(MAX_TX_BYTES)]))
-BAD_SIGNATURE = "bad_signature"  # the refusal code of ``Node.submit`` for it
 
 
 def value_id(value: bytes) -> bytes:
@@ -128,37 +109,7 @@ def value_id(value: bytes) -> bytes:
         return crypto.digest(value)  # not a block: an id that no valid block can have
 
 
-def check_block_size(value: bytes, limits: BlockLimits) -> Header:
-    """The header of an encoded block that keeps to the genesis limits (``BlockLimits``: at
-    most ``max_block_txs`` transactions and ``max_block_bytes`` of them) and holds no more
-    bytes than its transactions can take. Cheap (the header only), so it runs before
-    anything stores, relays or decodes the block; raises BlockError."""
-    header = Block.decode_header(value)
-    body = len(value) - len(Block.encode_parts(header.encode(), bytes(64), b""))
-    if not limits.fits(header.tx_count, body):
-        raise BlockError(
-            f"block {header.height} holds {header.tx_count} transactions of {body} bytes, "
-            f"beyond the genesis limits ({limits.max_txs} transactions, {limits.max_bytes} bytes)"
-        )
-    if body > header.tx_count * _MAX_FRAMED_TX:
-        raise BlockError(
-            f"block {header.height} has {body} bytes of transactions, more than its "
-            f"{header.tx_count} transactions can take"
-        )
-    return header
-
-
 Handler = Callable[[], Awaitable[None]]
-
-
-@dataclass(slots=True)
-class SyncRequest:
-    """A GET_BLOCKS sent: the heights asked for and when the answer is due."""
-
-    first: int
-    last: int
-    deadline: float  # time.monotonic()
-    expired: bool = False
 
 
 class DriverInputs:
@@ -222,212 +173,6 @@ class DriverInputs:
         return handler
 
 
-class ConsensusLog:
-    """Consensus messages of the height in progress, so a restarted validator can replay
-    them (the core needs the polka behind its lock to make progress after a crash).
-    Losing the tail in a crash costs only liveness, so appends are not fsynced."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._file = path.open("ab")
-
-    def read(self) -> list[bytes]:
-        self._file.flush()
-        data = self.path.read_bytes()
-        out, pos = [], 0
-        while pos + _LEN.size <= len(data):
-            (n,) = _LEN.unpack_from(data, pos)
-            if pos + _LEN.size + n > len(data):
-                break  # a torn last write after a crash: ignore it
-            out.append(data[pos + _LEN.size : pos + _LEN.size + n])
-            pos += _LEN.size + n
-        return out
-
-    def append(self, message: bytes) -> None:
-        self._file.write(_LEN.pack(len(message)) + message)
-
-    def reset(self) -> None:
-        self._file.truncate(0)
-
-    def close(self) -> None:
-        self._file.close()
-
-
-class SigningStateFile:
-    """The core's signing state, durable before any message it covers leaves the process.
-
-    Two fixed slots written alternately, each with a sequence number and a checksum, so a
-    save is one write and one fdatasync, and a write torn by a crash leaves the other slot.
-    """
-
-    SLOT = 128
-    _HEAD = struct.Struct(">QH")
-
-    def __init__(self, path: Path):
-        new = not path.exists()
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        if new:
-            os.ftruncate(self._fd, 2 * self.SLOT)
-            os.fsync(self._fd)
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        self._seq, self.loaded = self._read()
-
-    def _read(self) -> tuple[int, tendermint.SigningState | None]:
-        best: tuple[int, tendermint.SigningState | None] = (0, None)
-        for slot in range(2):
-            raw = os.pread(self._fd, self.SLOT, slot * self.SLOT)
-            if len(raw) < self.SLOT or crypto.digest(raw[:-32]) != raw[-32:]:
-                continue
-            seq, n = self._HEAD.unpack_from(raw)
-            if seq > best[0]:
-                body = raw[self._HEAD.size : self._HEAD.size + n]
-                best = (seq, tendermint.SigningState.decode(body))
-        return best
-
-    def save(self, state: tendermint.SigningState) -> None:
-        self._seq += 1
-        body = state.encode()
-        raw = (self._HEAD.pack(self._seq, len(body)) + body).ljust(self.SLOT - 32, b"\0")
-        os.pwrite(self._fd, raw + crypto.digest(raw), (self._seq % 2) * self.SLOT)
-        os.fdatasync(self._fd)
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-
-def encode_blocks(items: list[tuple[bytes, bytes]]) -> bytes:
-    """BLOCKS or HEADERS: (block or header, certificate) pairs, each length-prefixed."""
-    return b"".join(_LEN.pack(len(b)) + b + _LEN.pack(len(c)) + c for b, c in items)
-
-
-def _pairs(data: bytes) -> list[tuple[bytes, bytes]]:
-    """Cut BLOCKS or HEADERS into its pairs; an answer never holds more than SYNC_BATCH."""
-    out, pos = [], 0
-    while pos < len(data):
-        if len(out) == SYNC_BATCH:
-            raise BlockError(f"more than {SYNC_BATCH} blocks in one message")
-        parts = []
-        for _ in range(2):
-            if pos + _LEN.size > len(data):
-                raise BlockError("blocks message truncated")
-            (n,) = _LEN.unpack_from(data, pos)
-            pos += _LEN.size
-            if pos + n > len(data):
-                raise BlockError("blocks message truncated")
-            parts.append(data[pos : pos + n])
-            pos += n
-        out.append((parts[0], parts[1]))
-    return out
-
-
-def decode_blocks(data: bytes) -> list[tuple[Block, CommitCertificate]]:
-    return _decode_pairs(_pairs(data))
-
-
-def _decode_pairs(pairs: list[tuple[bytes, bytes]]) -> list[tuple[Block, CommitCertificate]]:
-    return [(Block.decode(b), CommitCertificate.decode(c)) for b, c in pairs]
-
-
-def decode_headers(data: bytes) -> list[tuple[Header, CommitCertificate]]:
-    return [(Header.decode(h), CommitCertificate.decode(c)) for h, c in _pairs(data)]
-
-
-def policy_for(node_type: str, region: str, me: bytes, validators) -> PeerPolicy:
-    return PeerPolicy(me, node_type, region, frozenset(validators))
-
-
-def encode_status(height: int, certificate: bytes) -> bytes:
-    """STATUS: a height and the commit certificate that proves it (none at height 0)."""
-    return _HEIGHT.pack(height) + certificate
-
-
-class PeerStats:
-    """What a node knows of its connected peers beyond the handshake: their heights (from
-    STATUS) and round-trip times (PING/PONG), for sync, ``network peers`` and metrics.
-
-    A peer's height rises above ours only with a commit certificate that verifies: a claim
-    at or below our own height cannot make us sync, so it is taken as said."""
-
-    def __init__(self, net: PeerNetwork, metrics, chain_id: str, validators):
-        self.net = net
-        self.metrics = metrics
-        self.chain_id = chain_id
-        self.validators = validators
-        self.heights: dict[str, int] = {}
-        self._certified: OrderedDict[bytes, int] = OrderedDict()  # digest -> its height
-        self._pings: dict[str, int] = {}  # node id -> token (perf_counter_ns) of the ping out
-        self._rtt_ms: dict[str, float] = {}
-
-    async def ping(self, node_id: str) -> None:
-        token = time.perf_counter_ns()
-        self._pings[node_id] = token
-        await self.net.send(node_id, KIND_PING, _HEIGHT.pack(token))
-
-    async def on_ping(self, peer: PeerInfo, payload: bytes) -> None:
-        _HEIGHT.unpack(payload)
-        await self.net.send(peer.node_id, KIND_PONG, payload)
-
-    def on_pong(self, peer: PeerInfo, payload: bytes) -> None:
-        (token,) = _HEIGHT.unpack(payload)
-        if self._pings.pop(peer.node_id, None) == token:
-            self._rtt_ms[peer.node_id] = (time.perf_counter_ns() - token) / 1e6
-
-    def saw(self, peer: PeerInfo, height: int) -> None:
-        """The peer served a block of ``height`` whose certificate verified."""
-        self.heights[peer.node_id] = max(self.heights.get(peer.node_id, 0), height)
-
-    def on_status(self, peer: PeerInfo, payload: bytes, ours: int) -> None:
-        """Take a STATUS; raises BlockError or struct.error if it is malformed or claims a
-        height above ours that its certificate does not prove."""
-        (height,) = _HEIGHT.unpack_from(payload)
-        certificate = payload[_HEIGHT.size :]
-        if height > max(ours, self.heights.get(peer.node_id, 0)):
-            key = crypto.digest(certificate)
-            if self._certified.get(key) != height:
-                cert = CommitCertificate.decode(certificate)
-                if cert.height != height:
-                    raise BlockError(
-                        f"STATUS of height {height} carries the certificate of height {cert.height}"
-                    )
-                cert.verify(self.chain_id, self.validators)
-                self._certified[key] = height
-                while len(self._certified) > STATUS_CERTS_KEPT:
-                    self._certified.popitem(last=False)
-        self.heights[peer.node_id] = height
-
-    def changed(self, peer: PeerInfo, connected: bool) -> None:
-        """A peer came or went: recount qnet_peers{type,region}, forget what went."""
-        counts = Counter((p.node_type, p.region) for p in self.net.peers())
-        self.metrics.peers.clear()
-        for (node_type, region), n in counts.items():
-            self.metrics.peers.labels(node_type, region).set(n)
-        if not connected:
-            for known in (self.heights, self._pings, self._rtt_ms):
-                known.pop(peer.node_id, None)
-
-    def lag(self, ours: int) -> int:
-        return max(0, max(self.heights.values(), default=ours) - ours)
-
-    def rows(self) -> list[dict]:
-        return [
-            {
-                "node_id": p.node_id,
-                "node_type": p.node_type,
-                "region": p.region,
-                "address": p.listen,
-                "direction": "outbound" if p.outbound else "inbound",
-                "latency_ms": self._rtt_ms.get(p.node_id),
-                "height": self.heights.get(p.node_id),
-                "validator": p.public_key in self.validators,
-            }
-            for p in sorted(self.net.peers(), key=lambda p: p.node_id)
-        ]
-
-
 class BftConsensus:
     def __init__(self, node: Node, config: NodeConfig):
         self.node = node
@@ -470,16 +215,10 @@ class BftConsensus:
         # in flight is dropped unread.
         self._cut: set[str] = set()
         self.stats = PeerStats(self.net, self.metrics, node.chain_id, self.validators.powers)
+        self.gossip = TxGossip(node, self.net, self.validators, self.is_validator, self._ban)
+        self.sync = BlockSync(node, self.net, self.stats, self._spawn, self._ban)
         self._peer_heights = self.stats.heights
         self._head_certificate = b""  # of the committed head, for STATUS
-        # Sync: requests by peer (one live at a time; expired ones wait for a late answer),
-        # unanswered requests in a row, when each peer was last asked and demoted until.
-        self._requests: dict[str, SyncRequest] = {}
-        self._strikes: dict[str, int] = {}
-        self._asked_at: dict[str, float] = {}
-        self._demoted_until: dict[str, float] = {}
-        self._behind_since: tuple[int, float] | None = None  # (our height, since when)
-        self._relay: list[tuple[Transaction, str | None]] = []  # (tx, the peer it came from)
         self._height = 0  # the height the core was last started at
         self._started_at = time.time()
         # A validator whose signing state is gone (data wiped, or restored from a snapshot)
@@ -498,7 +237,7 @@ class BftConsensus:
     # ---- lifecycle -----------------------------------------------------------------------
     async def run(self) -> None:
         node = self.node
-        node.relay = self._queue_relay
+        node.relay = self.gossip.queue
         node.network_status = self._network_status
         node.network_peers = self.stats.rows
         if node.state.height:
@@ -506,7 +245,7 @@ class BftConsensus:
             self._head_certificate = stored[1] if stored else b""
         await self.net.start()
         self._spawn(self._status_loop())
-        self._spawn(self._tx_flush_loop())
+        self._spawn(self.gossip.flush_loop())
         if self.is_validator:
             self.core = self._make_core()
             if self._holding:
@@ -528,7 +267,7 @@ class BftConsensus:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             node.relay = None
-            await self._hand_off()
+            await self.gossip.hand_off()
             await self.net.stop()
             self.log.close()
             self.signing_state.close()
@@ -560,38 +299,11 @@ class BftConsensus:
             "consensus_round": self.core.round if self.core is not None and self._height else 0,
         }
 
-    async def _hand_off(self) -> None:
-        """At a stop, hand every pending transaction up: one this node admitted may be
-        nowhere else yet (its relay batch not sent, or sent to no one), and the node that
-        starts again from this data dir has an empty mempool. Peers that have it already
-        drop it as a duplicate; ``net.stop`` lets the frames leave before it closes."""
-        txs = self.node.mempool.pending()
-        peers = self._upstream()
-        if not txs or not peers:
-            return
-        self._relay = [(t, None) for t in txs]  # the whole mempool holds what was queued
-        await self._send_up()
-        log.info("handed %d pending transactions to %d peers", len(txs), len(peers))
-
-    def _queue_relay(self, txs: list[Transaction], source: str | None) -> None:
-        self._relay.extend((t, source) for t in txs)
-
-    def _validator_peers(self) -> list[PeerInfo]:
-        return [p for p in self.net.peers() if p.public_key in self.validators]
-
     async def _to_validators(self, kind: int, data: bytes, exclude: str | None = None) -> None:
         """Consensus traffic stays among validators: followers do not vote."""
         await self.net.broadcast(
             kind, data, exclude, only=lambda peer: peer.public_key in self.validators
         )
-
-    def _upstream(self) -> list[PeerInfo]:
-        """Where transactions go: to validators if any is a peer (always, for a validator),
-        otherwise to the super and full peers, which pass them on up."""
-        validators = self._validator_peers()
-        if validators or self.is_validator:
-            return validators
-        return [p for p in self.net.peers() if p.node_type != "light"]
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -607,7 +319,7 @@ class BftConsensus:
         self._inputs.put(handler)
 
     def _status(self) -> bytes:
-        return encode_status(self.node.state.height, self._head_certificate)
+        return Status(self.node.state.height, self._head_certificate).encode()
 
     # ---- the core's effects --------------------------------------------------------------
     async def _carry_out(
@@ -882,10 +594,10 @@ class BftConsensus:
         blocks = headers = b""
         for peer in followers:
             if peer.node_type == "light":
-                headers = headers or encode_blocks([(block.header.encode(), cert_bytes)])
+                headers = headers or Headers(((block.header.encode(), cert_bytes),)).encode()
                 await self.net.send(peer.node_id, KIND_HEADERS, headers)
             else:
-                blocks = blocks or encode_blocks([(block.encode(), cert_bytes)])
+                blocks = blocks or Blocks(((block.encode(), cert_bytes),)).encode()
                 await self.net.send(peer.node_id, KIND_BLOCKS, blocks)
 
     async def _commit(self, block: Block, cert: CommitCertificate, diff) -> None:
@@ -900,8 +612,7 @@ class BftConsensus:
     async def _on_peer(self, peer: PeerInfo, connected: bool) -> None:
         self.stats.changed(peer, connected)
         if not connected:
-            for known in (self._requests, self._strikes, self._asked_at, self._demoted_until):
-                known.pop(peer.node_id, None)
+            self.sync.forget(peer.node_id)
             self._cut.discard(peer.node_id)
             self._update_lag()
             return
@@ -921,35 +632,34 @@ class BftConsensus:
             return
         try:
             await self._dispatch(peer, kind, payload)
-        except (BlockError, DecodeError, tendermint.MessageError, struct.error) as exc:
+        except (BlockError, ProtocolError) as exc:
             self._ban(peer.node_id, f"malformed kind {kind} message: {exc}")
 
     async def _dispatch(self, peer: PeerInfo, kind: int, payload: bytes) -> None:
         if kind == KIND_CONSENSUS:
             self._on_consensus(peer, payload)
         elif kind == KIND_TXS:
-            await self._on_txs(peer, payload)
+            await self.gossip.on_txs(peer, payload)
         elif kind == KIND_STATUS:
-            self.stats.on_status(peer, payload, self.node.state.height)
+            self.stats.on_status(peer, Status.decode(payload), self.node.state.height)
             self._update_lag()
-            self._maybe_sync()
+            self.sync.maybe_sync()
         elif kind == KIND_GET_BLOCKS:
-            first, last = _RANGE.unpack(payload)
-            await self._serve_blocks(peer, first, last)
+            request = GetBlocks.decode(payload)
+            await self.sync.serve_blocks(peer, request.first, request.last)
         elif kind == KIND_PING:
-            await self.stats.on_ping(peer, payload)
+            await self.stats.on_ping(peer, Ping.decode(payload))
         elif kind == KIND_PONG:
-            self.stats.on_pong(peer, payload)
+            self.stats.on_pong(peer, Pong.decode(payload))
         elif kind == KIND_BLOCKS:
             await self._on_blocks(peer, payload)
         elif kind == KIND_GET_HEADERS:
-            first, last = _RANGE.unpack(payload)
-            await self._serve_headers(peer, first, last)
+            request = GetHeaders.decode(payload)
+            await self.sync.serve_headers(peer, request.first, request.last)
         elif kind == KIND_GET_NODE:
-            if len(payload) != 32:
-                raise struct.error("GET_NODE carries a 32-byte public key")
-            view = self.node.heartbeat_view(payload)
-            await self.net.send(peer.node_id, KIND_NODE, payload + view.encode())
+            key = GetNode.decode(payload).public_key
+            answer = NodeView(key, self.node.heartbeat_view(key))
+            await self.net.send(peer.node_id, KIND_NODE, answer.encode())
         elif kind in (KIND_HEADERS, KIND_NODE):
             pass  # answers meant for light nodes
         else:
@@ -963,7 +673,7 @@ class BftConsensus:
             return
         if self.core is None or self._holding:
             return  # not voting (yet): the validators' messages are of no use here
-        message = tendermint.decode_message(payload)
+        message = Consensus.decode(payload).message
         if isinstance(message, tendermint.Proposal):
             check_block_size(message.value, self.node.rules.block_limits)
         self._inputs.offer(
@@ -978,143 +688,18 @@ class BftConsensus:
         await self._carry_out(self.core.on_message(message), source=peer, data=data)
         self._note_round()
 
-    async def _on_txs(self, peer: PeerInfo, payload: bytes) -> None:
-        if len(payload) > TX_BATCH * _MAX_FRAMED_TX:
-            self._ban(peer.node_id, f"sent a {len(payload)}-byte TXS frame: no batch is as big")
-            return
-        if len(payload) > TX_SPLIT_INLINE_BYTES:
-            raws = await asyncio.to_thread(split_batch, payload)
-        else:
-            raws = split_batch(payload)
-        if len(raws) > TX_BATCH:
-            self._ban(peer.node_id, f"sent {len(raws)} transactions in one frame, over {TX_BATCH}")
-            return
-        # Validators are a mesh: what one relays, the others already got from it.
-        among_validators = self.is_validator and peer.public_key in self.validators
-        outcome = await self.node.submit_raw(raws, relay=not among_validators, source=peer.node_id)
-        bad = sum(1 for refused in outcome if refused is not None and refused.code == BAD_SIGNATURE)
-        if bad:
-            self._ban(
-                peer.node_id,
-                f"relayed {bad} of {len(raws)} transactions with a signature that does not verify",
-            )
-
     # ---- sync ----------------------------------------------------------------------------
     def _update_lag(self) -> None:
         self.metrics.sync_lag.set(self._network_status()["sync_lag_blocks"])
 
-    def _maybe_sync(self) -> None:
-        """Ask a peer that is ahead for the next blocks, one request at a time.
-
-        Heights come from verified certificates only (``PeerStats``), the peers ahead take
-        turns (the one asked longest ago first), and a request not answered within
-        SYNC_TIMEOUT_S demotes its peer, for longer each time, until it is banned. A peer
-        one block ahead is normal while a height's precommits are still arriving; consensus
-        catches up by itself then, so sync waits unless the gap is two blocks or lasts
-        longer than SYNC_GRACE_S.
-        """
-        now = time.monotonic()
-        self._expire_requests(now)
-        if any(not request.expired for request in self._requests.values()):
-            return
-        ours = self.node.state.height
-        ahead = {
-            node_id: height
-            for node_id, height in self._peer_heights.items()
-            if height > ours and self._demoted_until.get(node_id, 0.0) <= now
-        }
-        if not ahead:
-            self._behind_since = None
-            return
-        if max(ahead.values()) == ours + 1:
-            if self._behind_since is None or self._behind_since[0] != ours:
-                self._behind_since = (ours, now)
-            if now - self._behind_since[1] < SYNC_GRACE_S:
-                return
-        peer = min(ahead, key=lambda node_id: (self._asked_at.get(node_id, 0.0), node_id))
-        last = min(ahead[peer], ours + SYNC_BATCH)
-        self._requests[peer] = SyncRequest(ours + 1, last, now + SYNC_TIMEOUT_S)
-        self._asked_at[peer] = now
-        self._spawn(self.net.send(peer, KIND_GET_BLOCKS, _RANGE.pack(ours + 1, last)))
-
-    def _expire_requests(self, now: float) -> None:
-        for node_id, request in list(self._requests.items()):
-            if not request.expired and now >= request.deadline:
-                request.expired = True  # a late answer is still welcome, not unsolicited
-                self._strike(
-                    node_id,
-                    f"did not answer for blocks {request.first}-{request.last} "
-                    f"within {SYNC_TIMEOUT_S:g} s",
-                )
-
-    def _strike(self, node_id: str, what: str) -> None:
-        """Demote a peer that failed sync, for longer each time; ban it at SYNC_STRIKES."""
-        strikes = self._strikes[node_id] = self._strikes.get(node_id, 0) + 1
-        if strikes >= SYNC_STRIKES:
-            self._ban(node_id, f"{what}, {strikes} times in a row", SYNC_BAN_S)
-            return
-        self._demoted_until[node_id] = time.monotonic() + strikes * SYNC_TIMEOUT_S
-        log.warning(
-            "%s %s: asking other peers for blocks for %g s",
-            node_id,
-            what,
-            strikes * SYNC_TIMEOUT_S,
-        )
-
     async def _on_blocks(self, peer: PeerInfo, payload: bytes) -> None:
-        """BLOCKS answer our request, or push the next committed block to a follower.
-        Framing, heights and sizes are checked on the headers; only then are the blocks
-        decoded, off the event loop."""
-        pairs = _pairs(payload)
-        heights = [
-            check_block_size(block, self.node.rules.block_limits).height for block, _ in pairs
-        ]
-        request = self._requests.get(peer.node_id)
-        if request is not None and heights[:1] == [request.first]:
-            del self._requests[peer.node_id]
-            if heights != list(range(request.first, request.first + len(heights))) or (
-                heights[-1] > request.last
-            ):
-                self._ban(
-                    peer.node_id,
-                    f"answered a request for blocks {request.first}-{request.last} with {heights}",
-                )
-                return
-        elif len(heights) == 1 and not self.is_validator:
-            if heights[0] != self.node.state.height + 1:
-                return  # pushed by several upstream peers, or we are further behind
-        else:
-            # Validators get no pushes, and a push is one block. A late answer to a
-            # request since renewed comes here too, hence no ban at once.
-            self._strike(peer.node_id, f"sent blocks {heights} nobody asked for")
+        """BLOCKS that sync takes (``BlockSync.take``) are decoded off the event loop and
+        applied in the driver's turn."""
+        message = self.sync.take(peer, payload, self.is_validator)
+        if message is None:
             return
-        blocks = await asyncio.to_thread(_decode_pairs, pairs)
+        blocks = await asyncio.to_thread(message.blocks)
         self._inputs.offer(peer.node_id, len(payload), lambda: self._apply_synced(peer, blocks))
-
-    async def _serve_blocks(self, peer: PeerInfo, first: int, last: int) -> None:
-        last = min(last, first + SYNC_BATCH - 1, self.node.state.height)
-        items, size = [], 0
-        for height in range(first, last + 1):
-            item = await asyncio.to_thread(self.node.storage.encoded_block, height)
-            if item is None:
-                break
-            size += len(item[0]) + len(item[1])
-            if items and size > SYNC_BYTES:
-                break
-            items.append(item)
-        if items:
-            await self.net.send(peer.node_id, KIND_BLOCKS, encode_blocks(items))
-
-    async def _serve_headers(self, peer: PeerInfo, first: int, last: int) -> None:
-        last = min(last, first + SYNC_BATCH - 1, self.node.state.height)
-        items = []
-        for height in range(first, last + 1):
-            item = await asyncio.to_thread(self.node.storage.encoded_header, height)
-            if item is None:
-                break
-            items.append(item)
-        if items:
-            await self.net.send(peer.node_id, KIND_HEADERS, encode_blocks(items))
 
     async def _apply_synced(self, peer: PeerInfo, blocks: list) -> None:
         applied = 0
@@ -1131,7 +716,7 @@ class BftConsensus:
             self.stats.saw(peer, block.header.height)
             await self._push_committed(block, cert, exclude=peer.node_id)
         if applied:
-            self._strikes.pop(peer.node_id, None)
+            self.sync.answered(peer.node_id)
             log.log(
                 logging.INFO if applied > 1 else logging.DEBUG,
                 "synced %d block(s) from %s, now at height %d",
@@ -1147,14 +732,14 @@ class BftConsensus:
             if self.core is not None and not self._holding:
                 await self._start_height()
         self._update_lag()
-        self._maybe_sync()
+        self.sync.maybe_sync()
 
     # ---- background loops ----------------------------------------------------------------
     async def _status_loop(self) -> None:
         while True:
             await asyncio.sleep(STATUS_EVERY_S)  # periodic: a lost STATUS heals by itself
             await self.net.broadcast(KIND_STATUS, self._status())
-            self._maybe_sync()
+            self.sync.maybe_sync()
             await self._send_heartbeat()
             for peer in self.net.peers():
                 await self.stats.ping(peer.node_id)
@@ -1173,25 +758,3 @@ class BftConsensus:
             log.info("heartbeat for epoch %d submitted", heartbeat.epoch)
         else:
             log.warning("heartbeat for epoch %d refused: %s", heartbeat.epoch, refused.message)
-
-    async def _tx_flush_loop(self) -> None:
-        """Relay newly admitted transactions up the hierarchy in batches, never back to the
-        peer they came from."""
-        while True:
-            await asyncio.sleep(TX_FLUSH_S)  # batching window for gossip
-            await self._send_up()
-
-    async def _send_up(self) -> None:
-        """Send what waits in the relay queue to the upstream peers, in batches."""
-        while self._relay:
-            batch, self._relay[:TX_BATCH] = self._relay[:TX_BATCH], []
-            sources = {source for _, source in batch}
-            whole = b""
-            for peer in self._upstream():
-                if peer.node_id in sources:
-                    txs = [t for t, source in batch if source != peer.node_id]
-                    data = encode_batch(txs) if txs else b""
-                else:
-                    data = whole = whole or encode_batch([t for t, _ in batch])
-                if data:
-                    await self.net.send(peer.node_id, KIND_TXS, data)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .genesis import NODE_TYPES, REGIONS
-from .p2p import split_address
+from .wire import split_address
 
 
 class ConfigError(ValueError):

@@ -20,8 +20,16 @@ import time
 from collections import deque
 
 from . import __version__, crypto, ledger
-from .bft import (
-    _RANGE,
+from .block import BlockError, CommitCertificate, Header
+from .config import NodeConfig
+from .genesis import Genesis
+from .metrics import Metrics
+from .node import ARRIVALS_KEPT, InvalidBlock, status_document
+from .p2p import PeerInfo, PeerNetwork
+from .sync import STATUS_EVERY_S, PeerStats
+from .topology import policy_for
+from .tx import make_heartbeat
+from .wire import (
     KIND_BLOCKS,
     KIND_GET_HEADERS,
     KIND_GET_NODE,
@@ -31,20 +39,18 @@ from .bft import (
     KIND_PONG,
     KIND_STATUS,
     KIND_TXS,
-    STATUS_EVERY_S,
-    PeerStats,
-    decode_blocks,
-    decode_headers,
-    encode_status,
-    policy_for,
+    Blocks,
+    GetHeaders,
+    GetNode,
+    Headers,
+    HeartbeatView,
+    NodeView,
+    Ping,
+    Pong,
+    ProtocolError,
+    Status,
+    Txs,
 )
-from .block import BlockError, CommitCertificate, Header
-from .config import NodeConfig
-from .genesis import Genesis
-from .metrics import Metrics
-from .node import ARRIVALS_KEPT, HeartbeatView, InvalidBlock, status_document
-from .p2p import PeerInfo, PeerNetwork
-from .tx import encode_batch, make_heartbeat
 
 log = logging.getLogger("qnet.light")
 
@@ -200,7 +206,7 @@ class LightNode:
     async def _on_message(self, peer: PeerInfo, kind: int, payload: bytes) -> None:
         try:
             await self._dispatch(peer, kind, payload)
-        except (BlockError, struct.error) as exc:
+        except (BlockError, ProtocolError) as exc:
             self.net.ban(peer.node_id, f"malformed kind {kind} message: {exc}")
         except InvalidBlock as exc:
             self.net.ban(peer.node_id, f"served an uncertified header: {exc}")
@@ -210,22 +216,23 @@ class LightNode:
 
     async def _dispatch(self, peer: PeerInfo, kind: int, payload: bytes) -> None:
         if kind == KIND_STATUS:
-            self.stats.on_status(peer, payload, self.height)  # above ours: certified
+            self.stats.on_status(peer, Status.decode(payload), self.height)  # above ours: certified
             self._update_lag()
             await self._catch_up(peer, self.stats.heights[peer.node_id])
         elif kind in (KIND_HEADERS, KIND_BLOCKS):
             if kind == KIND_HEADERS:
-                items = decode_headers(payload)
+                items = Headers.decode(payload).headers()
             else:
-                items = [(b.header, c) for b, c in decode_blocks(payload)]
+                items = [(b.header, c) for b, c in Blocks.decode(payload).blocks()]
             await self._take_headers(peer, items)
         elif kind == KIND_NODE:
-            if payload[:32] == self.key.public_key:
-                await self._on_node_view(peer, HeartbeatView.decode(payload[32:]))
+            answer = NodeView.decode(payload)
+            if answer.public_key == self.key.public_key:
+                await self._on_node_view(peer, answer.view)
         elif kind == KIND_PING:
-            await self.stats.on_ping(peer, payload)
+            await self.stats.on_ping(peer, Ping.decode(payload))
         elif kind == KIND_PONG:
-            self.stats.on_pong(peer, payload)
+            self.stats.on_pong(peer, Pong.decode(payload))
         # Anything else (transactions, consensus, requests for blocks) is not for a node
         # that keeps no state; a full node does not send it to one.
 
@@ -239,7 +246,7 @@ class LightNode:
         if asked is not None and asked[0] >= height and now - asked[1] < 2 * STATUS_EVERY_S:
             return
         self._asked[peer.node_id] = (height, now)
-        await self.net.send(peer.node_id, KIND_GET_HEADERS, _RANGE.pack(height, height))
+        await self.net.send(peer.node_id, KIND_GET_HEADERS, GetHeaders(height, height).encode())
 
     async def _take_headers(self, peer: PeerInfo, items: list) -> None:
         moved = False
@@ -252,7 +259,7 @@ class LightNode:
             self._update_lag()
 
     def _status(self) -> bytes:
-        return encode_status(self.height, self.head_cert)
+        return Status(self.height, self.head_cert).encode()
 
     def _update_lag(self) -> None:
         self.metrics.sync_lag.set(self.network_status()["sync_lag_blocks"])
@@ -268,7 +275,8 @@ class LightNode:
             return
         upstream = [p for p in self.net.peers() if p.node_type != "light"]
         if upstream:
-            await self.net.send(upstream[0].node_id, KIND_GET_NODE, self.key.public_key)
+            ask = GetNode(self.key.public_key)
+            await self.net.send(upstream[0].node_id, KIND_GET_NODE, ask.encode())
 
     async def _on_node_view(self, peer: PeerInfo, view: HeartbeatView) -> None:
         if view.activated and view.last_epoch == view.epoch:
@@ -284,7 +292,7 @@ class LightNode:
             return
         heartbeat = make_heartbeat(self.key, self.chain_id, view.nonce, epoch)
         self._heartbeat_sent = (epoch, time.monotonic())
-        await self.net.send(peer.node_id, KIND_TXS, encode_batch([heartbeat]))
+        await self.net.send(peer.node_id, KIND_TXS, Txs.of([heartbeat]).encode())
         log.info("heartbeat for epoch %d sent through %s", epoch, peer.node_id)
 
     # ---- what the API shows --------------------------------------------------------------

@@ -10,12 +10,10 @@ import asyncio
 import logging
 import math
 import os
-import struct
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__, crypto, ledger
@@ -37,42 +35,13 @@ from .tx import (
     framed_size,
     make_heartbeat,
 )
+from .wire import HeartbeatView
 
 log = logging.getLogger("qnet.node")
 
 REJECTED_MEMORY = 100_000  # how many recent rejections the status endpoint remembers
 VERIFIED_MEMORY = 100_000  # ids of transactions whose signatures verified, beyond the mempool
 ARRIVALS_KEPT = 1_024  # recent blocks whose arrival time the node remembers
-
-
-@dataclass(frozen=True)
-class HeartbeatView:
-    """What a node needs to know to send its heartbeat, as a node with state sees it; a
-    light node asks a full one for it (the NODE message carries ``encode()``)."""
-
-    activated: bool
-    last_epoch: int | None  # of its latest heartbeat on chain
-    nonce: int  # next nonce of the node key's account, pending transactions included
-    pending: int  # transactions of the node key's account waiting in the mempool
-    epoch: int  # the epoch the next block will be in
-
-    _WIRE = struct.Struct(">BQQIQ")
-
-    def due(self) -> int | None:
-        """The epoch to send a heartbeat for now, or None (not activated, on chain, or one
-        is pending)."""
-        if not self.activated or self.last_epoch == self.epoch or self.pending:
-            return None
-        return self.epoch
-
-    def encode(self) -> bytes:
-        last = ledger.NEVER if self.last_epoch is None else self.last_epoch
-        return self._WIRE.pack(self.activated, last, self.nonce, self.pending, self.epoch)
-
-    @classmethod
-    def decode(cls, data: bytes) -> "HeartbeatView":
-        activated, last, nonce, pending, epoch = cls._WIRE.unpack(data)  # struct.error if bad
-        return cls(bool(activated), None if last == ledger.NEVER else last, nonce, pending, epoch)
 
 
 class StateDivergence(RuntimeError):

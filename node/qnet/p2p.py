@@ -35,13 +35,8 @@ is authenticated it can make this node buffer at most that; the frame limit
 (``max_message_bytes``, 16 MiB by default) applies after it, to each frame's length before
 its bytes arrive. A handshake frame is at most ``MAX_HANDSHAKE_FRAME``.
 
-Wire format of the frames, big-endian, ``str8 = len:u8 utf-8``::
-
-    HELLO     = version:u8 chain_id:str8 genesis_hash(32) public_key(32) node_type:str8
-                region:str8 listen:str8 api_port:u16 ephemeral(32)
-    AUTH      = signature(64)
-    GET_PEERS = (empty)
-    PEERS     = count:u16 (public_key(32) node_type:str8 region:str8 listen:str8)*
+The frames' payloads (HELLO, AUTH, GET_PEERS, PEERS and the node's kinds) are defined, with
+their codecs, in ``wire.py``.
 
 ``api_port`` is the port of the node's HTTP API (0: none). Only the address the peer
 connected from is ever paired with it (``PeerInfo.api``), so a peer cannot make this node
@@ -83,29 +78,32 @@ import prometheus_client
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import crypto
-from .genesis import NODE_TYPES, REGIONS
 from .topology import PeerPolicy
+from .wire import (
+    FIRST_APP_KIND,
+    KIND_AUTH,
+    KIND_GET_PEERS,
+    KIND_HELLO,
+    KIND_NAMES,
+    KIND_PEERS,
+    MAX_PEER_RECORDS,
+    Auth,
+    GetPeers,
+    Hello,
+    PeerRecord,
+    Peers,
+    ProtocolError,
+    check_identity,
+    join_address,
+    split_address,
+)
 
 log = logging.getLogger("qnet.p2p")
 
 PROTOCOL_VERSION = 3  # 2: HELLO carries the API port; 3: ephemeral keys, sealed records
 PATH = "/p2p"
 
-KIND_HELLO = 0
-KIND_AUTH = 1
-KIND_GET_PEERS = 2
-KIND_PEERS = 3
-FIRST_APP_KIND = 16  # kinds below this are the layer's own
-KIND_NAMES = {
-    KIND_HELLO: "HELLO",
-    KIND_AUTH: "AUTH",
-    KIND_GET_PEERS: "GET_PEERS",
-    KIND_PEERS: "PEERS",
-}
-
 TAG_PEER_AUTH = 0x30  # signed-message tag; block.py uses 0x2x for headers and votes
-EPHEMERAL_LEN = 32  # an X25519 public key
-MAX_PEER_RECORDS = 100  # per PEERS frame
 
 # Sealed records (see the module docstring).
 RECORD_DATA = 16 * 1024  # frame bytes per record, as a TLS record
@@ -163,161 +161,9 @@ OnPeer = Callable[["PeerInfo", bool], Awaitable[None]]
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
 
-class ProtocolError(ValueError):
-    """Bytes that are not a well-formed frame of this protocol."""
-
-
-# ---- codec ---------------------------------------------------------------------------------
-class _Reader:
-    """Reads fields off a frame payload; any shortfall or leftover is a ProtocolError."""
-
-    def __init__(self, data: bytes):
-        self._data = data
-        self._at = 0
-
-    def take(self, n: int) -> bytes:
-        if self._at + n > len(self._data):
-            raise ProtocolError("frame is truncated")
-        chunk = self._data[self._at : self._at + n]
-        self._at += n
-        return chunk
-
-    def unpack(self, fmt: struct.Struct) -> tuple:
-        return fmt.unpack(self.take(fmt.size))
-
-    def text(self) -> str:
-        (length,) = self.unpack(_U8)
-        try:
-            return self.take(length).decode()
-        except UnicodeDecodeError:
-            raise ProtocolError("text field is not UTF-8") from None
-
-    def end(self) -> None:
-        if self._at != len(self._data):
-            raise ProtocolError("frame has trailing bytes")
-
-
 _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
-
-
-def _text(value: str) -> bytes:
-    raw = value.encode()
-    if len(raw) > 255:
-        raise ValueError(f"{value[:20]!r}... is longer than 255 bytes")
-    return _U8.pack(len(raw)) + raw
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> (host, port); ValueError if it is not one."""
-    host, sep, port = address.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{address!r} is not host:port")
-    return host, int(port)
-
-
-def join_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _check_identity(public_key: bytes, node_type: str, region: str, listen: str) -> None:
-    if len(public_key) != crypto.PUBKEY_LEN:
-        raise ProtocolError("public key must be 32 bytes")
-    if node_type not in NODE_TYPES:
-        raise ProtocolError(f"unknown node type {node_type!r}")
-    if region not in REGIONS:
-        raise ProtocolError(f"unknown region {region!r}")
-    if listen:
-        try:
-            split_address(listen)
-        except ValueError as exc:
-            raise ProtocolError(f"listen address: {exc}") from None
-
-
-@dataclass(frozen=True)
-class Hello:
-    version: int
-    chain_id: str
-    genesis_hash: bytes
-    public_key: bytes
-    node_type: str
-    region: str
-    listen: str
-    api_port: int
-    ephemeral: bytes  # X25519 public key of this connection
-
-    def encode(self) -> bytes:
-        return b"".join(
-            (
-                _U8.pack(self.version),
-                _text(self.chain_id),
-                self.genesis_hash,
-                self.public_key,
-                _text(self.node_type),
-                _text(self.region),
-                _text(self.listen),
-                _U16.pack(self.api_port),
-                self.ephemeral,
-            )
-        )
-
-    @classmethod
-    def decode(cls, data: bytes) -> "Hello":
-        r = _Reader(data)
-        (version,) = r.unpack(_U8)
-        hello = cls(
-            version,
-            r.text(),
-            r.take(32),
-            r.take(crypto.PUBKEY_LEN),
-            r.text(),
-            r.text(),
-            r.text(),
-            r.unpack(_U16)[0],
-            r.take(EPHEMERAL_LEN),
-        )
-        r.end()
-        _check_identity(hello.public_key, hello.node_type, hello.region, hello.listen)
-        return hello
-
-
-@dataclass(frozen=True)
-class PeerRecord:
-    """A peer as announced in peer exchange: enough to dial it and to decide whether to."""
-
-    public_key: bytes
-    node_type: str
-    region: str
-    listen: str
-
-    def encode(self) -> bytes:
-        return b"".join(
-            (self.public_key, _text(self.node_type), _text(self.region), _text(self.listen))
-        )
-
-
-def encode_peers(records: list[PeerRecord]) -> bytes:
-    if len(records) > MAX_PEER_RECORDS:
-        raise ValueError(f"at most {MAX_PEER_RECORDS} peer records fit in one frame")
-    return _U16.pack(len(records)) + b"".join(r.encode() for r in records)
-
-
-def decode_peers(data: bytes) -> list[PeerRecord]:
-    r = _Reader(data)
-    (count,) = r.unpack(_U16)
-    if count > MAX_PEER_RECORDS:
-        raise ProtocolError(f"{count} peer records, more than {MAX_PEER_RECORDS}")
-    records = []
-    for _ in range(count):
-        record = PeerRecord(r.take(crypto.PUBKEY_LEN), r.text(), r.text(), r.text())
-        _check_identity(record.public_key, record.node_type, record.region, record.listen)
-        if not record.listen:
-            raise ProtocolError("a peer record without a listen address is useless")
-        records.append(record)
-    r.end()
-    return records
 
 
 def transcript(dialler_hello: bytes, acceptor_hello: bytes) -> bytes:
@@ -790,7 +636,7 @@ class PeerNetwork:
         max_pending_handshakes_per_host: int = MAX_PENDING_HANDSHAKES_PER_HOST,
         max_inbound_per_host: int = MAX_INBOUND_PER_HOST,
     ):
-        _check_identity(key.public_key, node_type, region, "")
+        check_identity(key.public_key, node_type, region, "")
         for seed in seeds:
             split_address(seed)
         self.key = key
@@ -1157,7 +1003,7 @@ class PeerNetwork:
                 # as the answer to the GET_PEERS it sends on admitting us.
                 info, link = shaken
                 with contextlib.suppress(ConnectionError, aiohttp.ClientError):
-                    records = encode_peers(self._records_for(info))
+                    records = Peers(tuple(self._records_for(info))).encode()
                     await self._send_now(ws, frame(KIND_PEERS, records), link)
         except TimeoutError:
             refusal = _Refused("handshake", f"no handshake within {self.handshake_timeout_s:g} s")
@@ -1203,10 +1049,12 @@ class PeerNetwork:
                 )
             except ProtocolError as exc:
                 raise _Refused("handshake", f"unusable hello: {exc}") from None
-            await self._send_now(
-                ws, frame(KIND_AUTH, self.key.sign(auth_message(ours, theirs_raw))), link
-            )
-            signature = await self._expect(ws, KIND_AUTH, link)
+            auth = Auth(self.key.sign(auth_message(ours, theirs_raw)))
+            await self._send_now(ws, frame(KIND_AUTH, auth.encode()), link)
+            try:
+                signature = Auth.decode(await self._expect(ws, KIND_AUTH, link)).signature
+            except ProtocolError as exc:
+                raise _Refused("handshake", f"malformed auth: {exc}") from None
         except _Refused as refusal:
             refusal.node_id = node_id
             raise
@@ -1495,18 +1343,21 @@ class PeerNetwork:
         kind, payload = data[0], data[1:]
         if kind >= FIRST_APP_KIND:
             await conn.inbox.put(data)
-        elif kind == KIND_GET_PEERS and not payload:
-            self._enqueue(conn, frame(KIND_PEERS, encode_peers(self._records_for(conn.info))))
+        elif kind == KIND_GET_PEERS:
+            try:
+                GetPeers.decode(payload)
+            except ProtocolError as exc:
+                return "malformed", str(exc)
+            records = Peers(tuple(self._records_for(conn.info)))
+            self._enqueue(conn, frame(KIND_PEERS, records.encode()))
         elif kind == KIND_PEERS:
             if not conn.peers_due:
                 return "unsolicited", "sent PEERS it was not asked for"
             conn.peers_due -= 1
             try:
-                self._learn(decode_peers(payload), conn.info)
+                self._learn(Peers.decode(payload).records, conn.info)
             except ProtocolError as exc:
                 return "malformed", f"bad PEERS frame: {exc}"
-        elif kind == KIND_GET_PEERS:
-            return "malformed", "GET_PEERS with a payload"
         else:
             return "unknown_kind", f"sent reserved kind {kind} after the handshake"
         return None
@@ -1561,7 +1412,7 @@ class PeerNetwork:
         if not conn.peers_due and self._enqueue(conn, frame(KIND_GET_PEERS)):
             conn.peers_due = 1
 
-    def _learn(self, records: list[PeerRecord], source: PeerInfo) -> None:
+    def _learn(self, records: tuple[PeerRecord, ...], source: PeerInfo) -> None:
         """Take in what ``source`` answered: with a topology policy, remember new peers for
         the maintenance loop to dial; without, dial them once each (only seeds are kept)."""
         learnt = 0

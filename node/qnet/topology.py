@@ -105,3 +105,7 @@ class PeerPolicy:
     def rank(self, peer: Peer) -> tuple:
         """Dial order among candidates: own region first, then validators."""
         return (peer.region != self.region, peer.public_key not in self.validators)
+
+
+def policy_for(node_type: str, region: str, me: bytes, validators) -> PeerPolicy:
+    return PeerPolicy(me, node_type, region, frozenset(validators))

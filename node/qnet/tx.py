@@ -507,11 +507,14 @@ def frame_batch(raws: list[bytes]) -> bytes:
     return b"".join(_FRAME.pack(len(raw)) + raw for raw in raws)
 
 
-def split_batch(data: bytes) -> list[bytes]:
-    """Cut a batch body into raw transactions; refuses the whole body if framing is broken."""
+def split_batch(data: bytes, limit: int | None = None) -> list[bytes]:
+    """Cut a batch body into raw transactions; refuses the whole body if framing is broken
+    or, given a ``limit``, it holds more transactions (counted before they are cut out)."""
     frames = []
     pos, end = 0, len(data)
     while pos < end:
+        if len(frames) == limit:
+            raise DecodeError(f"batch holds over {limit} transactions")
         if pos + _FRAME.size > end:
             raise DecodeError(f"batch truncated in the length prefix at byte {pos}")
         (length,) = _FRAME.unpack_from(data, pos)

@@ -8,7 +8,7 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from qnet import bft, crypto, p2p, tendermint
+from qnet import crypto, p2p, tendermint, wire
 from qnet.genesis import Params
 from qnet.localnode import CHAIN_ID, LocalNode, free_port, local_net, wait_for
 
@@ -108,7 +108,7 @@ def test_a_stranger_flooding_forged_votes_is_banned_and_nothing_of_it_is_kept(tm
             n.start()
         wait_for(lambda: all(height(n) >= 2 for n in nodes), 30, "first blocks")
         votes = forged_votes(2_000, victim.genesis, height(victim) + 1)
-        frames = [(bft.KIND_CONSENSUS, v) for v in votes]
+        frames = [(wire.KIND_CONSENSUS, v) for v in votes]
         before = height(victim)
         reason = asyncio.run(attack(victim, frames))
         assert "not a validator" in reason
@@ -133,8 +133,8 @@ def test_a_follower_is_not_stalled_by_a_peer_that_claims_the_greatest_height(tmp
         for n in (*nodes, follower):
             n.start()
         wait_for(lambda: height(follower) >= 2, 30, "the follower's first blocks")
-        claim = bft.encode_status(2**64 - 1, b"")
-        reason = asyncio.run(attack(follower, [(bft.KIND_STATUS, claim)]))
+        claim = wire.Status(2**64 - 1, b"").encode()
+        reason = asyncio.run(attack(follower, [(wire.KIND_STATUS, claim)]))
         assert "malformed kind 18" in reason
         before = height(follower)
         wait_for(lambda: height(follower) >= before + 3, 20, "the follower to go on")

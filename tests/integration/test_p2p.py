@@ -12,13 +12,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from qnet import crypto, p2p
+from qnet import crypto, p2p, wire
 from qnet.localnode import free_port
 from qnet.topology import PeerPolicy
 
 CHAIN = "qnet-p2p-test"
 GENESIS = crypto.digest(b"genesis of the p2p test chain")
-APP = p2p.FIRST_APP_KIND
+APP = wire.FIRST_APP_KIND
 FAST = {"peer_exchange_s": 0.3, "heartbeat_s": 1.0}
 
 
@@ -162,7 +162,7 @@ class RawPeer:
     async def handshake(self, node: Node) -> None:
         ws = await self.connect(node)
         ephemeral, secret = p2p.ephemeral_keypair()
-        ours = p2p.Hello(
+        ours = wire.Hello(
             p2p.PROTOCOL_VERSION,
             self.chain_id,
             self.genesis_hash,
@@ -173,14 +173,14 @@ class RawPeer:
             0,
             ephemeral,
         ).encode()
-        await ws.send_bytes(p2p.frame(p2p.KIND_HELLO, ours))
+        await ws.send_bytes(p2p.frame(wire.KIND_HELLO, ours))
         msg = await ws.receive(timeout=5)
-        assert msg.type is aiohttp.WSMsgType.BINARY and msg.data[0] == p2p.KIND_HELLO
+        assert msg.type is aiohttp.WSMsgType.BINARY and msg.data[0] == wire.KIND_HELLO
         theirs = msg.data[1:]
-        their_ephemeral = p2p.Hello.decode(theirs).ephemeral
+        their_ephemeral = wire.Hello.decode(theirs).ephemeral
         self.link = p2p.SecretLink.between(secret, their_ephemeral, ours, theirs, True, 2**24)
-        await self.send(p2p.frame(p2p.KIND_AUTH, self.signer.sign(p2p.auth_message(ours, theirs))))
-        await self.expect(p2p.KIND_AUTH)
+        await self.send(p2p.frame(wire.KIND_AUTH, self.signer.sign(p2p.auth_message(ours, theirs))))
+        await self.expect(wire.KIND_AUTH)
 
     def seal(self, *frames: bytes) -> list[bytes]:
         assert self.link is not None
@@ -201,8 +201,8 @@ class RawPeer:
                 data = self.frames.popleft()
                 if data[0] == kind:
                     return data[1:]
-                if data[0] == p2p.KIND_GET_PEERS:
-                    await self.send(p2p.frame(p2p.KIND_PEERS, p2p.encode_peers([])))
+                if data[0] == wire.KIND_GET_PEERS:
+                    await self.send(p2p.frame(wire.KIND_PEERS, wire.Peers(()).encode()))
             msg = await self.ws.receive(timeout=5)
             assert msg.type is aiohttp.WSMsgType.BINARY, f"got {msg.type} {msg.data}"
             self.records.append(msg.data)
@@ -300,7 +300,7 @@ def test_nodes_find_each_other_authenticate_and_exchange_messages() -> None:
         )
         assert gauge == 3
         with pytest.raises(ValueError):
-            await sender.net.broadcast(p2p.KIND_PEERS, b"")  # reserved for the layer
+            await sender.net.broadcast(wire.KIND_PEERS, b"")  # reserved for the layer
 
     run(scenario)
 
@@ -526,8 +526,8 @@ def test_a_flooding_peer_is_dropped_and_banned(caplog: pytest.LogCaptureFixture)
     [
         (b"", "malformed"),
         (bytes([9]), "unknown_kind"),
-        (p2p.frame(p2p.KIND_HELLO, b"again"), "unknown_kind"),
-        (p2p.frame(p2p.KIND_PEERS, b"\x00\x01"), "malformed"),  # as the answer it was asked
+        (p2p.frame(wire.KIND_HELLO, b"again"), "unknown_kind"),
+        (p2p.frame(wire.KIND_PEERS, b"\x00\x01"), "malformed"),  # as the answer it was asked
         (p2p.frame(APP, bytes(2000)), "oversize"),
     ],
 )
@@ -703,7 +703,7 @@ def test_a_large_message_before_authentication_is_refused_unread() -> None:
 
         async def big_hello(peer: RawPeer) -> None:
             ws = await peer.connect(node)
-            await ws.send_bytes(p2p.frame(p2p.KIND_HELLO, bytes(p2p.MAX_HANDSHAKE_FRAME)))
+            await ws.send_bytes(p2p.frame(wire.KIND_HELLO, bytes(p2p.MAX_HANDSHAKE_FRAME)))
             assert await peer.closed_by_peer() == aiohttp.WSCloseCode.POLICY_VIOLATION
 
         async def huge(peer: RawPeer) -> None:  # over the record limit: the websocket refuses
@@ -722,7 +722,7 @@ def test_a_large_message_before_authentication_is_refused_unread() -> None:
 def test_a_connection_that_never_asks_for_the_upgrade_is_cut_at_the_deadline() -> None:
     async def scenario(c: Cluster) -> None:
         node = await c.start(handshake_timeout_s=0.5)
-        host, port = p2p.split_address(node.address)
+        host, port = wire.split_address(node.address)
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(b"GET /p2p HTTP/1.1\r\nHost: x\r\n")  # and never the rest
         loop = asyncio.get_running_loop()
@@ -793,10 +793,10 @@ def test_unsolicited_peers_are_refused_and_the_sender_banned(
 
         async def push(peer: RawPeer) -> None:
             await peer.handshake(node)
-            await peer.expect(p2p.KIND_GET_PEERS)
-            await peer.send(p2p.frame(p2p.KIND_PEERS, p2p.encode_peers([])))  # the answer
-            pushed = p2p.PeerRecord(elsewhere.net.key.public_key, "super", "eu", elsewhere.address)
-            await peer.send(p2p.frame(p2p.KIND_PEERS, p2p.encode_peers([pushed])))  # unasked
+            await peer.expect(wire.KIND_GET_PEERS)
+            await peer.send(p2p.frame(wire.KIND_PEERS, wire.Peers(()).encode()))  # the answer
+            pushed = wire.PeerRecord(elsewhere.net.key.public_key, "super", "eu", elsewhere.address)
+            await peer.send(p2p.frame(wire.KIND_PEERS, wire.Peers((pushed,)).encode()))  # unasked
             assert await peer.closed_by_peer() == aiohttp.WSCloseCode.POLICY_VIOLATION
 
         await raw_peer(push, key=pusher)
@@ -815,11 +815,11 @@ def test_a_third_party_cannot_rewrite_where_a_known_node_listens() -> None:
         policy = PeerPolicy(key.public_key, "full", "eu", frozenset())
         node = await c.start(key=key, node_type="full", policy=policy)
 
-        def answer(*records: p2p.PeerRecord) -> Callable[[RawPeer], Awaitable[None]]:
+        def answer(*records: wire.PeerRecord) -> Callable[[RawPeer], Awaitable[None]]:
             async def body(peer: RawPeer) -> None:
                 await peer.handshake(node)
-                await peer.expect(p2p.KIND_GET_PEERS)
-                await peer.send(p2p.frame(p2p.KIND_PEERS, p2p.encode_peers(list(records))))
+                await peer.expect(wire.KIND_GET_PEERS)
+                await peer.send(p2p.frame(wire.KIND_PEERS, wire.Peers(records).encode()))
                 await until(lambda: not node.net._peers[peer.key.node_id].peers_due, "read")
 
             return body
@@ -827,15 +827,15 @@ def test_a_third_party_cannot_rewrite_where_a_known_node_listens() -> None:
         ghost = crypto.KeyPair.generate()  # known, but not answering: it stays a candidate
         ghost_at = f"127.0.0.1:{free_port()}"
         true = [
-            p2p.PeerRecord(victim.net.key.public_key, "super", "eu", victim.address),
-            p2p.PeerRecord(ghost.public_key, "super", "eu", ghost_at),
+            wire.PeerRecord(victim.net.key.public_key, "super", "eu", victim.address),
+            wire.PeerRecord(ghost.public_key, "super", "eu", ghost_at),
         ]
         await raw_peer(answer(*true))
         await until(lambda: victim.id in node.peer_ids(), "the node to dial the victim")
         lies = [
-            p2p.PeerRecord(victim.net.key.public_key, "super", "eu", "127.0.0.1:9"),
-            p2p.PeerRecord(ghost.public_key, "super", "eu", "127.0.0.1:9"),
-            p2p.PeerRecord(crypto.KeyPair.generate().public_key, "full", "eu", victim.address),
+            wire.PeerRecord(victim.net.key.public_key, "super", "eu", "127.0.0.1:9"),
+            wire.PeerRecord(ghost.public_key, "super", "eu", "127.0.0.1:9"),
+            wire.PeerRecord(crypto.KeyPair.generate().public_key, "full", "eu", victim.address),
         ]
         await raw_peer(answer(*lies))
         assert node.net._known.get(victim.id).listen == victim.address

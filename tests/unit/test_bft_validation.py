@@ -7,19 +7,8 @@ import asyncio
 
 import pytest
 
-from qnet import bft, crypto, tendermint
-from qnet.bft import (
-    KIND_BLOCKS,
-    KIND_CONSENSUS,
-    KIND_GET_BLOCKS,
-    KIND_GET_HEADERS,
-    KIND_STATUS,
-    KIND_TXS,
-    BftConsensus,
-    DriverInputs,
-    encode_blocks,
-    encode_status,
-)
+from qnet import bft, crypto, sync, tendermint, wire
+from qnet.bft import BftConsensus, DriverInputs
 from qnet.block import Block, CommitCertificate, Header, precommit_message, tx_root
 from qnet.config import load_config
 from qnet.genesis import Params, make_genesis
@@ -28,6 +17,17 @@ from qnet.metrics import Metrics
 from qnet.node import Node
 from qnet.p2p import PeerInfo
 from qnet.tx import encode_batch, frame_batch, make_transfer
+from qnet.wire import (
+    KIND_BLOCKS,
+    KIND_CONSENSUS,
+    KIND_GET_BLOCKS,
+    KIND_GET_HEADERS,
+    KIND_STATUS,
+    KIND_TXS,
+    Blocks,
+    GetHeaders,
+    Status,
+)
 
 CHAIN = "qnet-bft-validation"
 KEYS = [crypto.KeyPair(bytes([i + 1]) * 32) for i in range(4)]
@@ -89,7 +89,8 @@ def driver(tmp_path):
         data_dir.mkdir()
         node = Node(load_config(data_dir, region="eu"), GENESIS, key)
         consensus = BftConsensus(node, node.config)
-        consensus.net = consensus.stats.net = FakeNet(list(peers))
+        net = FakeNet(list(peers))
+        consensus.net = consensus.stats.net = consensus.gossip.net = consensus.sync.net = net
         if consensus.is_validator:
             consensus.core = consensus._make_core()
             await consensus._start_height()
@@ -328,11 +329,11 @@ def test_a_status_height_above_ours_needs_a_certificate_that_verifies(driver):
     async def scenario():
         consensus = await driver()
         liar = peer(OTHER)
-        await consensus._on_message(liar, KIND_STATUS, encode_status(2**64 - 1, b""))
+        await consensus._on_message(liar, KIND_STATUS, Status(2**64 - 1, b"").encode())
         assert consensus.stats.heights.get(liar.node_id) is None
         assert liar.node_id in consensus.net.banned
         _, weak = certified(5, signers=KEYS[:2])  # 2 of 4: no quorum
-        await consensus._on_message(THIRD_LINK, KIND_STATUS, encode_status(5, weak))
+        await consensus._on_message(THIRD_LINK, KIND_STATUS, Status(5, weak).encode())
         assert consensus.stats.heights.get(THIRD_LINK.node_id) is None
         assert consensus.net.kinds(KIND_GET_BLOCKS) == []
 
@@ -345,18 +346,18 @@ def test_sync_rotates_among_certified_peers_and_bans_one_that_never_answers(driv
         consensus = await driver(key=STRANGER, peers=(a, b))  # a follower
         _, cert = certified(10)
         clock = [1000.0]
-        monkeypatch.setattr(bft.time, "monotonic", lambda: clock[0])
+        monkeypatch.setattr(sync.time, "monotonic", lambda: clock[0])
         for link in (a, b):
-            await consensus._on_message(link, KIND_STATUS, encode_status(10, cert))
+            await consensus._on_message(link, KIND_STATUS, Status(10, cert).encode())
         await asyncio.sleep(0)
         asked = [n for n, _ in consensus.net.kinds(KIND_GET_BLOCKS)]
         assert len(asked) == 1  # one request at a time
         for _ in range(6):  # nobody answers: each deadline passes
-            clock[0] += bft.SYNC_TIMEOUT_S + 0.1
-            consensus._maybe_sync()
+            clock[0] += sync.SYNC_TIMEOUT_S + 0.1
+            consensus.sync.maybe_sync()
             await asyncio.sleep(0)
-            for node_id in list(consensus._demoted_until):
-                consensus._demoted_until[node_id] = 0.0  # demotion over: ask again
+            for node_id in list(consensus.sync._demoted_until):
+                consensus.sync._demoted_until[node_id] = 0.0  # demotion over: ask again
         asked = [n for n, _ in consensus.net.kinds(KIND_GET_BLOCKS)]
         assert {asked[0], asked[1]} == {a.node_id, b.node_id}  # it rotated
         assert set(consensus.net.banned) == {a.node_id, b.node_id}
@@ -370,8 +371,8 @@ def test_sync_rotates_among_certified_peers_and_bans_one_that_never_answers(driv
 def test_blocks_nobody_asked_for_are_not_decoded_and_count_against_the_peer(driver):
     async def scenario():
         consensus = await driver()  # a validator: it gets no pushes
-        many = encode_blocks([certified(h) for h in (1, 2, 3)])
-        for _ in range(bft.SYNC_STRIKES):
+        many = Blocks(tuple(certified(h) for h in (1, 2, 3))).encode()
+        for _ in range(sync.SYNC_STRIKES):
             await consensus._on_message(OTHER_LINK, KIND_BLOCKS, many)
         assert consensus._inputs._queue.empty()
         assert "nobody asked for" in consensus.net.banned[OTHER_LINK.node_id]
@@ -385,7 +386,7 @@ def test_blocks_nobody_asked_for_are_not_decoded_and_count_against_the_peer(driv
 def test_a_txs_frame_over_the_batch_limit_bans_its_sender(driver):
     async def scenario():
         consensus = await driver()
-        frame = frame_batch([b"\x01"] * (bft.TX_BATCH + 1))
+        frame = frame_batch([b"\x01"] * (wire.TX_BATCH + 1))
         await consensus._on_message(STRANGER_LINK, KIND_TXS, frame)
         assert "over 5000" in consensus.net.banned[STRANGER_LINK.node_id]
         assert len(consensus.node.mempool) == 0
@@ -422,13 +423,13 @@ def test_a_push_while_a_request_is_outstanding_is_not_taken_for_its_answer(drive
         upstream = peer(OTHER, "full")
         consensus = await driver(key=STRANGER, peers=(upstream,))  # a follower
         _, cert = certified(10)
-        await consensus._on_message(upstream, KIND_STATUS, encode_status(10, cert))
+        await consensus._on_message(upstream, KIND_STATUS, Status(10, cert).encode())
         await asyncio.sleep(0)
         assert consensus.net.kinds(KIND_GET_BLOCKS)  # asked for 1-10
-        push = encode_blocks([certified(11)])  # it committed 11 meanwhile and pushes it
+        push = Blocks((certified(11),)).encode()  # it committed 11 meanwhile and pushes it
         await consensus._on_message(upstream, KIND_BLOCKS, push)
         assert not consensus.net.banned
-        assert upstream.node_id in consensus._requests  # the answer is still awaited
+        assert upstream.node_id in consensus.sync._requests  # the answer is still awaited
         assert consensus._inputs._queue.empty()
 
     asyncio.run(scenario())
@@ -440,11 +441,11 @@ def test_a_light_node_asks_only_peers_whose_height_a_certificate_proves(tmp_path
         light = LightNode(config, GENESIS, crypto.KeyPair.generate())
         liar, honest = peer(OTHER), peer(THIRD)
         light.net = light.stats.net = FakeNet([liar, honest])
-        await light._on_message(liar, KIND_STATUS, encode_status(2**64 - 1, b""))
+        await light._on_message(liar, KIND_STATUS, Status(2**64 - 1, b"").encode())
         assert liar.node_id in light.net.banned
         _, cert = certified(7)
-        await light._on_message(honest, KIND_STATUS, encode_status(7, cert))
-        assert light.net.kinds(KIND_GET_HEADERS) == [(honest.node_id, bft._RANGE.pack(7, 7))]
+        await light._on_message(honest, KIND_STATUS, Status(7, cert).encode())
+        assert light.net.kinds(KIND_GET_HEADERS) == [(honest.node_id, GetHeaders(7, 7).encode())]
         assert light.network_status()["sync_lag_blocks"] == 7
 
     asyncio.run(scenario())

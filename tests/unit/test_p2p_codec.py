@@ -1,98 +1,12 @@
-"""The p2p wire codec, the handshake's signed message, and the per-peer limits."""
+"""The handshake's signed message, and the per-peer limits (token bucket, frame queue)."""
 
 import asyncio
-import contextlib
 
-import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
-from qnet import crypto, p2p
-from qnet.genesis import REGIONS
-
-keys = st.binary(min_size=32, max_size=32)
-texts = st.text(max_size=40)
-addresses = st.builds(
-    p2p.join_address,
-    st.sampled_from(["127.0.0.1", "10.0.0.7", "::1", "node.example"]),
-    st.integers(1, 65535),
-)
-listens = st.one_of(st.just(""), addresses)
-hellos = st.builds(
-    p2p.Hello,
-    st.integers(0, 255),
-    texts,
-    keys,
-    keys,
-    st.sampled_from(p2p.NODE_TYPES),
-    st.sampled_from(REGIONS),
-    listens,
-    st.integers(0, 65535),
-    keys,
-)
-records = st.builds(
-    p2p.PeerRecord, keys, st.sampled_from(p2p.NODE_TYPES), st.sampled_from(REGIONS), addresses
-)
-
-
-@given(hellos)
-def test_hello_round_trips(hello: p2p.Hello) -> None:
-    assert p2p.Hello.decode(hello.encode()) == hello
-
-
-@given(st.lists(records, max_size=p2p.MAX_PEER_RECORDS))
-def test_peers_round_trip(peers: list[p2p.PeerRecord]) -> None:
-    assert p2p.decode_peers(p2p.encode_peers(peers)) == peers
-
-
-@given(st.binary(max_size=300))
-def test_garbage_is_a_protocol_error_and_nothing_else(data: bytes) -> None:
-    for decode in (p2p.Hello.decode, p2p.decode_peers):
-        with contextlib.suppress(p2p.ProtocolError):
-            decode(data)
-
-
-@given(hellos)
-def test_truncated_or_padded_hello_is_refused(hello: p2p.Hello) -> None:
-    raw = hello.encode()
-    with pytest.raises(p2p.ProtocolError):
-        p2p.Hello.decode(raw[:-1])
-    with pytest.raises(p2p.ProtocolError):
-        p2p.Hello.decode(raw + b"\0")
-
-
-@pytest.mark.parametrize(
-    "field,value",
-    [("node_type", "miner"), ("region", "mars"), ("listen", "no-port"), ("listen", "host:0")],
-)
-def test_hello_with_unknown_values_is_refused(field: str, value: str) -> None:
-    fields = {
-        "version": 1,
-        "chain_id": "c",
-        "genesis_hash": bytes(32),
-        "public_key": bytes(32),
-        "node_type": "full",
-        "region": "eu",
-        "listen": "127.0.0.1:1",
-        "api_port": 7370,
-        "ephemeral": bytes(32),
-        field: value,
-    }
-    with pytest.raises(p2p.ProtocolError):
-        p2p.Hello.decode(p2p.Hello(**fields).encode())
-
-
-def test_too_many_peer_records_are_refused() -> None:
-    record = p2p.PeerRecord(bytes(32), "full", "eu", "127.0.0.1:1")
-    with pytest.raises(ValueError):
-        p2p.encode_peers([record] * (p2p.MAX_PEER_RECORDS + 1))
-    raw = p2p._U16.pack(p2p.MAX_PEER_RECORDS + 1) + record.encode() * (p2p.MAX_PEER_RECORDS + 1)
-    with pytest.raises(p2p.ProtocolError):
-        p2p.decode_peers(raw)
+from qnet import crypto, p2p, wire
 
 
 def _hello(key: crypto.KeyPair, ephemeral: bytes, chain_id: str = "c") -> bytes:
-    return p2p.Hello(
+    return wire.Hello(
         p2p.PROTOCOL_VERSION, chain_id, bytes(32), key.public_key, "super", "eu", "", 0, ephemeral
     ).encode()
 
@@ -152,20 +66,6 @@ def test_frame_queue_bounds_bytes_and_hands_over_in_order() -> None:
         assert await waiting.get() is None  # the end mark survives
 
     asyncio.run(scenario())
-
-
-@pytest.mark.parametrize(
-    "address,expected", [("127.0.0.1:7471", ("127.0.0.1", 7471)), ("[::1]:80", ("::1", 80))]
-)
-def test_addresses_split_and_join(address: str, expected: tuple[str, int]) -> None:
-    assert p2p.split_address(address) == expected
-    assert p2p.join_address(*expected) == address
-
-
-@pytest.mark.parametrize("address", ["", "host", "host:", ":1", "host:99999", "host:x"])
-def test_bad_addresses_are_refused(address: str) -> None:
-    with pytest.raises(ValueError):
-        p2p.split_address(address)
 
 
 def test_frames_waiting_together_are_taken_together_up_to_a_record() -> None:

@@ -19,7 +19,8 @@ from qnet.config import load_config
 from qnet.errors import Rejected
 from qnet.genesis import NODE_TYPES, REGIONS, Params, make_genesis
 from qnet.ledger import EpochRecord, NodeRecord, State
-from qnet.node import HeartbeatView, InvalidBlock, Node, check_block
+from qnet.node import InvalidBlock, Node, check_block
+from qnet.wire import HeartbeatView
 
 CHAIN = "qnet-test"
 MIN_FEE = 1_000

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qnet import crypto, p2p
+from qnet import crypto, p2p, wire
 
 LIMIT = 3 * p2p.RECORD_DATA
 frames = st.binary(min_size=1, max_size=2 * p2p.RECORD_DATA + 10)
@@ -13,7 +13,7 @@ batches = st.lists(st.lists(frames, min_size=1, max_size=4), min_size=1, max_siz
 
 
 def hello(key: crypto.KeyPair, ephemeral: bytes) -> bytes:
-    return p2p.Hello(
+    return wire.Hello(
         p2p.PROTOCOL_VERSION, "c", bytes(32), key.public_key, "full", "eu", "", 0, ephemeral
     ).encode()
 
@@ -112,7 +112,7 @@ def test_swapped_ephemeral_keys_give_keys_that_do_not_fit() -> None:
 @pytest.mark.parametrize("low_order", [bytes(32), (1).to_bytes(32, "little")])
 def test_an_ephemeral_key_of_low_order_is_refused(low_order: bytes) -> None:
     _, secret = p2p.ephemeral_keypair()
-    with pytest.raises(p2p.ProtocolError):
+    with pytest.raises(wire.ProtocolError):
         p2p.shared_secret(secret, low_order)
 
 
