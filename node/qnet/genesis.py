@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from . import crypto
@@ -79,8 +80,10 @@ class Genesis:
                 del data["params"][name]
         return data
 
-    @property
+    @cached_property
     def hash(self) -> bytes:
+        """Of the canonical JSON; computed once (a genesis is never changed once made, and
+        its balances can run to many thousands: the status endpoint shows the hash)."""
         canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
         return crypto.digest(canonical.encode())
 
