@@ -62,6 +62,11 @@ STAGES = (
 )
 
 
+# Where a thread waits for work: a thread pool's idle worker, the event loop's poll. py-spy
+# samples them like any other stack; they are not the node's busy time.
+IDLE_LEAVES = ("_worker", "EpollSelector.select")
+
+
 def profile_summary(raw: Path) -> list[tuple[str, float]]:
     """Share of the node's busy samples per stage from a py-spy ``--format raw`` profile."""
     shares: dict[str, int] = {}
@@ -70,7 +75,10 @@ def profile_summary(raw: Path) -> list[tuple[str, float]]:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        names = [f.split(" (")[0].rsplit(".", 1)[-1] for f in stack.split(";")]
+        frames = [f.split(" (")[0] for f in stack.split(";")]
+        if frames[-1] in IDLE_LEAVES:
+            continue
+        names = [f.rsplit(".", 1)[-1] for f in frames]
         stage = next((label for key, label in STAGES if key in names), None)
         stage = stage or "event loop and the rest"
         shares[stage] = shares.get(stage, 0) + int(count)
