@@ -54,7 +54,7 @@ $(TOOLS)/.unpacked:
 tools: $(TOOLS)/.unpacked
 
 test: system-deps $(STAMP) $(TOOLS)/.unpacked
-	$(BIN)/python -m pytest -p no:cacheprovider tests
+	$(BIN)/python -m pytest -p no:cacheprovider --durations=30 tests
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider tests/unit
