@@ -47,6 +47,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 from . import crypto
 from .amounts import MAX_SUPPLY
@@ -97,7 +98,7 @@ class Rules:
     def epoch_start_ms(self, epoch: int) -> int:
         return self.epoch_origin_ms + epoch * self.params.epoch_ms
 
-    @property
+    @cached_property
     def block_limits(self) -> "BlockLimits":
         return BlockLimits(self.params.max_block_txs, self.params.max_block_bytes)
 

@@ -427,17 +427,24 @@ class BatchCheck:
 
     def __init__(self, pool: Mempool):
         self._pool = pool
-        self._queues: dict[bytes, SenderQueue] = {}  # the pool's, plus what is in flight
-        self._more: dict[int, tuple[int, int]] = {}  # shard -> entries, heartbeats in flight
+        # Senders with transactions in flight: the pool's queue as it would be with them
+        # admitted, made once per batch and kept up to date by the batch's own.
+        self._queues: dict[bytes, SenderQueue] = {}
 
     def _queue(self, tx: Transaction, chain_nonce: int, shard: Shard) -> SenderQueue:
+        """The sender's queue to check ``tx`` against (not to change: a sender with nothing in
+        flight is checked against the pool's own)."""
         queue = self._queues.get(tx.sender)
-        if queue is None:
-            held = shard.senders.get(tx.sender)
-            queue = held.copy() if held else SenderQueue(chain_nonce)
-            for flying, _ in self._pool._in_flight.get(tx.sender, ()):
-                _place(queue, flying)
-            self._queues[tx.sender] = queue
+        if queue is not None:
+            return queue
+        held = shard.senders.get(tx.sender)
+        flying = self._pool._in_flight.get(tx.sender)
+        if not flying:
+            return held or SenderQueue(chain_nonce)
+        queue = held.copy() if held else SenderQueue(chain_nonce)
+        for in_flight, _ in flying:
+            _place(queue, in_flight)
+        self._queues[tx.sender] = queue
         return queue
 
     def check(self, tx: Transaction, account: tuple[int, int]) -> None:
@@ -451,12 +458,9 @@ class BatchCheck:
         queue = self._queue(tx, chain_nonce, shard)
         index = pool._check_sender(queue, tx, balance)
         if index is None:
-            if number not in self._more:
-                self._more[number] = pool._in_flight_room.get(number, (0, 0))
-            more, more_heartbeats = self._more[number]
-            pool._check_room(shard, tx, more, more_heartbeats)
-            self._more[number] = (more + 1, more_heartbeats + (tx.kind == KIND_HEARTBEAT))
-        _place(queue, tx)
+            pool._check_room(shard, tx, *pool._in_flight_room.get(number, (0, 0)))
+        if tx.sender in self._queues:
+            _place(queue, tx)
         pool._hold(tx, number, new=index is None)
 
 
