@@ -554,10 +554,12 @@ def resync(
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Give the host's node the chain of the snapshot ``archive`` and bring it back: send the
-    archive, stop the node, ``node restore --aside`` (replays the snapshot from genesis, moves
-    the old chain into ``<data_dir>/aside/<time>/``, never deletes it), remove the sent file,
-    start the node and wait until it has caught up. If the restore fails the node is left
-    stopped with its old chain in place (the message says so). ``progress`` hears each step."""
+    archive, stop the node, ``node restore --aside`` (refuses a snapshot of another genesis
+    than the host's own genesis.json, replays it from that genesis, takes no config from it,
+    moves the old chain into ``<data_dir>/aside/<time>/``, never deletes it), remove the sent
+    file, start the node and wait until it has caught up. If the restore fails the node is
+    left stopped with its old chain in place (the message says so). ``progress`` hears each
+    step."""
     from .snapshot import SnapshotError, read_manifest  # the gate imports ops: keep it light
 
     say = progress or (lambda _message: None)

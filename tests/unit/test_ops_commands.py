@@ -20,6 +20,7 @@ import pytest
 from qnet import gate, ops
 
 LAYOUT = ops.NodeLayout("/opt/qnet", "/var/lib/qnet", 7370, "qnet")
+GENESIS_HASH = "9e" * 32  # of the chain the simulated host runs
 HOST = ops.Host(
     name="qt-1",
     address="10.0.0.1",
@@ -177,9 +178,11 @@ class Connection:
         return Result(*self.host.execute(command))
 
 
-def snapshot_file(path: Path, height: int) -> Path:
+def snapshot_file(path: Path, height: int, genesis_hash: str = GENESIS_HASH) -> Path:
+    manifest = {"chain_id": "qnet-test", "genesis_hash": genesis_hash, "height": height,
+                "block_hash": "cd" * 32, "state_digest": "ef" * 32}  # fmt: skip
     with tarfile.open(path, "w:gz") as tar:
-        for name, data in (("MANIFEST.json", json.dumps({"height": height}).encode()),
+        for name, data in (("MANIFEST.json", json.dumps(manifest).encode()),
                            ("chain.db", os.urandom(2 * ops.CHUNK))):  # fmt: skip
             info = tarfile.TarInfo(name)
             info.size = len(data)
