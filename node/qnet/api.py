@@ -647,7 +647,7 @@ async def node_record(request: web.Request) -> web.Response:
         node_key = crypto.decode_node_id(request.match_info["node_id"])
     except crypto.EncodingError as exc:
         return error(400, "malformed", str(exc))
-    found = node.node_info(node_key)
+    found = await node.node_info(node_key, request.app[GUARDS].reader)
     if found is None:
         return error(404, "not_found", f"node {request.match_info['node_id']} is not activated")
     return web.json_response(found)
