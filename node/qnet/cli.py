@@ -943,21 +943,45 @@ def node_snapshot(settings: Settings, data_dir: Path, out: Path) -> None:
     help="A snapshot written by `node snapshot`.",
 )
 @click.option(
+    "--genesis",
+    "genesis_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The chain's genesis.json, for a DATA_DIR without one (it is copied there).",
+)
+@click.option(
+    "--genesis-hash",
+    metavar="HEX",
+    help="The chain's genesis hash, for a DATA_DIR without genesis.json (the snapshot's "
+    "genesis.json is installed if it has this hash).",
+)
+@click.option(
     "--aside",
     is_flag=True,
     help="Move the old chain (chain.db, its WAL files, consensus.wal) into "
     "DATA_DIR/aside/<UTC time>/ instead of deleting it.",
 )
 @pass_settings
-def node_restore(settings: Settings, data_dir: Path, archive: Path, aside: bool) -> None:
-    """Replace DATA_DIR's chain with a snapshot, after replaying it from genesis; the node
-    must be stopped. Its key and signing state stay. The old chain is never opened, so a
-    damaged one is replaced too."""
+def node_restore(
+    settings: Settings,
+    data_dir: Path,
+    archive: Path,
+    genesis_file: Path | None,
+    genesis_hash: str | None,
+    aside: bool,
+) -> None:
+    """Replace DATA_DIR's chain with a snapshot of the expected chain, after replaying it
+    from that chain's genesis; the node must be stopped. The expected genesis is DATA_DIR's
+    own genesis.json, else the one given with --genesis or --genesis-hash: a snapshot's own
+    is never trusted. A config.toml in the snapshot is ignored. Its key and signing state
+    stay. The old chain is never opened, so a damaged one is replaced too."""
     pid = running_pid(Path(data_dir).resolve())
     if pid is not None:
         raise CliError(f"the node of {data_dir} is running (pid {pid}); stop it first")
     try:
-        manifest = snapshot.restore(archive, data_dir, aside=aside)
+        genesis = Genesis.load(genesis_file) if genesis_file else None
+        manifest = snapshot.restore(
+            archive, data_dir, aside=aside, genesis=genesis, genesis_hash=genesis_hash
+        )
     except (snapshot.SnapshotError, GenesisError, StorageError) as exc:
         raise CliError(f"not restored, {data_dir} is unchanged: {exc}") from None
     rows = [("restored", data_dir), ("height", manifest["height"]),

@@ -10,14 +10,30 @@ loudly as can be and refused.
 
 What it keeps: the newest certified header and its certificate, in ``light_head`` (written
 atomically), so a restart resumes there.
+
+Its heartbeat depends on what it cannot check itself: its record and nonce, which only a node
+with state knows (``HeartbeatView``). So each round it asks two distinct upstream (full or
+super) peers, drawn at random, and takes a view only as the answer to its own outstanding
+question to that peer: a NODE message from a peer it did not ask, or a second one, gets that
+peer banned like any unsolicited frame. It acts only on what one peer alone cannot make up:
+both views must be of the epoch its own clock and certified head are in, and call for the
+same thing (send the heartbeat of that epoch with that nonce; or nothing, as it is on chain
+or one is pending). If they differ, or a peer does not answer in time, it does nothing that
+round and draws a new pair: with one liar among three or more upstreams, at least a third
+of the rounds ask two honest ones. A liar can delay a heartbeat, but never make this node
+sign one for an epoch other than its own, or with a nonce both peers asked did not give.
+With a single upstream, that peer's view is taken alone (as before, but only as the answer
+to its question).
 """
 
 import asyncio
 import logging
 import os
+import random
 import struct
 import time
 from collections import deque
+from dataclasses import dataclass, field
 
 from . import __version__, crypto, ledger
 from .block import BlockError, CommitCertificate, Header
@@ -55,11 +71,26 @@ from .wire import (
 log = logging.getLogger("qnet.light")
 
 HEARTBEAT_RETRY_S = 10.0  # a heartbeat not seen on chain by then is sent again
+VIEW_PEERS = 2  # upstream peers asked for this node's HeartbeatView each round
+VIEW_TIMEOUT_S = 5.0  # a round not fully answered by then is void; the next asks others
+_DRAW = random.SystemRandom()  # which upstreams a round asks: nothing a peer can predict
 _LEN = struct.Struct(">I")
 
 
 class Fork(RuntimeError):
     """Two certified headers that cannot both be on one chain."""
+
+
+@dataclass
+class ViewRound:
+    """One round of questions for this node's HeartbeatView: the peers asked, their answers
+    (None until given) and the deadline."""
+
+    deadline: float
+    answers: dict[str, HeartbeatView | None] = field(default_factory=dict)
+
+    def complete(self) -> bool:
+        return all(view is not None for view in self.answers.values())
 
 
 class LightNode:
@@ -80,6 +111,10 @@ class LightNode:
         self._head_path = config.data_dir / "light_head"
         self._asked: dict[str, tuple[int, float]] = {}  # peer -> (height asked, when)
         self._heartbeat_sent: tuple[int, float] | None = None  # (epoch, when)
+        # GET_NODE questions awaiting an answer (connected peer -> how many; one a round at
+        # most, answered in order) and the current round.
+        self._view_asked: dict[str, int] = {}
+        self._view_round: ViewRound | None = None
         self._heartbeat_on_chain: int | None = None
         self.net = PeerNetwork(
             key=key,
@@ -198,7 +233,8 @@ class LightNode:
     async def _on_peer(self, peer: PeerInfo, connected: bool) -> None:
         self.stats.changed(peer, connected)
         if not connected:
-            self._asked.pop(peer.node_id, None)
+            for asked in (self._asked, self._view_asked):
+                asked.pop(peer.node_id, None)
             return
         await self.stats.ping(peer.node_id)
         await self.net.send(peer.node_id, KIND_STATUS, self._status())
@@ -226,9 +262,7 @@ class LightNode:
                 items = [(b.header, c) for b, c in Blocks.decode(payload).blocks()]
             await self._take_headers(peer, items)
         elif kind == KIND_NODE:
-            answer = NodeView.decode(payload)
-            if answer.public_key == self.key.public_key:
-                await self._on_node_view(peer, answer.view)
+            await self._on_node(peer, NodeView.decode(payload))
         elif kind == KIND_PING:
             await self.stats.on_ping(peer, Ping.decode(payload))
         elif kind == KIND_PONG:
@@ -270,30 +304,86 @@ class LightNode:
         return max(head_epoch, self.rules.epoch_of(int(time.time() * 1000)))
 
     async def _ask_for_heartbeat(self) -> None:
-        """Once per epoch, ask an upstream peer what the chain knows of this node."""
+        """Once per epoch, ask VIEW_PEERS upstream peers (or the one there is) what the chain
+        knows of this node, unless the round before still waits for answers within its
+        deadline."""
         if self._heartbeat_on_chain == self.epoch_now():
             return
-        upstream = [p for p in self.net.peers() if p.node_type != "light"]
-        if upstream:
-            ask = GetNode(self.key.public_key)
-            await self.net.send(upstream[0].node_id, KIND_GET_NODE, ask.encode())
-
-    async def _on_node_view(self, peer: PeerInfo, view: HeartbeatView) -> None:
-        if view.activated and view.last_epoch == view.epoch:
-            if self._heartbeat_on_chain != view.epoch:
-                log.info("heartbeat for epoch %d is on chain", view.epoch)
-            self._heartbeat_on_chain = view.epoch
+        now = time.monotonic()
+        current = self._view_round
+        if current is not None and not current.complete() and now < current.deadline:
             return
-        epoch = view.due()
-        if epoch is None:
+        upstream = [p for p in self.net.peers() if p.node_type != "light"]
+        chosen = _DRAW.sample(upstream, min(VIEW_PEERS, len(upstream)))
+        self._view_round = ViewRound(now + VIEW_TIMEOUT_S, {p.node_id: None for p in chosen})
+        for peer in chosen:
+            self._view_asked[peer.node_id] = self._view_asked.get(peer.node_id, 0) + 1
+            await self.net.send(peer.node_id, KIND_GET_NODE, GetNode(self.key.public_key).encode())
+
+    async def _on_node(self, peer: PeerInfo, answer: NodeView) -> None:
+        """A NODE message: taken only as the answer to our outstanding GET_NODE to that peer,
+        about this node; anything else gets the peer banned."""
+        outstanding = self._view_asked.pop(peer.node_id, 0)
+        if not outstanding:
+            self.net.ban(peer.node_id, "sent a NODE view it was not asked for")
+            return
+        if outstanding > 1:
+            self._view_asked[peer.node_id] = outstanding - 1
+        if answer.public_key != self.key.public_key:
+            self.net.ban(peer.node_id, "answered GET_NODE with another node's view")
+            return
+        view = answer.view
+        current = self._view_round
+        if current is None or current.answers.get(peer.node_id, view) is not None:
+            log.debug("late view from %s (asked in a round that is over)", peer.node_id)
+            return
+        if time.monotonic() >= current.deadline:
+            log.debug("late view from %s (after the round's deadline)", peer.node_id)
+            return
+        current.answers[peer.node_id] = view
+        if current.complete():
+            await self._on_views(current)
+
+    def _verdict(self, view: HeartbeatView) -> tuple | None:
+        """What a view calls for: ("on_chain", epoch), ("send", epoch, nonce), ("wait",);
+        None if it cannot be right: of another epoch than ours, or a heartbeat after it."""
+        epoch = self.epoch_now()
+        if view.epoch != epoch or (view.last_epoch is not None and view.last_epoch > epoch):
+            return None
+        if view.activated and view.last_epoch == view.epoch:
+            return ("on_chain", epoch)
+        due = view.due()
+        return ("wait",) if due is None else ("send", due, view.nonce)
+
+    async def _on_views(self, answered: ViewRound) -> None:
+        """Act on a fully answered round only if every view calls for the same (see the
+        module docstring)."""
+        verdicts = {self._verdict(view) for view in answered.answers.values()}
+        if len(verdicts) != 1 or None in verdicts:
+            log.info(
+                "upstream peers %s disagree on this node's record (%s): asking others",
+                sorted(answered.answers),
+                sorted(map(str, verdicts)),
+            )
+            return
+        (verdict,) = verdicts
+        if verdict[0] == "on_chain":
+            if self._heartbeat_on_chain != verdict[1]:
+                log.info("heartbeat for epoch %d is on chain", verdict[1])
+            self._heartbeat_on_chain = verdict[1]
+            return
+        if verdict[0] != "send":
             return  # not activated, or one is pending there
+        _, epoch, nonce = verdict
         sent = self._heartbeat_sent
         if sent is not None and sent[0] == epoch and time.monotonic() - sent[1] < HEARTBEAT_RETRY_S:
             return
-        heartbeat = make_heartbeat(self.key, self.chain_id, view.nonce, epoch)
+        heartbeat = make_heartbeat(self.key, self.chain_id, nonce, epoch)
         self._heartbeat_sent = (epoch, time.monotonic())
-        await self.net.send(peer.node_id, KIND_TXS, Txs.of([heartbeat]).encode())
-        log.info("heartbeat for epoch %d sent through %s", epoch, peer.node_id)
+        frame = Txs.of([heartbeat]).encode()
+        for node_id in answered.answers:
+            await self.net.send(node_id, KIND_TXS, frame)
+        log.info("heartbeat for epoch %d sent through %s", epoch, ", ".join(answered.answers))
 
     # ---- what the API shows --------------------------------------------------------------
     def network_status(self) -> dict:

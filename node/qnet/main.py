@@ -19,7 +19,7 @@ import click
 from aiohttp import web
 
 from . import region as region_mod
-from .api import create_app
+from .api import create_app, serve
 from .bft import BftConsensus
 from .config import NODE_TYPES, ConfigError, NodeConfig, load_config
 from .discovery import ScrapeTargets
@@ -190,14 +190,7 @@ def main(data_dir: Path, node_type, region, api_host, api_port, peers) -> None:
         log.error("%s", exc)
         raise SystemExit(EXIT_CONFIG) from None
     try:
-        web.run_app(
-            app,
-            host=config.api_host,
-            port=config.api_port,
-            print=None,
-            access_log=None,
-            shutdown_timeout=10,
-        )
+        asyncio.run(serve(app, config.api_host, config.api_port, shutdown_timeout=10))
     finally:
         if read_pid(config.pid_path) == os.getpid():
             config.pid_path.unlink(missing_ok=True)

@@ -13,7 +13,7 @@ import os
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 from . import __version__, crypto, ledger
@@ -517,15 +517,25 @@ class Node:
             }
         return None
 
-    def node_info(self, node_key: bytes) -> dict | None:
+    async def node_info(self, node_key: bytes, reader: Executor) -> dict | None:
         """A registered node and its unclaimed eligible epochs (the open one has no reward
-        yet); ``unclaimed`` is what a claim pays now, the sum of the closed ones."""
-        s = self.state
-        record = s.node(node_key)
+        yet); ``unclaimed`` is what a claim pays now, the sum of the closed ones. Its
+        heartbeat epochs are read from the chain database on ``reader``, off the event loop;
+        the rest is the state as it is after that read, with what committed meanwhile: a
+        claim (epochs before it are left out) or its latest heartbeat (added)."""
+        record = self.state.node(node_key)
         if record is None:
             return None
+        on_chain = await asyncio.get_running_loop().run_in_executor(
+            reader, self.storage.heartbeat_epochs, node_key, record.claimed_before
+        )
+        s = self.state
+        record = s.node(node_key)
+        latest = record.last_heartbeat
+        if latest is not None and latest not in on_chain:
+            on_chain.append(latest)
         epochs = []
-        for epoch in self.storage.heartbeat_epochs(node_key, record.claimed_before):
+        for epoch in (e for e in on_chain if e >= record.claimed_before):
             closed = epoch < s.epoch
             entry = s.epoch_record(epoch)
             epochs.append(

@@ -554,10 +554,13 @@ def resync(
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Give the host's node the chain of the snapshot ``archive`` and bring it back: send the
-    archive, stop the node, ``node restore --aside`` (replays the snapshot from genesis, moves
-    the old chain into ``<data_dir>/aside/<time>/``, never deletes it), remove the sent file,
-    start the node and wait until it has caught up. If the restore fails the node is left
-    stopped with its old chain in place (the message says so). ``progress`` hears each step."""
+    archive, stop the node, ``node restore --aside`` (refuses a snapshot of another genesis
+    than the host's own genesis.json, replays it from that genesis, takes no config from it,
+    moves the old chain into ``<data_dir>/aside/<time>/``, never deletes it), remove the sent
+    file, start the node and wait until it has caught up. A node that runs and serves
+    another genesis than the snapshot's is not touched. If the restore fails the node is
+    left stopped with its old chain in place (the message says so). ``progress`` hears each
+    step."""
     from .snapshot import SnapshotError, read_manifest  # the gate imports ops: keep it light
 
     say = progress or (lambda _message: None)
@@ -565,6 +568,12 @@ def resync(
         manifest = read_manifest(archive)  # no host is touched for what is no snapshot
     except SnapshotError as exc:
         raise OpsError(f"{host.name}: not resynced: {exc}") from None
+    served = _served_genesis(conn, host)
+    if served not in (None, manifest["genesis_hash"]):
+        raise OpsError(
+            f"{host.name}: not resynced, nothing changed: the snapshot is of genesis "
+            f"{manifest['genesis_hash']}, the node runs genesis {served}"
+        )
     node = host.layout
     name = scratch_name("resync")
     started = time.monotonic()
@@ -599,6 +608,17 @@ def resync(
         "aside": restored.get("aside"),
         "resync_s": round(time.monotonic() - started, 1),
     }
+
+
+def _served_genesis(conn: Connection, host: Host) -> str | None:
+    """The genesis hash the host's node serves, or None if it does not run or answer (a
+    resync's restore checks the snapshot against the host's genesis.json all the same)."""
+    if service_state(conn, host) != "active":
+        return None
+    try:
+        return _node_json(conn, host).get("genesis_hash")
+    except (OpsError, ValueError):
+        return None
 
 
 def newest_backup(backup_dir: Path, max_age_s: float, now: float) -> Path | None:

@@ -182,6 +182,64 @@ def test_unexpected_failures_and_aiohttp_refusals_are_json_errors(in_process_nod
     )
 
 
+# Requests aiohttp's HTTP parser refuses before any handler runs, and a body that breaks its
+# framing after the headers were fine.
+MALFORMED_HTTP = {
+    "request line": b"GET\r\n\r\n",
+    "method": b"G(T /health HTTP/1.1\r\nHost: x\r\n\r\n",
+    "header": b"GET /health HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+    "header value": b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: \x01\x02\r\n\r\n",
+    "version": b"GET /health HTTP/9.Z\r\nHost: x\r\n\r\n",
+    "tls": bytes.fromhex("160301020001000200fc0303") + b"\x00" * 32,
+    "chunked body": b"POST /api/v1/transactions HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n",
+    "encoded body": b"POST /api/v1/transactions HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: 27\r\n"
+    b"\r\n\x1f\x8b\x08\x00garbage-garbage-garbage",
+}
+
+
+def _raw_exchange(port: int, raw: bytes) -> tuple[int, str, dict]:
+    """Send ``raw`` on a new connection; the status, content type and JSON body of the one
+    answer (the connection is closed after it)."""
+
+    async def exchange() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        try:
+            return await asyncio.wait_for(reader.read(), 10)  # to EOF: closed
+        finally:
+            writer.close()
+
+    answer = asyncio.run(exchange())
+    head, _, body = answer.partition(b"\r\n\r\n")
+    headers = http.client.parse_headers(io.BytesIO(head.split(b"\r\n", 1)[1] + b"\r\n\r\n"))
+    return int(head.split()[1]), headers.get_content_type(), json.loads(body)
+
+
+def test_malformed_http_gets_a_json_400_and_floods_no_log(tmp_path):
+    """On a real node: every request its HTTP parser refuses is answered with the API's JSON
+    error, and a hundred of them leave no traceback and one warning line in its log."""
+    node = LocalNode.single(tmp_path / "node", {}, config=NO_EMPTY_BLOCKS)
+    node.start()
+    try:
+        logged = len(node.log())
+        malformed = schema_validator(_json_schema_pointer("/components/responses/Malformed"))
+        for name, raw in MALFORMED_HTTP.items():
+            status, content_type, body = _raw_exchange(node.port, raw)
+            assert (status, content_type) == (400, "application/json"), name
+            assert list(malformed.iter_errors(body)) == [], (name, body)
+            assert body["error"]["code"] == "bad_request", name
+        for _ in range(100):
+            assert _raw_exchange(node.port, MALFORMED_HTTP["method"])[0] == 400
+        assert node.get("/health")[0] == 200
+        log = node.log()[logged:]
+    finally:
+        node.stop()
+    assert "Traceback" not in log and "Error handling request" not in log, log
+    assert log.count("malformed HTTP request") == 1, log
+
+
 # ---- the document itself -------------------------------------------------------------------
 
 

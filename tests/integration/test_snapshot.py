@@ -55,10 +55,17 @@ def test_snapshot_of_a_running_node_restores_into_a_fresh_data_dir(tmp_path):
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     (fresh / "node_key").write_text(node.key.seed.hex())
-    restored = cli(
+    (fresh / "config.toml").write_text("api_port = 7999\n")
+    unnamed = cli(
         "node", "restore", "--data-dir", str(fresh), "--from", str(tmp_path / "snap.tar.gz")
     )
+    assert unnamed.returncode != 0 and "has no genesis.json" in unnamed.stderr
+    assert sorted(p.name for p in fresh.iterdir()) == ["config.toml", "node_key"]
+    restored = cli("node", "restore", "--data-dir", str(fresh), "--from",
+                   str(tmp_path / "snap.tar.gz"), "--genesis",
+                   str(node.data_dir / "genesis.json"))  # fmt: skip
     assert restored.returncode == 0, restored.stderr
+    assert (fresh / "config.toml").read_text() == "api_port = 7999\n"
     verified = json.loads(cli("node", "verify", "--data-dir", str(fresh)).stdout)
     assert (verified["height"], verified["state_digest"]) == (
         taken["height"],

@@ -1,11 +1,12 @@
 """What bounds the API's clients: token buckets per client in a bounded table, the open
-connection caps, the header and body time limits, and the cache of committed blocks read off
-the event loop."""
+connection caps, the header and body time limits, the cache of committed blocks read off
+the event loop, and node records whose chain reads are off the loop too."""
 
 import asyncio
 import json
 import re
 import threading
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -365,3 +366,30 @@ def test_committed_blocks_are_read_off_the_event_loop_once_and_served_from_the_c
     assert [what for what, _ in storage.reads] == ["block", "headers", "headers"]
     assert all(thread.startswith("api-blocks") for _, thread in storage.reads)
     assert len(app[GUARDS].blocks) == 3
+
+
+def test_a_node_record_reads_the_chain_database_off_the_event_loop(node):
+    """The heartbeat epochs come from SQLite on the reader thread; a block that commits the
+    node's next heartbeat while that read runs is in the answer all the same."""
+    key = node.key.public_key
+    read = node.storage.heartbeat_epochs
+    threads = []
+
+    def heartbeat_epochs(node_key: bytes, first: int) -> list[int]:
+        threads.append(threading.current_thread().name)
+        found = read(node_key, first)
+        record = node.state.node(node_key)
+        node.state.nodes[node_key] = replace(record, last_heartbeat=5)  # committed meanwhile
+        return found
+
+    node.storage.heartbeat_epochs = heartbeat_epochs
+
+    async def exchange(client):
+        resp = await client.get(f"/api/v1/nodes/{node.key.node_id}")
+        return resp.status, await resp.json()
+
+    status, body = serve(app_of(node), exchange)
+    assert status == 200 and threads and all(t.startswith("api-blocks") for t in threads)
+    assert body["last_heartbeat_epoch"] == 5
+    assert [entry["epoch"] for entry in body["epochs"]] == [5]
+    assert node.state.node(key).last_heartbeat == 5

@@ -1,16 +1,20 @@
 """The light client: it takes a header only with a certificate from the validator set,
-follows the chain without its state, notices a fork, and resumes from its saved head."""
+follows the chain without its state, notices a fork, and resumes from its saved head; it
+heartbeats on what two upstream peers it asked agree on, and bans a peer that sends a view
+it was not asked for."""
 
+import asyncio
 from dataclasses import replace
 
 import pytest
 
-from qnet import crypto
+from qnet import crypto, tx
 from qnet.block import CommitCertificate, Header, precommit_message
 from qnet.config import load_config
 from qnet.genesis import make_genesis
-from qnet.light import Fork, LightNode
-from qnet.node import InvalidBlock
+from qnet.light import KIND_GET_NODE, KIND_NODE, KIND_TXS, Fork, LightNode
+from qnet.node import HeartbeatView, InvalidBlock
+from qnet.p2p import PeerInfo
 
 CHAIN = "qnet-light-test"
 VALIDATORS = [crypto.KeyPair.generate() for _ in range(4)]
@@ -118,3 +122,159 @@ def test_resumes_from_its_saved_head_and_ignores_a_damaged_one(light, tmp_path):
     assert (again.height, again.head_hash) == (5, headers[4].hash)
     (tmp_path / "light_head").write_bytes(b"\0\0\0\x05junk")
     assert light().height == 0
+
+
+# ---- heartbeats: whom it asks, what it takes ----------------------------------------------
+
+
+class FakeNet:
+    """The part of ``PeerNetwork`` the heartbeat logic uses: connected peers, what was sent
+    to whom, whom it banned."""
+
+    def __init__(self, peers: list[PeerInfo]):
+        self.connected = peers
+        self.sent: list[tuple[str, int, bytes]] = []
+        self.banned: dict[str, str] = {}
+
+    def peers(self) -> list[PeerInfo]:
+        return list(self.connected)
+
+    async def send(self, node_id: str, kind: int, payload: bytes) -> bool:
+        self.sent.append((node_id, kind, payload))
+        return True
+
+    def ban(self, node_id: str, reason: str, seconds: float = 60) -> None:
+        self.banned[node_id] = reason
+
+    def take(self, kind: int) -> list[tuple[str, bytes]]:
+        """What was sent of ``kind`` since the last take, as (peer, payload)."""
+        taken = [(node_id, payload) for node_id, k, payload in self.sent if k == kind]
+        self.sent = [entry for entry in self.sent if entry[1] != kind]
+        return taken
+
+
+def peer(node_type: str = "full") -> PeerInfo:
+    return PeerInfo.of(crypto.KeyPair.generate().public_key, node_type, "eu", "", True)
+
+
+@pytest.fixture
+def attached(light):
+    """A light node with three full peers and a light one, on a fake network."""
+    node = light()
+    node.net = FakeNet([peer(), peer(), peer(), peer("light")])
+    return node
+
+
+def due(node: LightNode, nonce: int = 7, **changes) -> HeartbeatView:
+    """A view of ``node``'s record that calls for its heartbeat of the current epoch."""
+    view = HeartbeatView(True, None, nonce, 0, node.epoch_now())
+    return replace(view, **changes)
+
+
+def answer(node: LightNode, by: PeerInfo, view: HeartbeatView, about: bytes | None = None):
+    payload = (about or node.key.public_key) + view.encode()
+    asyncio.run(node._on_message(by, KIND_NODE, payload))
+
+
+def ask(node: LightNode) -> list[PeerInfo]:
+    """Run one round's question; the peers asked (about this node)."""
+    asyncio.run(node._ask_for_heartbeat())
+    questions = node.net.take(KIND_GET_NODE)
+    assert all(payload == node.key.public_key for _, payload in questions)
+    ids = [node_id for node_id, _ in questions]
+    return [p for p in node.net.connected if p.node_id in ids]
+
+
+def heartbeats(node: LightNode) -> list[tuple[str, tx.Transaction]]:
+    return [
+        (node_id, tx.decode(raw))
+        for node_id, payload in node.net.take(KIND_TXS)
+        for raw in tx.split_batch(payload)
+    ]
+
+
+def test_asks_two_distinct_upstreams_and_heartbeats_when_they_agree(attached):
+    node = attached
+    asked = ask(node)
+    assert len(asked) == 2 and all(p.node_type == "full" for p in asked)
+    answer(node, asked[0], due(node))
+    assert heartbeats(node) == []  # one answer is not enough
+    answer(node, asked[1], due(node))
+    sent = heartbeats(node)
+    assert sorted(node_id for node_id, _ in sent) == sorted(p.node_id for p in asked)
+    assert {(t.nonce, t.epoch, t.sender) for _, t in sent} == {
+        (7, node.epoch_now(), crypto.address_bytes(node.key.public_key))
+    }
+    assert node.net.banned == {}
+
+
+@pytest.mark.parametrize(
+    "lie",
+    [
+        lambda n: due(n, nonce=99),  # a nonce that wastes the heartbeat
+        lambda n: due(n, last_epoch=n.epoch_now()),  # "it is on chain already"
+        lambda n: due(n, pending=1),  # "one is pending"
+        lambda n: due(n, epoch=n.epoch_now() + 1),  # a heartbeat to hold and replay later
+    ],
+)
+def test_a_lying_upstream_delays_the_heartbeat_but_cannot_steer_it(attached, lie):
+    """Rounds with the liar in them send nothing; a round of two honest peers sends the
+    heartbeat they agree on (with three upstreams, a third of the rounds at random)."""
+    node = attached
+    liar = node.net.connected[0]
+    rounds = []
+    while not rounds or liar in rounds[-1]:
+        assert len(rounds) < 60, "never asked two honest peers"
+        rounds.append(ask(node))
+        assert len(rounds[-1]) == 2 and all(p.node_type == "full" for p in rounds[-1])
+        for p in rounds[-1]:
+            answer(node, p, lie(node) if p == liar else due(node))
+        if liar in rounds[-1]:
+            assert heartbeats(node) == [] and node._heartbeat_on_chain is None
+    sent = heartbeats(node)
+    assert sorted(node_id for node_id, _ in sent) == sorted(p.node_id for p in rounds[-1])
+    assert {(t.nonce, t.epoch) for _, t in sent} == {(7, node.epoch_now())}
+    assert node.net.banned == {}
+
+
+def test_a_view_of_another_epoch_is_not_taken_even_from_the_only_upstream(light):
+    node = light()
+    only = peer()
+    node.net = FakeNet([only, peer("light")])
+    assert ask(node) == [only]
+    answer(node, only, due(node, epoch=node.epoch_now() + 1))
+    assert heartbeats(node) == []
+    assert ask(node) == [only]
+    answer(node, only, due(node))  # a single upstream's view is taken alone
+    assert [(node_id, t.nonce) for node_id, t in heartbeats(node)] == [(only.node_id, 7)]
+
+
+def test_a_view_nobody_asked_for_gets_its_sender_banned(attached):
+    node = attached
+    stranger = node.net.connected[0]
+    answer(node, stranger, due(node))  # before any question
+    assert "not asked" in node.net.banned.pop(stranger.node_id)
+    asked = ask(node)
+    unasked = next(p for p in node.net.connected if p not in asked)
+    answer(node, unasked, due(node))
+    assert "not asked" in node.net.banned.pop(unasked.node_id)
+    answer(node, asked[0], due(node))
+    answer(node, asked[0], due(node))  # a second answer to one question
+    assert "not asked" in node.net.banned.pop(asked[0].node_id)
+    answer(node, asked[1], due(node), about=crypto.KeyPair.generate().public_key)
+    assert "another node" in node.net.banned.pop(asked[1].node_id)
+    assert heartbeats(node) == [] and node.net.banned == {}
+
+
+def test_a_late_answer_is_dropped_without_a_ban_and_the_round_is_asked_again(attached):
+    node = attached
+    asked = ask(node)
+    answer(node, asked[0], due(node))
+    node._view_round.deadline = 0  # the round's time is over: the next round may start
+    answer(node, asked[1], due(node))
+    assert heartbeats(node) == [] and node.net.banned == {}
+    again = ask(node)
+    assert len(again) == 2
+    for p in again:
+        answer(node, p, due(node))
+    assert len(heartbeats(node)) == 2 and node.net.banned == {}

@@ -20,6 +20,7 @@ import pytest
 from qnet import gate, ops
 
 LAYOUT = ops.NodeLayout("/opt/qnet", "/var/lib/qnet", 7370, "qnet")
+GENESIS_HASH = "9e" * 32  # of the chain the simulated host runs
 HOST = ops.Host(
     name="qt-1",
     address="10.0.0.1",
@@ -75,7 +76,8 @@ class NodeHost:
             if self.service != "active":
                 return 1, b"", b"cannot reach the node: connection refused"
             answer = {"height": self.height, "sync_lag_blocks": 0, "peers": 3, "version": "0.1.0",
-                      "node_id": "ab" * 16, "block_hash": "cd" * 32}  # fmt: skip
+                      "node_id": "ab" * 16, "block_hash": "cd" * 32,
+                      "genesis_hash": GENESIS_HASH}  # fmt: skip
             return 0, json.dumps(answer).encode(), b""
         inner = argv[4:]  # runuser -u qnet -- ...
         if inner[0] == "mkdir":
@@ -177,9 +179,11 @@ class Connection:
         return Result(*self.host.execute(command))
 
 
-def snapshot_file(path: Path, height: int) -> Path:
+def snapshot_file(path: Path, height: int, genesis_hash: str = GENESIS_HASH) -> Path:
+    manifest = {"chain_id": "qnet-test", "genesis_hash": genesis_hash, "height": height,
+                "block_hash": "cd" * 32, "state_digest": "ef" * 32}  # fmt: skip
     with tarfile.open(path, "w:gz") as tar:
-        for name, data in (("MANIFEST.json", json.dumps({"height": height}).encode()),
+        for name, data in (("MANIFEST.json", json.dumps(manifest).encode()),
                            ("chain.db", os.urandom(2 * ops.CHUNK))):  # fmt: skip
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -246,6 +250,17 @@ def test_a_failed_restore_leaves_the_node_stopped_and_says_so(host, tmp_path):
     with pytest.raises(ops.OpsError, match=r"unchanged.*left stopped"):
         ops.resync(Connection(host), HOST, archive, timeout=5)
     assert host.service == "inactive" and host.files == {}
+
+
+def test_resync_leaves_a_running_node_of_another_chain_alone(host, tmp_path):
+    archive = snapshot_file(tmp_path / "snap.tar.gz", 77, genesis_hash="01" * 32)
+    with pytest.raises(ops.OpsError, match=f"nothing changed.*{'01' * 32}.*{GENESIS_HASH}"):
+        ops.resync(Connection(host), HOST, archive, timeout=5)
+    assert host.service == "active" and host.files == {} and host.restored == []
+    assert not any(c.startswith("systemctl stop") for c in host.sent)
+    host.service = "failed"  # not running: nothing to ask; the restore on the host decides
+    ops.resync(Connection(host), HOST, archive, timeout=5)
+    assert host.restored == [archive.read_bytes()]
 
 
 def test_resync_refuses_what_is_no_snapshot_before_touching_the_host(host, tmp_path):
