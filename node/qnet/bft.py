@@ -352,10 +352,10 @@ class PeerStats:
     A peer's height rises above ours only with a commit certificate that verifies: a claim
     at or below our own height cannot make us sync, so it is taken as said."""
 
-    def __init__(self, net: PeerNetwork, metrics, chain_id: str, validators):
+    def __init__(self, net: PeerNetwork, metrics, network: crypto.Network, validators):
         self.net = net
         self.metrics = metrics
-        self.chain_id = chain_id
+        self.network = network
         self.validators = validators
         self.heights: dict[str, int] = {}
         self._certified: OrderedDict[bytes, int] = OrderedDict()  # digest -> its height
@@ -393,7 +393,7 @@ class PeerStats:
                     raise BlockError(
                         f"STATUS of height {height} carries the certificate of height {cert.height}"
                     )
-                cert.verify(self.chain_id, self.validators)
+                cert.verify(self.network, self.validators)
                 self._certified[key] = height
                 while len(self._certified) > STATUS_CERTS_KEPT:
                     self._certified.popitem(last=False)
@@ -469,7 +469,7 @@ class BftConsensus:
         # Links this driver banned whose connection has not ended yet: what they still had
         # in flight is dropped unread.
         self._cut: set[str] = set()
-        self.stats = PeerStats(self.net, self.metrics, node.chain_id, self.validators.powers)
+        self.stats = PeerStats(self.net, self.metrics, node.network, self.validators.powers)
         self._peer_heights = self.stats.heights
         self._head_certificate = b""  # of the committed head, for STATUS
         # Sync: requests by peer (one live at a time; expired ones wait for a late answer),
@@ -536,7 +536,7 @@ class BftConsensus:
     def _make_core(self) -> tendermint.Core:
         config = self.config
         return tendermint.Core(
-            chain_id=self.node.chain_id,
+            network=self.node.network,
             validators=self.validators,
             me=self.node.key.public_key,
             sign=self.node.key.sign,

@@ -62,6 +62,7 @@ class LightNode:
         self.genesis = genesis
         self.key = key
         self.chain_id = genesis.chain_id
+        self.network = genesis.network  # what certificates and its heartbeats are bound to
         self.rules = ledger.Rules.from_genesis(genesis)
         self.powers = {v.public_key: v.power for v in genesis.validators}
         self.region = config.region
@@ -99,7 +100,7 @@ class LightNode:
                 "region": config.region,
             }
         )
-        self.stats = PeerStats(self.net, self.metrics, self.chain_id, self.powers)
+        self.stats = PeerStats(self.net, self.metrics, self.network, self.powers)
         self._load_head()
 
     # ---- the head ------------------------------------------------------------------------
@@ -145,7 +146,7 @@ class LightNode:
         if cert.block_hash != header.hash or cert.height != header.height:
             raise InvalidBlock(f"header {header.height}: certificate is for another block")
         try:
-            cert.verify(self.chain_id, self.powers)
+            cert.verify(self.network, self.powers)
         except BlockError as exc:
             raise InvalidBlock(f"header {header.height}: {exc}") from None
 
@@ -282,7 +283,7 @@ class LightNode:
         sent = self._heartbeat_sent
         if sent is not None and sent[0] == epoch and time.monotonic() - sent[1] < HEARTBEAT_RETRY_S:
             return
-        heartbeat = make_heartbeat(self.key, self.chain_id, view.nonce, epoch)
+        heartbeat = make_heartbeat(self.key, self.network, view.nonce, epoch)
         self._heartbeat_sent = (epoch, time.monotonic())
         await self.net.send(peer.node_id, KIND_TXS, encode_batch([heartbeat]))
         log.info("heartbeat for epoch %d sent through %s", epoch, peer.node_id)
