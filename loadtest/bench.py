@@ -1,9 +1,10 @@
 """Committed-throughput benchmark of one node or a network of validators (``make bench``).
 
 Per run: fresh node processes (one, or N validators meshed on loopback) with a genesis
-funding many senders; transfers are signed before
-the timed window; they are sent through the batch endpoint at a requested rate; committed
-TPS is read from the chain (block contents over block times) over the measured window.
+funding many senders, the same genesis in every run (same validator keys), so the transfers
+signed once for its network before the first timed window are valid in each; they are sent
+through the batch endpoint at a requested rate; committed TPS is read from the chain (block
+contents over block times) over the measured window.
 The same run measures one core's PyNaCl verifications per second, the node's ceiling per
 core. Each run is made with the mempool journal on and off (``--journal``), so the cost of
 keeping every accepted transaction across a crash shows beside the figures without it;
@@ -23,9 +24,9 @@ import time
 from pathlib import Path
 
 from qnet import crypto, loadgen
-from qnet.genesis import Params
+from qnet.genesis import Genesis, Params
 from qnet.load.report import machine
-from qnet.localnode import CHAIN_ID, LocalNode, http, local_net
+from qnet.localnode import LocalNode, http, local_genesis, validator_nodes
 
 FEE = 1_000
 FUNDS = 10**15
@@ -126,13 +127,19 @@ def journal_figures(before: dict, after: dict, seconds: float) -> dict:
     }
 
 
-def start_network(args, senders, workdir: Path, journal: bool) -> list[LocalNode]:
+def bench_genesis(args, senders, validators: list[crypto.KeyPair]) -> Genesis:
     funded = {k.address: FUNDS for k in senders}
     params = Params(
         block_interval_ms=args.block_interval_ms, max_block_txs=args.max_block_txs, min_fee=FEE
     )
+    return local_genesis(validators, funded, params)
+
+
+def start_network(
+    args, genesis: Genesis, validators: list[crypto.KeyPair], workdir: Path, journal: bool
+) -> list[LocalNode]:
     config = {"mempool_capacity": args.mempool, "journal": journal}
-    nodes = local_net(workdir, args.validators, funded, params, config)
+    nodes = validator_nodes(workdir, genesis, validators, config)
     for node in nodes:
         node.start()
     deadline = time.monotonic() + 30
@@ -143,8 +150,10 @@ def start_network(args, senders, workdir: Path, journal: bool) -> list[LocalNode
     return nodes
 
 
-async def one_run(args, senders, txs, workdir: Path, journal: bool) -> dict:
-    nodes = start_network(args, senders, workdir, journal)
+async def one_run(
+    args, genesis: Genesis, validators: list[crypto.KeyPair], txs, workdir: Path, journal: bool
+) -> dict:
+    nodes = start_network(args, genesis, validators, workdir, journal)
     node = nodes[0]  # the chain is read, the commit watched and the profile taken here
     profiler = None
     watcher = loadgen.CommitWatcher(node.url)
@@ -288,9 +297,12 @@ def main() -> int:
     ceiling = verify_rate()
     print(f"PyNaCl Ed25519 verifications per second, one core: {ceiling:,.0f}")
     senders = [crypto.KeyPair.generate() for _ in range(args.senders)]
+    validators = [crypto.KeyPair.generate() for _ in range(args.validators)]
+    genesis = bench_genesis(args, senders, validators)
     count = int(args.rate * (args.duration + args.warmup + 1))
     started = time.perf_counter()
-    txs = loadgen.presign(senders, CHAIN_ID, count, FEE, crypto.KeyPair.generate().address)
+    sink = crypto.KeyPair.generate().address
+    txs = loadgen.presign(senders, genesis.network, count, FEE, sink)
     print(
         f"signed {count:,} transfers before the timed window in "
         f"{time.perf_counter() - started:.1f} s"
@@ -300,7 +312,7 @@ def main() -> int:
     for i in range(args.runs):
         for journal in settings:
             with tempfile.TemporaryDirectory(prefix="qnet-bench-") as tmp:
-                run = asyncio.run(one_run(args, senders, txs, Path(tmp), journal))
+                run = asyncio.run(one_run(args, genesis, validators, txs, Path(tmp), journal))
             runs.append(run)
             print_run(i + 1, run)
     by_journal = {}

@@ -60,6 +60,7 @@ from qnet.tendermint import (
 )
 
 CHAIN_ID = "qnet-sim"
+NETWORK = crypto.Network(CHAIN_ID, crypto.digest(b"qnet-sim genesis"))
 REPLAY = "QNET_SIM_SEED={seed} pytest tests/unit/test_consensus_sim.py"
 INVALID_PREFIX = b"\xff"  # values starting with it fail the driver's validity check
 MAX_SYNC_BLOCKS = 8
@@ -255,7 +256,7 @@ class Simulation:
         cfg = self.config
         saved = node.signing_state if cfg.keep_signing_state else None
         node.core = cfg.core(
-            chain_id=CHAIN_ID,
+            network=NETWORK,
             validators=self.validator_set,
             me=node.key.public_key,
             sign=node.key.sign,
@@ -408,7 +409,7 @@ class Simulation:
     ) -> None:
         if certificate.height != height or certificate.block_hash != value_id(value):
             raise BlockError("the certificate is for another value")
-        certificate.verify(CHAIN_ID, self.validator_set.powers)
+        certificate.verify(NETWORK, self.validator_set.powers)
 
     def _check_evidence(self, node: SimValidator, first: Message, second: Message) -> None:
         offender = self.index_of[sender(first)]
@@ -596,7 +597,7 @@ class Simulation:
         """Another value, sometimes invalid, sometimes citing a polka that never was."""
         value = (INVALID_PREFIX if self.rng.random() < 0.25 else b"v") + self.rng.randbytes(15)
         valid_round = self.rng.randint(-1, m.round - 1)
-        signed = proposal_signing_bytes(m.chain_id, m.height, m.round, valid_round, value_id(value))
+        signed = proposal_signing_bytes(NETWORK, m.height, m.round, valid_round, value_id(value))
         twin = replace(m, value=value, valid_round=valid_round, signature=node.key.sign(signed))
         self._remember_value(m)
         self._remember_value(twin)
@@ -615,7 +616,7 @@ class Simulation:
     def _signed_vote(
         self, node: SimValidator, kind: VoteKind, height: int, round_: int, target: bytes | None
     ) -> Vote:
-        signed = vote_signing_bytes(kind, CHAIN_ID, height, round_, target)
+        signed = vote_signing_bytes(kind, NETWORK, height, round_, target)
         return Vote(
             kind, CHAIN_ID, height, round_, target, node.key.public_key, node.key.sign(signed)
         )

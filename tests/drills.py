@@ -289,9 +289,7 @@ def upgrade_soak(net: Testnet, rounds: int) -> dict:
     first = status(watcher)["height"]
     per_round = []
     # 10 transactions a second per sender, for the rounds and some to spare.
-    with Load(
-        [api(v) for v in net.validators], net.senders, net.chain_id, 80 * rounds * 10
-    ) as load:
+    with Load([api(v) for v in net.validators], net.senders, net.network, 80 * rounds * 10) as load:
         wait_for(lambda: len(load.accepted) > 200, 30, "the load to be under way")
         for i in range(rounds):
             target = good if i % 2 == 0 else base

@@ -184,7 +184,8 @@ def deploy(home: Path, name: str = NAME, subnet: str = SUBNET) -> Testnet:
         rollout = net.runs["rollout"]
         assert rollout.returncode == 0, rollout.output[-6000:]
         print(f"\nshared testnet: testnet.yml took {time.monotonic() - started:.1f} s")
-        net.chain_id = status(net.validators[0])["chain_id"]
+        served = status(net.validators[0])  # what the load signs for
+        net.network = crypto.Network(served["chain_id"], bytes.fromhex(served["genesis_hash"]))
     except BaseException:
         close(net)
         raise
@@ -280,12 +281,16 @@ class Load:
     TICK_S = 0.1  # each sender sends one transaction per tick: 160 tx/s from 16 senders
 
     def __init__(
-        self, urls: list[str], senders: list[crypto.KeyPair], chain_id: str, each: int = 3_000
+        self,
+        urls: list[str],
+        senders: list[crypto.KeyPair],
+        network: crypto.Network,
+        each: int = 3_000,
     ):
         sink = crypto.KeyPair.generate().address
         self.urls = urls
         self.queues: dict[bytes, list[Transaction]] = {
-            s.address: loadgen.presign([s], chain_id, each, 1_000, sink) for s in senders
+            s.address: loadgen.presign([s], network, each, 1_000, sink) for s in senders
         }
         self.next = dict.fromkeys(self.queues, 0)
         self.groups = [[s.address for s in senders[i :: len(urls)]] for i in range(len(urls))]

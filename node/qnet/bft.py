@@ -214,7 +214,7 @@ class BftConsensus:
         # Links this driver banned whose connection has not ended yet: what they still had
         # in flight is dropped unread.
         self._cut: set[str] = set()
-        self.stats = PeerStats(self.net, self.metrics, node.chain_id, self.validators.powers)
+        self.stats = PeerStats(self.net, self.metrics, node.network, self.validators.powers)
         self.gossip = TxGossip(node, self.net, self.validators, self.is_validator, self._ban)
         self.sync = BlockSync(node, self.net, self.stats, self._spawn, self._ban)
         self._peer_heights = self.stats.heights
@@ -275,7 +275,7 @@ class BftConsensus:
     def _make_core(self) -> tendermint.Core:
         config = self.config
         return tendermint.Core(
-            chain_id=self.node.chain_id,
+            network=self.node.network,
             validators=self.validators,
             me=self.node.key.public_key,
             sign=self.node.key.sign,

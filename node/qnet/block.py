@@ -1,14 +1,17 @@
 """Blocks, their headers and commit certificates, each with one encoding.
 
-Every signed message starts with a tag byte and the chain id, so a signature made for one
-purpose (a header, a precommit) can never be replayed as another.
+Every signed message is ``crypto.tagged``: a tag byte, then the network (chain id and
+genesis hash), so a signature made for one purpose (a header, a precommit) can never be
+replayed as another, nor on another network with the same chain id and validator keys. A
+header travels with its chain id but not the genesis hash (``Header.encode``, whose hash is
+the block's id); what its proposer signs is ``Header.signing_message``.
 """
 
 import struct
 from dataclasses import dataclass
 
 from . import crypto
-from .crypto import tagged
+from .crypto import Network, prefixed, tagged
 from .tx import DecodeError, Transaction, decode, encode_batch, split_batch
 
 TAG_HEADER = 0x20
@@ -47,20 +50,23 @@ class Header:
     state_digest: bytes
     proposer: bytes  # public key
 
-    def encode(self) -> bytes:
-        return tagged(
-            TAG_HEADER,
-            self.chain_id,
-            _HEADER.pack(
-                self.height,
-                self.time_ms,
-                self.parent,
-                self.tx_root,
-                self.tx_count,
-                self.state_digest,
-                self.proposer,
-            ),
+    def _fields(self) -> bytes:
+        return _HEADER.pack(
+            self.height,
+            self.time_ms,
+            self.parent,
+            self.tx_root,
+            self.tx_count,
+            self.state_digest,
+            self.proposer,
         )
+
+    def encode(self) -> bytes:
+        return prefixed(TAG_HEADER, self.chain_id, self._fields())
+
+    def signing_message(self, network: Network) -> bytes:
+        """What the proposer signs: the header's fields, tagged with the network."""
+        return tagged(TAG_HEADER, network, self._fields())
 
     @property
     def hash(self) -> bytes:
@@ -92,8 +98,8 @@ class Header:
         }
 
 
-def precommit_message(chain_id: str, height: int, round_: int, block_hash: bytes) -> bytes:
-    return tagged(TAG_PRECOMMIT, chain_id, _VOTE.pack(height, round_, block_hash))
+def precommit_message(network: Network, height: int, round_: int, block_hash: bytes) -> bytes:
+    return tagged(TAG_PRECOMMIT, network, _VOTE.pack(height, round_, block_hash))
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +124,10 @@ class CommitCertificate:
         sigs = tuple(_SIG.unpack_from(data, off) for off in range(_VOTE.size, len(data), _SIG.size))
         return cls(height, round_, block_hash, sigs)
 
-    def verify(self, chain_id: str, powers: dict[bytes, int]) -> None:
-        """Raise BlockError unless distinct known validators with > 2/3 power signed."""
-        message = precommit_message(chain_id, self.height, self.round, self.block_hash)
+    def verify(self, network: Network, powers: dict[bytes, int]) -> None:
+        """Raise BlockError unless distinct known validators with > 2/3 power signed, for
+        ``network`` (a certificate of another network never verifies)."""
+        message = precommit_message(network, self.height, self.round, self.block_hash)
         seen: set[bytes] = set()
         signed = 0
         for pk, sig in self.signatures:
@@ -158,10 +165,11 @@ class Block:
     def body(self) -> bytes:
         return encode_batch(list(self.txs))
 
-    def verify_shape(self) -> None:
-        """Checks that need no state: proposer signature, tx count and root."""
+    def verify_shape(self, network: Network) -> None:
+        """Checks that need no state: proposer signature (for ``network``), tx count and
+        root."""
         h = self.header
-        if not crypto.verify(h.proposer, self.signature, h.encode()):
+        if not crypto.verify(h.proposer, self.signature, h.signing_message(network)):
             raise BlockError(f"block {h.height} has a bad proposer signature")
         if h.tx_count != len(self.txs) or h.tx_root != tx_root([t.id for t in self.txs]):
             raise BlockError(f"block {h.height} transactions do not match its header")

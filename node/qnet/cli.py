@@ -1041,20 +1041,19 @@ def activate_node(
     if region not in REGIONS:
         raise CliError(f"give --region: {config.data_dir}/config.toml names no region code")
     client = settings.client()
-    status = client.status()
+    network = client.network()
     known = config.genesis_path.exists() and Genesis.load(config.genesis_path)
-    if known and known.hash.hex() != status["genesis_hash"]:
+    if known and known.network != network:
         raise CliError(f"{settings.node_url} serves another chain than {config.genesis_path}")
     burn = int(client.epoch()["activation_fees"][node_type])
     fee_units = parse_qnc(fee)
     key = settings.keystore.load(owner, wallet_password())
     owner_address = crypto.encode_address(key.address)
     account = spendable(client, owner, owner_address, burn + fee_units, "activation (fee + burn)")
-    chain_id = status["chain_id"]
-    proof = prove_node(node_key, chain_id, key.address)
+    proof = prove_node(node_key, network, key.address)
     tx = make_activate(
         key,
-        chain_id,
+        network,
         account["next_nonce"],
         fee_units,
         node_key.public_key,
@@ -1205,11 +1204,11 @@ def wallet_send(
     to_address, _ = resolve_address(settings.keystore, to)
     key = settings.keystore.load(sender, wallet_password())
     client = settings.client()
-    chain_id = client.status()["chain_id"]
+    network = client.network()
     from_address = crypto.encode_address(key.address)
     account = spendable(client, sender, from_address, units + fee_units, "transfer (amount + fee)")
     tx = make_transfer(
-        key, chain_id, account["next_nonce"], fee_units, crypto.decode_address(to_address), units
+        key, network, account["next_nonce"], fee_units, crypto.decode_address(to_address), units
     )
     result = submit_and_wait(client, tx, not no_wait, timeout)
     result.update(
@@ -1389,9 +1388,9 @@ def rewards_claim(
     if info["owner"] != owner_address:
         raise CliError(f"node {node_id} is owned by {info['owner']}, not {owner}")
     account = spendable(client, owner, owner_address, fee_units, "claim's fee")
-    chain_id = client.status()["chain_id"]
+    network = client.network()
     node_key = crypto.decode_node_id(node_id)
-    tx = make_claim(key, chain_id, account["next_nonce"], fee_units, node_key)
+    tx = make_claim(key, network, account["next_nonce"], fee_units, node_key)
     result = submit_and_wait(client, tx, not no_wait, timeout)
     result.update({"node_id": node_id, "owner": owner_address, "fee": str(fee_units)})
     rows = [*tx_rows(result), ("node id", node_id), ("owner", owner_address)]

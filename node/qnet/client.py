@@ -12,6 +12,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from . import crypto
 from .tx import Transaction
 
 DEFAULT_URL = "http://127.0.0.1:7370"
@@ -110,6 +111,17 @@ class Client:
 
     def status(self) -> dict:
         return self.request("GET", "/api/v1/status")
+
+    def network(self) -> crypto.Network:
+        """The node's network (chain id and genesis hash, from its status): what a
+        transaction for it must be signed for."""
+        status = self.status()
+        try:
+            return crypto.Network(status["chain_id"], bytes.fromhex(status["genesis_hash"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ApiError(
+                "bad_response", f"{self.base_url} names no valid chain id and genesis hash ({exc})"
+            ) from None
 
     def account(self, address: str) -> dict:
         return self.request("GET", f"/api/v1/accounts/{address}")

@@ -1,11 +1,20 @@
-"""Keys, hashes and human-readable identifiers.
+"""Keys, hashes, human-readable identifiers and the network every signature is bound to.
 
 Wallet addresses are bech32 strings with prefix ``qnc`` over the first 20 bytes of the
 BLAKE2b hash of the Ed25519 public key. Node ids are bech32 strings with prefix ``qnode``
 over the whole public key, so a node id is enough to check a node's signature.
+
+Every signed message is ``tagged``: a tag byte that says what it is, then the ``Network``
+(chain id and genesis hash), then the payload. The chain id alone does not tell networks
+apart: a testnet reset, or a second network made from the same inventory, has the same chain
+id and the same keys, and would take the old network's transactions and certificates. The
+genesis hash differs (another genesis time or other funds), so nothing signed for one
+network verifies on the other. The genesis hash never travels with what is signed: the
+verifier supplies the one of its own network.
 """
 
 import hashlib
+from dataclasses import dataclass
 
 import bech32
 import nacl.bindings
@@ -17,6 +26,7 @@ NODE_HRP = "qnode"
 ADDRESS_LEN = 20
 PUBKEY_LEN = 32
 SIGNATURE_LEN = 64
+HASH_LEN = 32
 
 
 class EncodingError(ValueError):
@@ -24,14 +34,38 @@ class EncodingError(ValueError):
 
 
 def digest(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=32).digest()
+    return hashlib.blake2b(data, digest_size=HASH_LEN).digest()
 
 
-def tagged(tag: int, chain_id: str, payload: bytes) -> bytes:
-    """A message to sign: tag byte, chain id, payload. Tags are 0x20 and up, so no tagged
-    message is ever a transaction body (those start with the version byte, 1)."""
+@dataclass(frozen=True, slots=True)
+class Network:
+    """Which network a signature is for: its chain id and the hash of its genesis
+    (``Genesis.network``; a client learns both from a node's ``/api/v1/status``)."""
+
+    chain_id: str
+    genesis_hash: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.chain_id, str) or not 1 <= len(self.chain_id.encode()) <= 255:
+            raise EncodingError("a chain id is 1..255 bytes of text")
+        if not isinstance(self.genesis_hash, bytes) or len(self.genesis_hash) != HASH_LEN:
+            raise EncodingError(f"a genesis hash is {HASH_LEN} bytes")
+
+    def __str__(self) -> str:
+        return f"chain {self.chain_id!r} (genesis {self.genesis_hash.hex()[:16]})"
+
+
+def prefixed(tag: int, chain_id: str, payload: bytes) -> bytes:
+    """Tag byte, chain id, payload: how a block header or a consensus message travels (the
+    genesis hash is left out there; ``tagged`` adds it to what is signed)."""
     cid = chain_id.encode()
     return bytes((tag, len(cid))) + cid + payload
+
+
+def tagged(tag: int, network: Network, payload: bytes) -> bytes:
+    """A message to sign: tag byte, chain id, genesis hash(32), payload. Each tag is one
+    kind of message, so a signature made for one purpose is never valid for another."""
+    return prefixed(tag, network.chain_id, network.genesis_hash + payload)
 
 
 def address_bytes(public_key: bytes) -> bytes:

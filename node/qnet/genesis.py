@@ -88,6 +88,11 @@ class Genesis:
         return crypto.digest(canonical.encode())
 
     @property
+    def network(self) -> crypto.Network:
+        """What every signature on this chain is bound to (see ``crypto.tagged``)."""
+        return crypto.Network(self.chain_id, self.hash)
+
+    @property
     def total_supply(self) -> int:
         return sum(self.balances.values())
 

@@ -82,15 +82,20 @@ class Supply:
 
 @dataclass(frozen=True)
 class Rules:
-    """What a block is checked against besides the state: constants fixed at genesis."""
+    """What a block is checked against besides the state: constants fixed at genesis. The
+    network is what its signatures must have been made for."""
 
-    chain_id: str
+    network: crypto.Network
     params: Params = field(default_factory=Params)
     epoch_origin_ms: int = 0
 
     @classmethod
     def from_genesis(cls, genesis: Genesis) -> "Rules":
-        return cls(genesis.chain_id, genesis.params, genesis.genesis_time_ms)
+        return cls(genesis.network, genesis.params, genesis.genesis_time_ms)
+
+    @property
+    def chain_id(self) -> str:
+        return self.network.chain_id
 
     def epoch_of(self, time_ms: int) -> int:
         return max(0, time_ms - self.epoch_origin_ms) // self.params.epoch_ms

@@ -99,6 +99,7 @@ class LightNode:
         self.genesis = genesis
         self.key = key
         self.chain_id = genesis.chain_id
+        self.network = genesis.network  # what certificates and its heartbeats are bound to
         self.rules = ledger.Rules.from_genesis(genesis)
         self.powers = {v.public_key: v.power for v in genesis.validators}
         self.region = config.region
@@ -140,7 +141,7 @@ class LightNode:
                 "region": config.region,
             }
         )
-        self.stats = PeerStats(self.net, self.metrics, self.chain_id, self.powers)
+        self.stats = PeerStats(self.net, self.metrics, self.network, self.powers)
         self._load_head()
 
     # ---- the head ------------------------------------------------------------------------
@@ -186,7 +187,7 @@ class LightNode:
         if cert.block_hash != header.hash or cert.height != header.height:
             raise InvalidBlock(f"header {header.height}: certificate is for another block")
         try:
-            cert.verify(self.chain_id, self.powers)
+            cert.verify(self.network, self.powers)
         except BlockError as exc:
             raise InvalidBlock(f"header {header.height}: {exc}") from None
 
@@ -378,7 +379,7 @@ class LightNode:
         sent = self._heartbeat_sent
         if sent is not None and sent[0] == epoch and time.monotonic() - sent[1] < HEARTBEAT_RETRY_S:
             return
-        heartbeat = make_heartbeat(self.key, self.chain_id, nonce, epoch)
+        heartbeat = make_heartbeat(self.key, self.network, nonce, epoch)
         self._heartbeat_sent = (epoch, time.monotonic())
         frame = Txs.of([heartbeat]).encode()
         for node_id in answered.answers:

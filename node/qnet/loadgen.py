@@ -18,17 +18,17 @@ from .tx import Transaction, encode_batch, make_transfer
 
 def presign(
     senders: list[crypto.KeyPair],
-    chain_id: str,
+    network: crypto.Network,
     count: int,
     fee: int,
     recipient: bytes,
     amount: int = 1,
 ) -> list[Transaction]:
-    """``count`` transfers round-robin over ``senders``, nonces from 0 in order."""
+    """``count`` transfers for ``network`` round-robin over ``senders``, nonces from 0 in
+    order."""
     n = len(senders)
     return [
-        make_transfer(senders[i % n], chain_id, i // n, fee, recipient, amount)
-        for i in range(count)
+        make_transfer(senders[i % n], network, i // n, fee, recipient, amount) for i in range(count)
     ]
 
 

@@ -219,13 +219,38 @@ def local_net(
 ) -> list[LocalNode]:
     """``validators`` validators in regions taken in turn, each peered with all the others."""
     keys = [crypto.KeyPair.generate() for _ in range(validators)]
+    genesis = local_genesis(keys, funded, params)
+    return validator_nodes(base_dir, genesis, keys, config, hosts, netns)
+
+
+def local_genesis(
+    keys: list[crypto.KeyPair],
+    funded: dict[bytes, int],
+    params: Params | None = None,
+    genesis_time_ms: int = 0,
+) -> Genesis:
+    """The genesis of a local network of validators ``keys``, in regions taken in turn. The
+    same arguments give the same genesis, and so the same network (``Genesis.network``):
+    what is signed for one run of it is valid on the next."""
     balances = {crypto.encode_address(a): units for a, units in funded.items()}
-    genesis = make_genesis(
+    return make_genesis(
         CHAIN_ID,
         [(k.node_id, REGIONS[i % len(REGIONS)]) for i, k in enumerate(keys)],
         balances,
         params,
+        genesis_time_ms,
     )
+
+
+def validator_nodes(
+    base_dir: Path,
+    genesis: Genesis,
+    keys: list[crypto.KeyPair],
+    config: dict | None = None,
+    hosts: list[str] | None = None,
+    netns: list[str] | None = None,
+) -> list[LocalNode]:
+    """The validators ``keys`` of ``genesis``, each peered with all the others."""
     nodes = [
         LocalNode(
             Path(base_dir) / f"v{i + 1}",

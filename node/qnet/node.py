@@ -71,6 +71,7 @@ class Node:
         self.chain_id = genesis.chain_id
         self.params = genesis.params
         self.rules = ledger.Rules.from_genesis(genesis)
+        self.network = self.rules.network  # what this node signs for and verifies against
         self.metrics = Metrics(config.data_dir)
         self.storage = Storage(config.db_path)
         self.storage.initialise(self.chain_id, genesis.hash, ledger.genesis_state(genesis))
@@ -207,7 +208,10 @@ class Node:
         chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
         loop = asyncio.get_running_loop()
         results = await asyncio.gather(
-            *(loop.run_in_executor(self._verify_pool, _verify_chunk, c) for c in chunks)
+            *(
+                loop.run_in_executor(self._verify_pool, _verify_chunk, self.network, c)
+                for c in chunks
+            )
         )
         self.metrics.verify_seconds.observe(time.perf_counter() - started)
         failed = set()
@@ -288,7 +292,7 @@ class Node:
         for (i, tx), ok in zip(to_verify, verified, strict=True):
             try:
                 if not ok:
-                    raise Rejected("bad_signature", _bad_signature_message(tx))
+                    raise Rejected("bad_signature", _bad_signature_message(tx, self.network))
                 for gone in self.mempool.admit(tx, self.state.account(tx.sender), now):
                     self.refuse(gone.tx, _displaced(gone.tx, tx))
             except Rejected as exc:
@@ -384,7 +388,7 @@ class Node:
             state_digest=diff.digest,
             proposer=self.key.public_key,
         )
-        block = Block(header, self.key.sign(header.encode()), tuple(included))
+        block = Block(header, self.key.sign(header.signing_message(self.network)), tuple(included))
         self.metrics.build_seconds.observe(time.perf_counter() - started)
         return block, diff
 
@@ -402,12 +406,12 @@ class Node:
 
     async def apply_certified(self, block: Block, cert: CommitCertificate) -> None:
         """Sync: verify a committed block's certificate and contents, then commit it."""
-        check_certificate(block, cert, self.chain_id, self.validator_powers)
+        check_certificate(block, cert, self.network, self.validator_powers)
         diff = await self.validate_block(block)
         await self.commit(block, cert, diff)
 
     def sign_precommit(self, height: int, round_: int, block_hash: bytes) -> bytes:
-        return self.key.sign(precommit_message(self.chain_id, height, round_, block_hash))
+        return self.key.sign(precommit_message(self.network, height, round_, block_hash))
 
     async def commit(self, block: Block, cert: CommitCertificate, diff: ledger.Diff) -> None:
         """Make the block durable, then merge its state and acknowledge its transactions."""
@@ -498,7 +502,7 @@ class Node:
         epoch = view.due()
         if epoch is None:
             return None
-        return make_heartbeat(self.key, self.chain_id, view.nonce, epoch)
+        return make_heartbeat(self.key, self.network, view.nonce, epoch)
 
     # ---- queries -----------------------------------------------------------------------
     def tx_status(self, tx_id: bytes) -> dict | None:
@@ -653,10 +657,18 @@ def status_document(node, head: tuple[int, bytes, int, bytes], mempool: int, net
     }
 
 
-def _bad_signature_message(tx: Transaction) -> str:
+def _bad_signature_message(tx: Transaction, network: crypto.Network) -> str:
+    """Signatures are bound to the genesis hash, which a transaction does not carry: one
+    signed for another network of the same chain id (a testnet before its reset) fails
+    here, and the message says so."""
     if tx.kind == KIND_ACTIVATE:
-        return "the owner's signature or the node key's proof does not verify"
-    return "signature does not verify for the transaction's public key"
+        what = "the owner's signature or the node key's proof does not verify"
+    else:
+        what = "signature does not verify for the transaction's public key"
+    return (
+        f"{what} on {network}: it may be signed for another network with this chain id, "
+        "such as this chain before a reset"
+    )
 
 
 def _displaced(gone: Transaction, by: Transaction) -> Rejected:
@@ -666,8 +678,8 @@ def _displaced(gone: Transaction, by: Transaction) -> Rejected:
     return Rejected("mempool_full", "evicted by a higher-fee transaction")
 
 
-def _verify_chunk(txs: list[Transaction]) -> list[bool]:
-    return [t.verify_signature() for t in txs]
+def _verify_chunk(network: crypto.Network, txs: list[Transaction]) -> list[bool]:
+    return [t.verify_signature(network) for t in txs]
 
 
 class InvalidBlock(ValueError):
@@ -675,12 +687,12 @@ class InvalidBlock(ValueError):
 
 
 def check_certificate(
-    block: Block, cert: CommitCertificate, chain_id: str, powers: dict[bytes, int]
+    block: Block, cert: CommitCertificate, network: crypto.Network, powers: dict[bytes, int]
 ) -> None:
     if cert.block_hash != block.hash or cert.height != block.header.height:
         raise InvalidBlock(f"block {block.header.height}: certificate is for another block")
     try:
-        cert.verify(chain_id, powers)
+        cert.verify(network, powers)
     except BlockError as exc:
         raise InvalidBlock(f"block {block.header.height}: {exc}") from None
 
@@ -697,7 +709,7 @@ def check_block(
     node); the others are checked here.
     """
     check_header(state, block, rules)
-    if not all(t.verify_signature() for t in block.txs if t.id not in verified):
+    if not all(t.verify_signature(rules.network) for t in block.txs if t.id not in verified):
         raise InvalidBlock(f"block {block.header.height} holds a badly signed transaction")
     return check_contents(state, block, rules)
 
@@ -721,7 +733,7 @@ def check_header(state: ledger.State, block: Block, rules: ledger.Rules) -> None
             f"beyond the limits of {limits.max_txs} transactions and {limits.max_bytes} bytes"
         )
     try:
-        block.verify_shape()
+        block.verify_shape(rules.network)
     except BlockError as exc:
         raise InvalidBlock(str(exc)) from None
 
@@ -747,7 +759,7 @@ def replay(storage: Storage, genesis: Genesis) -> ledger.State:
     powers = {v.public_key: v.power for v in genesis.validators}
     for block, cert in storage.iter_blocks():
         try:
-            check_certificate(block, cert, genesis.chain_id, powers)
+            check_certificate(block, cert, rules.network, powers)
             diff = check_block(state, block, rules)
         except InvalidBlock as exc:
             raise StateDivergence(f"stored chain does not replay: {exc}") from None

@@ -72,10 +72,10 @@ class PeerStats:
     A peer's height rises above ours only with a commit certificate that verifies: a claim
     at or below our own height cannot make us sync, so it is taken as said."""
 
-    def __init__(self, net: PeerNetwork, metrics, chain_id: str, validators):
+    def __init__(self, net: PeerNetwork, metrics, network: crypto.Network, validators):
         self.net = net
         self.metrics = metrics
-        self.chain_id = chain_id
+        self.network = network
         self.validators = validators
         self.heights: dict[str, int] = {}
         self._certified: OrderedDict[bytes, int] = OrderedDict()  # digest -> its height
@@ -110,7 +110,7 @@ class PeerStats:
                     raise BlockError(
                         f"STATUS of height {height} carries the certificate of height {cert.height}"
                     )
-                cert.verify(self.chain_id, self.validators)
+                cert.verify(self.network, self.validators)
                 self._certified[key] = height
                 while len(self._certified) > STATUS_CERTS_KEPT:
                     self._certified.popitem(last=False)

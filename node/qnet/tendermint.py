@@ -74,7 +74,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
-from .block import TAG_PRECOMMIT, CommitCertificate, precommit_message, tagged
+from .block import TAG_PRECOMMIT, CommitCertificate, precommit_message
+from .crypto import Network, prefixed, tagged
 
 TAG_PREVOTE = 0x21
 TAG_PROPOSAL = 0x23
@@ -124,8 +125,8 @@ def _check_common(chain_id: str, height: int, round_: int, signer: bytes, signat
         raise MessageError("signer key must be 32 bytes and signature 64 bytes")
 
 
-def _split_tagged(data: bytes) -> tuple[int, str, int]:
-    """(tag, chain id, offset of the payload) of a tagged message."""
+def _split_prefixed(data: bytes) -> tuple[int, str, int]:
+    """(tag, chain id, offset of the payload) of a message as it travels (``prefixed``)."""
     if len(data) < 2:
         raise MessageError("message is too short")
     end = 2 + data[1]
@@ -140,9 +141,10 @@ def _split_tagged(data: bytes) -> tuple[int, str, int]:
 class Proposal:
     """⟨PROPOSAL, h, r, v, vr⟩ signed by proposer(h, r).
 
-    The signature covers the value's id, not the value: ``signing_bytes(value_id(value))``.
-    Wire encoding: tag 0x23, chain id, height u64, round u32, valid_round i32, proposer(32),
-    signature(64), then the value to the end.
+    The signature covers the value's id, not the value: ``signing_bytes(network,
+    value_id(value))``, tagged with the network (``crypto.tagged``). Wire encoding: tag 0x23,
+    chain id, height u64, round u32, valid_round i32, proposer(32), signature(64), then the
+    value to the end.
     """
 
     chain_id: str
@@ -158,13 +160,11 @@ class Proposal:
         if not -1 <= self.valid_round < self.round:
             raise MessageError("valid round must be -1 or below the proposal's round")
 
-    def signing_bytes(self, value_id: bytes) -> bytes:
-        return proposal_signing_bytes(
-            self.chain_id, self.height, self.round, self.valid_round, value_id
-        )
+    def signing_bytes(self, network: Network, value_id: bytes) -> bytes:
+        return proposal_signing_bytes(network, self.height, self.round, self.valid_round, value_id)
 
     def encode(self) -> bytes:
-        return tagged(
+        return prefixed(
             TAG_PROPOSAL,
             self.chain_id,
             _PROPOSAL_WIRE.pack(
@@ -175,10 +175,10 @@ class Proposal:
 
 
 def proposal_signing_bytes(
-    chain_id: str, height: int, round_: int, valid_round: int, value_id: bytes
+    network: Network, height: int, round_: int, valid_round: int, value_id: bytes
 ) -> bytes:
     return tagged(
-        TAG_PROPOSAL, chain_id, _PROPOSAL_SIGNED.pack(height, round_, valid_round, value_id)
+        TAG_PROPOSAL, network, _PROPOSAL_SIGNED.pack(height, round_, valid_round, value_id)
     )
 
 
@@ -186,9 +186,11 @@ def proposal_signing_bytes(
 class Vote:
     """⟨PREVOTE, h, r, id(v)⟩ or ⟨PRECOMMIT, h, r, id(v)⟩; value_id None is nil.
 
-    Wire encoding: the signed message, then the validator key(32) and signature(64). A
-    precommit's signed message is ``block.precommit_message``, so the precommits for one
-    value in one round form a ``block.CommitCertificate`` as they are.
+    Wire encoding: tag (the kind), chain id, height u64, round u32, value id(32) (all zero:
+    nil), then the validator key(32) and signature(64). The signed message is the same
+    fields tagged with the network (``crypto.tagged``); a precommit's is
+    ``block.precommit_message``, so the precommits for one value in one round form a
+    ``block.CommitCertificate`` as they are.
     """
 
     kind: VoteKind
@@ -206,20 +208,23 @@ class Vote:
         if self.value_id is not None and (len(self.value_id) != ID_LEN or self.value_id == NIL_ID):
             raise MessageError("a vote's value id is 32 bytes and not all zero")
 
-    def signing_bytes(self) -> bytes:
-        return vote_signing_bytes(self.kind, self.chain_id, self.height, self.round, self.value_id)
+    def signing_bytes(self, network: Network) -> bytes:
+        return vote_signing_bytes(self.kind, network, self.height, self.round, self.value_id)
 
     def encode(self) -> bytes:
-        return self.signing_bytes() + _SIGNER.pack(self.validator, self.signature)
+        fields = _VOTE.pack(self.height, self.round, self.value_id or NIL_ID)
+        return prefixed(self.kind, self.chain_id, fields) + _SIGNER.pack(
+            self.validator, self.signature
+        )
 
 
 def vote_signing_bytes(
-    kind: VoteKind, chain_id: str, height: int, round_: int, value_id: bytes | None
+    kind: VoteKind, network: Network, height: int, round_: int, value_id: bytes | None
 ) -> bytes:
     target = value_id or NIL_ID
     if kind is VoteKind.PRECOMMIT:
-        return precommit_message(chain_id, height, round_, target)
-    return tagged(TAG_PREVOTE, chain_id, _VOTE.pack(height, round_, target))
+        return precommit_message(network, height, round_, target)
+    return tagged(TAG_PREVOTE, network, _VOTE.pack(height, round_, target))
 
 
 Message = Proposal | Vote
@@ -227,7 +232,7 @@ Message = Proposal | Vote
 
 def decode_message(data: bytes) -> Message:
     """Parse the wire encoding of a proposal or vote; raises MessageError."""
-    tag, chain_id, off = _split_tagged(data)
+    tag, chain_id, off = _split_prefixed(data)
     if tag == TAG_PROPOSAL:
         if len(data) < off + _PROPOSAL_WIRE.size:
             raise MessageError("proposal is too short")
@@ -571,7 +576,7 @@ class Core:
     def __init__(
         self,
         *,
-        chain_id: str,
+        network: Network,
         validators: ValidatorSet,
         me: bytes,
         sign: Signer,
@@ -583,7 +588,7 @@ class Core:
     ):
         if me not in validators:
             raise ValueError("the core's key is not a validator")
-        self.chain_id = chain_id
+        self.network = network
         self.validators = validators
         self.me = me
         self.timeouts = timeouts or Timeouts()
@@ -697,7 +702,8 @@ class Core:
         round_log = self._log(proposal.height).rounds.get(proposal.round)
         if round_log is not None and value_id in round_log.proposals:
             return "duplicate", value_id
-        return self._signed_refusal(proposal, proposal.signing_bytes(value_id)), value_id
+        signed = proposal.signing_bytes(self.network, value_id)
+        return self._signed_refusal(proposal, signed), value_id
 
     def _check_vote(self, vote: Vote) -> str | None:
         """Why the vote is ignored, or None."""
@@ -707,13 +713,13 @@ class Core:
         round_log = self._log(vote.height).rounds.get(vote.round)
         if round_log is not None and round_log.tally(vote.kind).find(vote.validator, vote.value_id):
             return "duplicate"  # a retransmission: no need to check its signature again
-        return self._signed_refusal(vote, vote.signing_bytes())
+        return self._signed_refusal(vote, vote.signing_bytes(self.network))
 
     def _refusal(self, message: Message) -> str | None:
         """Why the message is ignored before its signature is checked, or None."""
         if not self._started:
             return "not_started"
-        if message.chain_id != self.chain_id:
+        if message.chain_id != self.network.chain_id:
             return "wrong_chain"
         if sender(message) not in self.validators:
             return "not_validator"
@@ -986,10 +992,16 @@ class Core:
         value_id = self._value_id(value)
         self._validity[value_id] = True
         message = proposal_signing_bytes(
-            self.chain_id, self.height, self.round, valid_round, value_id
+            self.network, self.height, self.round, valid_round, value_id
         )
         proposal = Proposal(
-            self.chain_id, self.height, self.round, valid_round, value, self.me, self._sign(message)
+            self.network.chain_id,
+            self.height,
+            self.round,
+            valid_round,
+            value,
+            self.me,
+            self._sign(message),
         )
         self._send(proposal, Step.PROPOSE)
         self._store_proposal(proposal, value_id)
@@ -997,9 +1009,15 @@ class Core:
     def _vote(self, kind: VoteKind, value_id: bytes | None) -> None:
         if not self._may_sign(kind.step):
             return
-        message = vote_signing_bytes(kind, self.chain_id, self.height, self.round, value_id)
+        message = vote_signing_bytes(kind, self.network, self.height, self.round, value_id)
         vote = Vote(
-            kind, self.chain_id, self.height, self.round, value_id, self.me, self._sign(message)
+            kind,
+            self.network.chain_id,
+            self.height,
+            self.round,
+            value_id,
+            self.me,
+            self._sign(message),
         )
         self._send(vote, kind.step)
         self._store_vote(vote)

@@ -9,16 +9,19 @@
     kind 3 heartbeat  payload = epoch:u64
     kind 4 claim      payload = node_key(32)
 
-All integers are big-endian. The signature covers ``body``; the transaction id is the
-BLAKE2b-256 hash of ``raw``. Batches for load generators are frames of ``length:u16 raw``.
+All integers are big-endian. The signature covers ``signing_message``: ``body`` tagged with
+the network (``crypto.tagged``: chain id and genesis hash), so a transaction signed for one
+network never verifies on another that shares its chain id and keys. The genesis hash is not
+in ``raw``: the verifier supplies its own. The transaction id is the BLAKE2b-256 hash of
+``raw``. Batches for load generators are frames of ``length:u16 raw``.
 
 ``activate`` is signed by the owner wallet and burns ``amount``, which must be the activation
 fee of ``node_type`` (codes index ``genesis.NODE_TYPES`` and ``genesis.REGIONS``). Its
 ``node_proof`` is the node key's signature over ``node_proof_message``: tagged, bound to the
-chain and to the owner, so nobody registers a node whose key they do not hold and a proof
-cannot be reused for another owner or chain. ``heartbeat`` is signed by the node key itself,
-uses the nonce of the node key's own account and is free (its fee must be 0): the ledger
-admits one per activated node and epoch. ``claim`` is signed by the owner wallet.
+network and to the owner, so nobody registers a node whose key they do not hold and a proof
+cannot be reused for another owner or network. ``heartbeat`` is signed by the node key
+itself, uses the nonce of the node key's own account and is free (its fee must be 0): the
+ledger admits one per activated node and epoch. ``claim`` is signed by the owner wallet.
 """
 
 import re
@@ -41,7 +44,9 @@ KIND_NAMES = {
     KIND_CLAIM: "claim",
 }
 KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
-TAG_NODE_PROOF = 0x40  # signed-message tags: block.py 0x2x, p2p.py 0x30
+# Signed-message tags: block.py and tendermint.py 0x2x, p2p.py 0x30, these 0x4x.
+TAG_NODE_PROOF = 0x40
+TAG_TRANSACTION = 0x41
 MAX_CHAIN_ID_LEN = 64
 MAX_TX_BYTES = 1024
 # A heartbeat ranks above every fee in the mempool: it is free, valid once per node and
@@ -91,13 +96,14 @@ class Transaction:
     def priority(self) -> int:
         return HEARTBEAT_PRIORITY if self.kind == KIND_HEARTBEAT else self.fee
 
-    def verify_signature(self) -> bool:
-        """The sender's signature and, for an activation, the node key's proof."""
-        if not crypto.verify(self.public_key, self.signature, self.body):
+    def verify_signature(self, network: crypto.Network) -> bool:
+        """The sender's signature and, for an activation, the node key's proof, as made for
+        ``network`` (the verifier's own; a transaction signed for another never verifies)."""
+        if not crypto.verify(self.public_key, self.signature, signing_message(network, self.body)):
             return False
         if self.kind != KIND_ACTIVATE:
             return True
-        message = node_proof_message(self.chain_id, self.sender, self.node_key)
+        message = node_proof_message(network, self.sender, self.node_key)
         return crypto.verify(self.node_key, self.node_proof, message)
 
     def to_json(self) -> dict:
@@ -114,13 +120,18 @@ class Transaction:
         }
 
 
-def node_proof_message(chain_id: str, owner: bytes, node_key: bytes) -> bytes:
-    """What a node key signs to let ``owner`` (an address) activate it on ``chain_id``."""
-    return crypto.tagged(TAG_NODE_PROOF, chain_id, owner + node_key)
+def signing_message(network: crypto.Network, body: bytes) -> bytes:
+    """What the sender signs: the body, tagged with the network it is for."""
+    return crypto.tagged(TAG_TRANSACTION, network, body)
 
 
-def prove_node(node: crypto.KeyPair, chain_id: str, owner: bytes) -> bytes:
-    return node.sign(node_proof_message(chain_id, owner, node.public_key))
+def node_proof_message(network: crypto.Network, owner: bytes, node_key: bytes) -> bytes:
+    """What a node key signs to let ``owner`` (an address) activate it on ``network``."""
+    return crypto.tagged(TAG_NODE_PROOF, network, owner + node_key)
+
+
+def prove_node(node: crypto.KeyPair, network: crypto.Network, owner: bytes) -> bytes:
+    return node.sign(node_proof_message(network, owner, node.public_key))
 
 
 # ---- one codec per kind: payload bytes, JSON fields, structural checks --------------------
@@ -378,22 +389,29 @@ def _finish(
 
 
 def _sign(
-    key: crypto.KeyPair, kind: int, chain_id: str, nonce: int, fee: int, payload: dict
+    key: crypto.KeyPair,
+    kind: int,
+    network: crypto.Network,
+    nonce: int,
+    fee: int,
+    payload: dict,
 ) -> Transaction:
+    chain_id = network.chain_id
     check_fields(kind, chain_id, nonce, fee, payload)
     body = encode_body(kind, chain_id, key.public_key, nonce, fee, payload)
-    return _finish((kind, chain_id, key.public_key, nonce, fee), payload, body, key.sign(body))
+    signature = key.sign(signing_message(network, body))
+    return _finish((kind, chain_id, key.public_key, nonce, fee), payload, body, signature)
 
 
 def make_transfer(
-    key: crypto.KeyPair, chain_id: str, nonce: int, fee: int, to: bytes, amount: int
+    key: crypto.KeyPair, network: crypto.Network, nonce: int, fee: int, to: bytes, amount: int
 ) -> Transaction:
-    return _sign(key, KIND_TRANSFER, chain_id, nonce, fee, {"to": to, "amount": amount})
+    return _sign(key, KIND_TRANSFER, network, nonce, fee, {"to": to, "amount": amount})
 
 
 def make_activate(
     owner: crypto.KeyPair,
-    chain_id: str,
+    network: crypto.Network,
     nonce: int,
     fee: int,
     node_key: bytes,
@@ -402,7 +420,7 @@ def make_activate(
     amount: int,
     node_proof: bytes,
 ) -> Transaction:
-    """``node_proof`` comes from ``prove_node`` run with the node key."""
+    """``node_proof`` comes from ``prove_node`` run with the node key for ``network``."""
     payload = {
         "node_key": node_key,
         "node_type": node_type,
@@ -410,17 +428,19 @@ def make_activate(
         "amount": amount,
         "node_proof": node_proof,
     }
-    return _sign(owner, KIND_ACTIVATE, chain_id, nonce, fee, payload)
+    return _sign(owner, KIND_ACTIVATE, network, nonce, fee, payload)
 
 
-def make_heartbeat(node: crypto.KeyPair, chain_id: str, nonce: int, epoch: int) -> Transaction:
-    return _sign(node, KIND_HEARTBEAT, chain_id, nonce, 0, {"epoch": epoch})
+def make_heartbeat(
+    node: crypto.KeyPair, network: crypto.Network, nonce: int, epoch: int
+) -> Transaction:
+    return _sign(node, KIND_HEARTBEAT, network, nonce, 0, {"epoch": epoch})
 
 
 def make_claim(
-    owner: crypto.KeyPair, chain_id: str, nonce: int, fee: int, node_key: bytes
+    owner: crypto.KeyPair, network: crypto.Network, nonce: int, fee: int, node_key: bytes
 ) -> Transaction:
-    return _sign(owner, KIND_CLAIM, chain_id, nonce, fee, {"node_key": node_key})
+    return _sign(owner, KIND_CLAIM, network, nonce, fee, {"node_key": node_key})
 
 
 def decode(raw: bytes) -> Transaction:

@@ -125,7 +125,7 @@ def test_every_dashboard_query_returns_data_while_the_testnet_commits(net):
     ]
     rate = 40  # transfers per second, from the funded load keys, for 100 s
     sink = crypto.KeyPair.generate().address
-    transfers = loadgen.presign(net.load_keys, net.chain_id, rate * 100, 1_000, sink)
+    transfers = loadgen.presign(net.load_keys, net.network, rate * 100, 1_000, sink)
     urls = [api(h) for h in net.validators]
     sent: dict = {}
     load = threading.Thread(

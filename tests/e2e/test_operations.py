@@ -179,7 +179,7 @@ def test_rolling_upgrade_under_load_keeps_committing_and_loses_nothing(net):
 
     watcher = net.validators[-1]  # upgraded last: it answers for the longest
     first = status(watcher)["height"]
-    with Load([api(v) for v in net.validators], net.senders, net.chain_id) as load:
+    with Load([api(v) for v in net.validators], net.senders, net.network) as load:
         wait_for(lambda: len(load.accepted) > 200, 30, "the load to be under way")
         run = net.run("upgrade.yml")
         upgraded_at = status(watcher)["height"]

@@ -14,8 +14,8 @@ FEE = Params().min_fee
 SINK = crypto.KeyPair(b"\x42" * 32).address
 
 
-def transfer(key: crypto.KeyPair, nonce: int, fee: int = FEE) -> tx.Transaction:
-    return tx.make_transfer(key, CHAIN_ID, nonce, fee, SINK, 1)
+def transfer(node: LocalNode, key: crypto.KeyPair, nonce: int, fee: int = FEE) -> tx.Transaction:
+    return tx.make_transfer(key, node.genesis.network, nonce, fee, SINK, 1)
 
 
 def post_json(node: LocalNode, t: tx.Transaction) -> tuple[int, dict]:
@@ -24,12 +24,14 @@ def post_json(node: LocalNode, t: tx.Transaction) -> tuple[int, dict]:
 
 def test_blocks_stay_within_the_genesis_limits(tmp_path):
     wallets = [crypto.KeyPair.generate() for _ in range(5)]
-    size = tx.framed_size(transfer(wallets[0], 0))
+    # A transfer's size is the same on every network of this chain id.
+    any_network = crypto.Network(CHAIN_ID, bytes(32))
+    size = tx.framed_size(tx.make_transfer(wallets[0], any_network, 0, FEE, SINK, 1))
     params = Params(epoch_ms=10**12, max_block_txs=4, max_block_bytes=3 * size)
     node = LocalNode.single(tmp_path / "v1", {w.address: FUNDS for w in wallets}, params)
     node.start()
     try:
-        txs = [transfer(w, n) for n in range(4) for w in wallets]
+        txs = [transfer(node, w, n) for n in range(4) for w in wallets]
         code, body = node.post(
             "/api/v1/transactions/batch", tx.encode_batch(txs), "application/octet-stream"
         )
@@ -56,19 +58,19 @@ def test_a_replacement_needs_its_fee_bump_and_cheap_checks_come_first(tmp_path):
     )
     node.start()
     try:
-        first = transfer(alice, 0, fee=2 * FEE)
+        first = transfer(node, alice, 0, fee=2 * FEE)
         assert post_json(node, first)[0] == 202
         least = replacement_fee(first.fee)
         assert least == first.fee * (100 + REPLACEMENT_BUMP_PERCENT) // 100
-        code, body = post_json(node, transfer(alice, 0, fee=least - 1))
+        code, body = post_json(node, transfer(node, alice, 0, fee=least - 1))
         assert (code, body["error"]["code"]) == (409, "duplicate")
         assert f"at least {least}" in body["error"]["message"]
         # A bad signature on a nonce out of the window: refused for the nonce.
-        gap = {**transfer(alice, 7).to_json(), "signature": "00" * 64}
+        gap = {**transfer(node, alice, 7).to_json(), "signature": "00" * 64}
         del gap["id"]
         code, body = node.post("/api/v1/transactions", json.dumps(gap).encode())
         assert (code, body["error"]["code"]) == (422, "nonce_gap")
-        replacement = transfer(alice, 0, fee=least)
+        replacement = transfer(node, alice, 0, fee=least)
         assert post_json(node, replacement)[0] == 202
         status = node.get(f"/api/v1/transactions/{replacement.id.hex()}")[1]["status"]
         assert status == "pending"

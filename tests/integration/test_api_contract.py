@@ -420,7 +420,8 @@ class Api:
         if nonce is None:
             account = self.call("GET", f"/api/v1/accounts/{crypto.encode_address(key.address)}")
             nonce = account.body["next_nonce"]
-        return tx.make_transfer(key, CHAIN_ID, nonce, fee, self.wallets[-1].address, amount)
+        network = self.node.genesis.network
+        return tx.make_transfer(key, network, nonce, fee, self.wallets[-1].address, amount)
 
 
 @pytest.fixture(scope="module")
@@ -517,10 +518,11 @@ def test_request_schema_describes_what_the_node_accepts(exercise):
 def test_request_schema_covers_every_kind(exercise):
     check = schema_validator("/components/schemas/TransactionIn")
     owner, node = exercise.wallets[0], crypto.KeyPair.generate()
-    proof = tx.prove_node(node, CHAIN_ID, owner.address)
-    activate = tx.make_activate(owner, CHAIN_ID, 0, FEE, node.public_key, "full", "eu", 5, proof)
-    heartbeat = tx.make_heartbeat(node, CHAIN_ID, 0, 7)
-    claim = tx.make_claim(owner, CHAIN_ID, 0, FEE, node.public_key)
+    network = exercise.node.genesis.network
+    proof = tx.prove_node(node, network, owner.address)
+    activate = tx.make_activate(owner, network, 0, FEE, node.public_key, "full", "eu", 5, proof)
+    heartbeat = tx.make_heartbeat(node, network, 0, 7)
+    claim = tx.make_claim(owner, network, 0, FEE, node.public_key)
     for t in (activate, heartbeat, claim):
         assert list(check.iter_errors(t.to_json())) == [], t.to_json()
     for bad in (
@@ -551,36 +553,37 @@ def test_op_nodes_and_epochs(exercise):
     api = exercise
     api.settle()
     owner, stranger, node = api.wallets[0], api.wallets[1], crypto.KeyPair.generate()
+    network = api.node.genesis.network
     epoch = api.call("GET", "/api/v1/epochs/current").body
     assert epoch["epoch"] == epoch["chain_epoch"] and epoch["last_closed"] is None
     burn = int(epoch["activation_fees"]["light"])
 
     def activation(proof: bytes, nonce: int) -> tx.Transaction:
         return tx.make_activate(
-            owner, CHAIN_ID, nonce, FEE, node.public_key, "light", "ap", burn, proof
+            owner, network, nonce, FEE, node.public_key, "light", "ap", burn, proof
         )
 
-    forged = activation(tx.prove_node(stranger, CHAIN_ID, owner.address), _next_nonce(api, owner))
+    forged = activation(tx.prove_node(stranger, network, owner.address), _next_nonce(api, owner))
     assert _refusal(api.submit(forged.to_json())) == (422, "bad_signature")
-    proof = tx.prove_node(node, CHAIN_ID, owner.address)
+    proof = tx.prove_node(node, network, owner.address)
     activate = activation(proof, _next_nonce(api, owner))
     assert api.submit(activate.to_json()).status == 202
     api.wait(activate.id)
     again = activation(proof, _next_nonce(api, owner))
     assert _refusal(api.submit(again.to_json())) == (422, "already_active")
 
-    heartbeat = tx.make_heartbeat(node, CHAIN_ID, 0, epoch["epoch"])
-    late = tx.make_heartbeat(node, CHAIN_ID, 0, epoch["epoch"] - 1)
+    heartbeat = tx.make_heartbeat(node, network, 0, epoch["epoch"])
+    late = tx.make_heartbeat(node, network, 0, epoch["epoch"] - 1)
     assert _refusal(api.submit(late.to_json())) == (422, "wrong_epoch")
     assert api.submit(heartbeat.to_json()).status == 202
     api.wait(heartbeat.id)
-    twice = tx.make_heartbeat(node, CHAIN_ID, 1, epoch["epoch"])
+    twice = tx.make_heartbeat(node, network, 1, epoch["epoch"])
     assert _refusal(api.submit(twice.to_json())) == (422, "heartbeat_done")
-    outsider = tx.make_heartbeat(stranger, CHAIN_ID, _next_nonce(api, stranger), epoch["epoch"])
+    outsider = tx.make_heartbeat(stranger, network, _next_nonce(api, stranger), epoch["epoch"])
     assert _refusal(api.submit(outsider.to_json())) == (422, "unknown_node")
-    claim = tx.make_claim(owner, CHAIN_ID, _next_nonce(api, owner), FEE, node.public_key)
+    claim = tx.make_claim(owner, network, _next_nonce(api, owner), FEE, node.public_key)
     assert _refusal(api.submit(claim.to_json())) == (422, "nothing_to_claim")
-    theft = tx.make_claim(stranger, CHAIN_ID, _next_nonce(api, stranger), FEE, node.public_key)
+    theft = tx.make_claim(stranger, network, _next_nonce(api, stranger), FEE, node.public_key)
     assert _refusal(api.submit(theft.to_json())) == (422, "not_owner")
 
     got = api.call("GET", f"/api/v1/nodes/{node.node_id}").body
@@ -711,7 +714,7 @@ def test_op_a_stopping_node_admits_nothing(exercise, in_process_node):
     in-process node: a stopping server closes its listening socket first)."""
     api, node = exercise, in_process_node
     alice = crypto.KeyPair.generate()
-    transfer = tx.make_transfer(alice, "routes", 0, FEE, alice.address, 1)
+    transfer = tx.make_transfer(alice, node.network, 0, FEE, alice.address, 1)
 
     async def exchange() -> list[Answer]:
         async with TestClient(TestServer(app_of(node))) as client:
@@ -799,7 +802,7 @@ def test_op_rate_limited_reads_and_submissions_are_429_with_retry_after(exercise
         max_batch_txs=1,
     )
     sender = crypto.KeyPair.generate()
-    transfer = tx.make_transfer(sender, "limits", 0, FEE, sender.address, 1)
+    transfer = tx.make_transfer(sender, node.network, 0, FEE, sender.address, 1)
     limited = [
         ("GET", "/api/v1/blocks", None, None),
         ("GET", "/api/v1/blocks/1", None, None),

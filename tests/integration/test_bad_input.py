@@ -30,9 +30,17 @@ class Chain:
     baseline: dict
 
     def transfer(
-        self, nonce: int = 1, fee: int = FEE, amount: int = 10**9, chain_id: str = CHAIN_ID
+        self,
+        nonce: int = 1,
+        fee: int = FEE,
+        amount: int = 10**9,
+        chain_id: str = CHAIN_ID,
+        genesis_hash: bytes | None = None,
     ) -> tx.Transaction:
-        return tx.make_transfer(self.alice, chain_id, nonce, fee, self.carol.address, amount)
+        """Signed for the node's network, or with another chain id or genesis hash."""
+        genesis_hash = genesis_hash or self.node.genesis.network.genesis_hash
+        network = crypto.Network(chain_id, genesis_hash)
+        return tx.make_transfer(self.alice, network, nonce, fee, self.carol.address, amount)
 
     def tx_json(self, **changes) -> dict:
         """A valid transfer's JSON with ``changes`` applied (a value of None drops the field)."""
@@ -71,7 +79,7 @@ def chain(tmp_path_factory):
     )
     node.start()
     try:
-        first = tx.make_transfer(alice, CHAIN_ID, 0, FEE, bob.address, 10**9)
+        first = tx.make_transfer(alice, node.genesis.network, 0, FEE, bob.address, 10**9)
         code, body = node.post("/api/v1/transactions", json.dumps(first.to_json()).encode())
         assert code == 202, body
         assert node.wait_committed(first.id)["status"] == "committed"
@@ -272,6 +280,13 @@ CASES: dict[str, tuple[Callable[[Chain], Request], int, str, str]] = {
     ),
     "batch_empty": (lambda c: post_batch(b""), 400, "malformed", r"batch is empty"),
     "bad_signature": (forged, 422, "bad_signature", r"signature does not verify"),
+    "signed_for_another_genesis": (
+        lambda c: post_tx(c.transfer(genesis_hash=bytes(32))),
+        422,
+        "bad_signature",
+        r"does not verify .* on chain 'qnet-local' \(genesis [0-9a-f]{16}\): it may be signed "
+        r"for another network with this chain id",
+    ),
     "wrong_chain_id": (
         lambda c: post_tx(c.transfer(chain_id="qnet-other")),
         422,
@@ -538,8 +553,8 @@ def test_nothing_changed_after_all_bad_requests(chain):
 
 def test_batch_admits_good_transactions_beside_bad_ones(node, wallets):
     alice, sink = wallets[0], crypto.KeyPair.generate().address
-    first = tx.make_transfer(alice, CHAIN_ID, 0, FEE, sink, 10**9)
-    second = tx.make_transfer(alice, CHAIN_ID, 1, FEE, sink, 2 * 10**9)
+    first = tx.make_transfer(alice, node.genesis.network, 0, FEE, sink, 10**9)
+    second = tx.make_transfer(alice, node.genesis.network, 1, FEE, sink, 2 * 10**9)
     frames = [first.raw, b"not a transaction", second.raw]
     body = b"".join(len(f).to_bytes(2, "big") + f for f in frames)
     got_status, result = http(

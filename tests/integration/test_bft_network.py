@@ -36,7 +36,7 @@ class Load:
 
     def __init__(self, nodes: list[LocalNode], senders: list[crypto.KeyPair]):
         sink = crypto.KeyPair.generate().address
-        txs = loadgen.presign(senders, CHAIN_ID, 40_000, 1_000, sink)
+        txs = loadgen.presign(senders, nodes[0].genesis.network, 40_000, 1_000, sink)
         self.batches = [txs[i : i + 100] for i in range(0, len(txs), 100)]
         self.nodes = nodes
         self.accepted = 0

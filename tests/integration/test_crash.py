@@ -6,7 +6,7 @@ import time
 
 from qnet import crypto, loadgen
 from qnet.genesis import Genesis
-from qnet.localnode import CHAIN_ID, NO_EMPTY_BLOCKS, LocalNode, http
+from qnet.localnode import NO_EMPTY_BLOCKS, LocalNode, http
 from qnet.node import replay
 from qnet.storage import Storage
 from qnet.tx import encode_batch
@@ -22,7 +22,7 @@ def test_sigkill_under_load_keeps_every_committed_transaction(tmp_path):
     node = LocalNode.single(
         tmp_path / "node", {k.address: 10**15 for k in senders}, config=NO_EMPTY_BLOCKS
     )
-    txs = loadgen.presign(senders, CHAIN_ID, 60_000, FEE, sink)
+    txs = loadgen.presign(senders, node.genesis.network, 60_000, FEE, sink)
     batches = [txs[i : i + 200] for i in range(0, len(txs), 200)]
     reported: dict[str, int] = {}  # tx id -> height, as the API reported them committed
     next_batch = 0

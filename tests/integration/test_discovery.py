@@ -8,7 +8,7 @@ import pytest
 
 from qnet import crypto, tx
 from qnet.genesis import Params
-from qnet.localnode import CHAIN_ID, add_followers, local_net, start_all, wait_for
+from qnet.localnode import add_followers, local_net, start_all, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -23,10 +23,11 @@ def listed(node) -> dict[str, dict]:
 
 
 def activate(validator, owner: crypto.KeyPair, nonce: int, node, node_type: str, region: str):
-    proof = tx.prove_node(node.key, CHAIN_ID, owner.address)
+    network = validator.genesis.network
+    proof = tx.prove_node(node.key, network, owner.address)
     fee = getattr(Params(), f"activation_fee_{node_type}")
     activation = tx.make_activate(
-        owner, CHAIN_ID, nonce, 1_000, node.key.public_key, node_type, region, fee, proof
+        owner, network, nonce, 1_000, node.key.public_key, node_type, region, fee, proof
     )
     status, body = validator.post("/api/v1/transactions", json.dumps(activation.to_json()).encode())
     assert status == 202, body

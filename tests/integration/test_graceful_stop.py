@@ -9,7 +9,7 @@ comes up and they peer; the full node is stopped. Its transfers must be committe
 import pytest
 
 from qnet import crypto, loadgen
-from qnet.localnode import CHAIN_ID, add_followers, local_net, start_all, wait_for
+from qnet.localnode import add_followers, local_net, start_all, wait_for
 from qnet.tx import encode_batch
 
 pytestmark = pytest.mark.integration
@@ -19,7 +19,8 @@ def test_a_stopping_node_hands_its_pending_transactions_on(tmp_path):
     sender = crypto.KeyPair.generate()
     (validator,) = local_net(tmp_path, 1, {sender.address: 10**15})
     (full,) = add_followers(tmp_path, [validator], [("full", "eu")])
-    transfers = loadgen.presign([sender], CHAIN_ID, 200, 1_000, crypto.KeyPair.generate().address)
+    sink = crypto.KeyPair.generate().address
+    transfers = loadgen.presign([sender], validator.genesis.network, 200, 1_000, sink)
     start_all([full])  # its validator is not up: nothing it admits goes anywhere
     try:
         code, body = full.post(

@@ -77,7 +77,7 @@ def forged_votes(n: int, genesis, at_height: int) -> list[bytes]:
         key = crypto.KeyPair.generate()
         kind = tendermint.VoteKind.PREVOTE
         value_id = crypto.digest(b"forged %d" % i)
-        signed = tendermint.vote_signing_bytes(kind, CHAIN_ID, at_height, 0, value_id)
+        signed = tendermint.vote_signing_bytes(kind, genesis.network, at_height, 0, value_id)
         vote = tendermint.Vote(
             kind, CHAIN_ID, at_height, 0, value_id, key.public_key, key.sign(signed)
         )

@@ -110,7 +110,7 @@ def test_every_accepted_transaction_survives_sigkill(tmp_path):
             alone = round_ == 0  # the others are not up yet: nothing it accepts goes anywhere
             if alone:
                 target.start()
-            txs = loadgen.presign(senders[round_], CHAIN_ID, 2_000, FEE, sink)
+            txs = loadgen.presign(senders[round_], target.genesis.network, 2_000, FEE, sink)
             stream = Stream(target, txs, rng.randint(4, 12))
             stream.start()
             assert stream.enough.wait(30), target.log()
@@ -146,8 +146,9 @@ def test_the_journal_is_restored_at_start_then_holds_only_what_is_pending(tmp_pa
     alice = crypto.KeyPair.generate()
     genesis, key = _chain(alice)
     sink = crypto.KeyPair.generate().address
-    txs = [make_transfer(alice, CHAIN_ID, n, 1_000, sink, 1) for n in range(5)]
-    broke = make_transfer(alice, CHAIN_ID, 5, 1_000, sink, 10**13)  # more than alice has
+    network = genesis.network
+    txs = [make_transfer(alice, network, n, 1_000, sink, 1) for n in range(5)]
+    broke = make_transfer(alice, network, 5, 1_000, sink, 10**13)  # more than alice has
     journal = tmp_path / "mempool.journal"
 
     async def accept_then_stop() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from qnet import crypto, tx
 from qnet.genesis import Params
-from qnet.localnode import CHAIN_ID, add_followers, local_net, start_all, wait_for
+from qnet.localnode import add_followers, local_net, start_all, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -47,10 +47,10 @@ def test_a_light_node_heartbeats_and_fails_over(network):
     )  # fmt: skip
 
     # Activated by its owner, it sends its heartbeat itself, through the full nodes.
-    proof = tx.prove_node(light.key, CHAIN_ID, owner.address)
+    proof = tx.prove_node(light.key, validator.genesis.network, owner.address)
     burn = Params().activation_fee_light
     activate = tx.make_activate(
-        owner, CHAIN_ID, 0, 1_000, light.key.public_key, "light", "ap", burn, proof
+        owner, validator.genesis.network, 0, 1_000, light.key.public_key, "light", "ap", burn, proof
     )
     status, body = validator.post("/api/v1/transactions", json.dumps(activate.to_json()).encode())
     assert status == 202, body

@@ -5,7 +5,7 @@ from qnet import crypto, tx
 
 def test_transfer_commits_and_moves_funds(node, wallets):
     alice, bob = wallets[0], crypto.KeyPair.generate()
-    t = tx.make_transfer(alice, node.genesis.chain_id, 0, 1_000, bob.address, 7 * 10**9)
+    t = tx.make_transfer(alice, node.genesis.network, 0, 1_000, bob.address, 7 * 10**9)
     code, body = node.post("/api/v1/transactions", json.dumps(t.to_json()).encode())
     assert code == 202, body
     assert node.wait_committed(t.id)["status"] == "committed"

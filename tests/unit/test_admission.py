@@ -32,10 +32,10 @@ class VerifyCounter:
         self._lock = threading.Lock()
         real = tx.Transaction.verify_signature
 
-        def counted(t):
+        def counted(t, network):
             with self._lock:
                 self.calls.append(t.id)
-            return real(t)
+            return real(t, network)
 
         monkeypatch.setattr(tx.Transaction, "verify_signature", counted)
 
@@ -54,6 +54,9 @@ def genesis(**params) -> Genesis:
     )
 
 
+NETWORK = genesis().network  # of the default genesis; one with other params is another
+
+
 def new_node(tmp_path, name: str, chain: Genesis, **config) -> Node:
     data_dir = tmp_path / name
     data_dir.mkdir()
@@ -67,8 +70,8 @@ def node(tmp_path):
     n.close()
 
 
-def transfer(key, nonce, fee=MIN_FEE, amount=1, chain=CHAIN) -> tx.Transaction:
-    return tx.make_transfer(key, chain, nonce, fee, SINK, amount)
+def transfer(key, nonce, fee=MIN_FEE, amount=1, network=NETWORK) -> tx.Transaction:
+    return tx.make_transfer(key, network, nonce, fee, SINK, amount)
 
 
 def forged(t: tx.Transaction) -> tx.Transaction:
@@ -89,16 +92,16 @@ def test_cheap_refusals_never_verify_a_signature(node, verify_calls):
     w = WALLETS[0]
     assert submit(node, [transfer(w, 0), transfer(w, 1)]) == [None, None]
     verify_calls.clear()
-    heartbeat = tx.make_heartbeat(VALIDATOR, CHAIN, 0, node.epoch_now())
+    heartbeat = tx.make_heartbeat(VALIDATOR, NETWORK, 0, node.epoch_now())
     assert submit(node, [heartbeat]) == [None]
     verify_calls.clear()
     bad = [
-        forged(transfer(w, 0, chain="another-chain")),
+        forged(transfer(w, 0, network=crypto.Network("another-chain", NETWORK.genesis_hash))),
         forged(transfer(w, 0, fee=MIN_FEE)),  # a nonce queued already, no fee bump
         forged(transfer(w, 5)),  # beyond the nonce window
         forged(transfer(w, 0, fee=MIN_FEE - 1)),
         forged(transfer(WALLETS[1], 0, amount=FUNDS)),  # the fee on top is not there
-        forged(tx.make_heartbeat(VALIDATOR, CHAIN, 1, node.epoch_now())),  # one per epoch
+        forged(tx.make_heartbeat(VALIDATOR, NETWORK, 1, node.epoch_now())),  # one per epoch
     ]
     codes = submit(node, bad)
     assert codes == [
@@ -149,10 +152,10 @@ def test_a_batch_arriving_while_one_before_it_verifies_follows_it(node, monkeypa
     lock, second_verified = threading.Lock(), threading.Event()
     real = tx.Transaction.verify_signature
 
-    def gated(t):
+    def gated(t, network):
         if t.id == first[0].id:
             assert second_verified.wait(10), "the second batch was not verified meanwhile"
-        ok = real(t)
+        ok = real(t, network)
         with lock:
             waiting.discard(t.id)
             if not waiting:
@@ -187,8 +190,8 @@ def test_a_full_mempool_refuses_before_verifying(tmp_path, verify_calls):
 # ---- a signature is verified once per node -------------------------------------------------
 
 
-def certify(block: Block) -> CommitCertificate:
-    message = precommit_message(CHAIN, block.header.height, 0, block.hash)
+def certify(block: Block, network: crypto.Network = NETWORK) -> CommitCertificate:
+    message = precommit_message(network, block.header.height, 0, block.hash)
     return CommitCertificate(
         block.header.height, 0, block.hash, ((VALIDATOR.public_key, VALIDATOR.sign(message)),)
     )
@@ -235,13 +238,13 @@ def signed_block(node: Node, txs: list[tx.Transaction]) -> Block:
         b"\0" * 32,
         VALIDATOR.public_key,
     )
-    return Block(header, VALIDATOR.sign(header.encode()), tuple(txs))
+    return Block(header, VALIDATOR.sign(header.signing_message(node.network)), tuple(txs))
 
 
 def test_a_proposal_with_too_many_transactions_is_invalid(tmp_path, verify_calls):
     n = new_node(tmp_path, "n", genesis(max_block_txs=3))
     try:
-        txs = [transfer(WALLETS[i % 4], i // 4) for i in range(4)]
+        txs = [transfer(WALLETS[i % 4], i // 4, network=n.network) for i in range(4)]
         with pytest.raises(InvalidBlock, match=r"4 transactions of .* beyond the limits of 3"):
             asyncio.run(n.validate_block(signed_block(n, txs)))
         assert verify_calls == []  # refused before any signature was checked
@@ -255,7 +258,7 @@ def test_a_proposal_with_too_many_bytes_is_invalid(tmp_path, verify_calls):
     size = tx.framed_size(transfer(WALLETS[0], 0))
     n = new_node(tmp_path, "n", genesis(max_block_bytes=2 * size))
     try:
-        txs = [transfer(WALLETS[i], 0) for i in range(3)]
+        txs = [transfer(WALLETS[i], 0, network=n.network) for i in range(3)]
         with pytest.raises(InvalidBlock, match=rf"of {3 * size} bytes, beyond .* {2 * size} bytes"):
             asyncio.run(n.validate_block(signed_block(n, txs)))
         assert verify_calls == []
@@ -291,7 +294,7 @@ def test_built_blocks_fit_the_limits_and_pass_validation(
     proposer, follower = new_node(base, "p", chain), new_node(base, "f", chain)
     try:
         txs = [
-            transfer(w, n)
+            transfer(w, n, network=chain.network)
             for w, count in zip(WALLETS, per_wallet, strict=True)
             for n in range(count)
         ]
@@ -303,8 +306,8 @@ def test_built_blocks_fit_the_limits_and_pass_validation(
             assert len(block.body()) <= max_bytes_in_txs * size
             assert len(block.txs) == min(max_txs, max_bytes_in_txs, len(txs) - committed)
             diff = asyncio.run(follower.validate_block(block))
-            asyncio.run(follower.commit(block, certify(block), diff))
-            asyncio.run(proposer.commit(block, certify(block), diff))
+            asyncio.run(follower.commit(block, certify(block, chain.network), diff))
+            asyncio.run(proposer.commit(block, certify(block, chain.network), diff))
             committed += len(block.txs)
             if committed == len(txs):
                 break

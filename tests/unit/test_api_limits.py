@@ -214,7 +214,8 @@ def test_reads_past_the_bucket_are_429_with_retry_after_and_cheap_reads_are_not_
 def test_a_batch_takes_one_token_per_transaction_and_a_refused_one_admits_nothing(node):
     sender = node.key
     transfers = [
-        tx.make_transfer(sender, "limits", n, Params().min_fee, sender.address, 1) for n in range(3)
+        tx.make_transfer(sender, node.network, n, Params().min_fee, sender.address, 1)
+        for n in range(3)
     ]
 
     async def exchange(client):

@@ -116,7 +116,8 @@ async def drain(consensus: BftConsensus) -> None:
 
 def vote(key: crypto.KeyPair, value_id: bytes | None = None, round_: int = 0, height: int = 1):
     kind = tendermint.VoteKind.PREVOTE
-    signature = key.sign(tendermint.vote_signing_bytes(kind, CHAIN, height, round_, value_id))
+    signed = tendermint.vote_signing_bytes(kind, GENESIS.network, height, round_, value_id)
+    signature = key.sign(signed)
     return tendermint.Vote(kind, CHAIN, height, round_, value_id, key.public_key, signature)
 
 
@@ -209,13 +210,14 @@ def signed_block(proposer: crypto.KeyPair, tx_count: int, body: bytes, height: i
         CHAIN, height, GENESIS.genesis_time_ms + 1, bytes(32), tx_root([]), tx_count,
         bytes(32), proposer.public_key,
     )  # fmt: skip
-    return Block.encode_parts(header.encode(), proposer.sign(header.encode()), body)
+    signature = proposer.sign(header.signing_message(GENESIS.network))
+    return Block.encode_parts(header.encode(), signature, body)
 
 
 def proposal_of(value: bytes, round_: int = 0) -> tendermint.Proposal:
     proposer = next(k for k in KEYS if k.public_key == GENESIS_SET.proposer(1, round_))
     value_id = bft.value_id(value)
-    signed = tendermint.proposal_signing_bytes(CHAIN, 1, round_, -1, value_id)
+    signed = tendermint.proposal_signing_bytes(GENESIS.network, 1, round_, -1, value_id)
     return tendermint.Proposal(
         CHAIN, 1, round_, -1, value, proposer.public_key, proposer.sign(signed)
     )
@@ -318,7 +320,7 @@ def certified(height: int, signers=KEYS[:3]) -> tuple[bytes, bytes]:
     """A block of ``height`` (not on our chain) with a commit certificate that verifies."""
     block = signed_block(KEYS[height % 4], 0, b"", height)
     block_hash = Block.decode_header(block).hash
-    message = precommit_message(CHAIN, height, 0, block_hash)
+    message = precommit_message(GENESIS.network, height, 0, block_hash)
     cert = CommitCertificate(
         height, 0, block_hash, tuple((k.public_key, k.sign(message)) for k in signers)
     )
@@ -398,7 +400,7 @@ def test_a_peer_relaying_a_bad_signature_is_banned(driver):
     async def scenario():
         consensus = await driver()
         fee = GENESIS.params.min_fee
-        good = make_transfer(WALLET, CHAIN, 0, fee, STRANGER.address, 1_000)
+        good = make_transfer(WALLET, GENESIS.network, 0, fee, STRANGER.address, 1_000)
         raw = bytearray(good.raw)
         raw[-1] ^= 1  # the signature's last byte
         await consensus._on_message(STRANGER_LINK, KIND_TXS, frame_batch([bytes(raw)]))

@@ -11,6 +11,9 @@ from qnet import block, crypto, tx
 from qnet.block import Block, BlockError, CommitCertificate, Header, precommit_message, tx_root
 
 CHAIN = "qnet-test"
+NETWORK = crypto.Network(CHAIN, b"\x47" * 32)
+# The same chain id and keys after a reset: another genesis, so another network.
+RESET = crypto.Network(CHAIN, b"\x48" * 32)
 VALIDATORS = [crypto.KeyPair(bytes([0x40 + i]) * 32) for i in range(4)]
 OUTSIDER = crypto.KeyPair(b"\x66" * 32)
 
@@ -174,8 +177,8 @@ def test_changing_any_id_changes_the_root(leaves, data):
 BLOCK_HASH = crypto.digest(b"block")
 
 
-def precommit(key, height=7, round_=0, block_hash=BLOCK_HASH, chain=CHAIN):
-    return key.public_key, key.sign(precommit_message(chain, height, round_, block_hash))
+def precommit(key, height=7, round_=0, block_hash=BLOCK_HASH, network=NETWORK):
+    return key.public_key, key.sign(precommit_message(network, height, round_, block_hash))
 
 
 def certificate(*signatures) -> CommitCertificate:
@@ -186,18 +189,18 @@ POWERS = {k.public_key: 1 for k in VALIDATORS}
 
 
 def test_three_of_four_equal_validators_commit():
-    certificate(*(precommit(k) for k in VALIDATORS[:3])).verify(CHAIN, POWERS)
-    certificate(*(precommit(k) for k in VALIDATORS)).verify(CHAIN, POWERS)
+    certificate(*(precommit(k) for k in VALIDATORS[:3])).verify(NETWORK, POWERS)
+    certificate(*(precommit(k) for k in VALIDATORS)).verify(NETWORK, POWERS)
 
 
 def test_exactly_two_thirds_is_not_enough():
     powers = {VALIDATORS[0].public_key: 2, VALIDATORS[1].public_key: 2, VALIDATORS[2].public_key: 2}
     with pytest.raises(BlockError):
-        certificate(precommit(VALIDATORS[0]), precommit(VALIDATORS[1])).verify(CHAIN, powers)
+        certificate(precommit(VALIDATORS[0]), precommit(VALIDATORS[1])).verify(NETWORK, powers)
     with pytest.raises(BlockError):
-        certificate(*(precommit(k) for k in VALIDATORS[:2])).verify(CHAIN, POWERS)
+        certificate(*(precommit(k) for k in VALIDATORS[:2])).verify(NETWORK, POWERS)
     with pytest.raises(BlockError):
-        certificate().verify(CHAIN, POWERS)
+        certificate().verify(NETWORK, POWERS)
 
 
 @settings(max_examples=60, deadline=None)
@@ -207,30 +210,30 @@ def test_a_certificate_verifies_exactly_when_signers_hold_more_than_two_thirds(p
     cert = certificate(*(precommit(VALIDATORS[i]) for i in sorted(signers)))
     signed = sum(powers[i] for i in signers)
     if 3 * signed > 2 * sum(powers):
-        cert.verify(CHAIN, weights)
+        cert.verify(NETWORK, weights)
     else:
         with pytest.raises(BlockError):
-            cert.verify(CHAIN, weights)
+            cert.verify(NETWORK, weights)
 
 
 def test_a_duplicate_signer_is_refused():
     a, b = VALIDATORS[:2]
     # counted twice, a and b would seem to hold 3 of 4
     with pytest.raises(BlockError):
-        certificate(precommit(a), precommit(b), precommit(a)).verify(CHAIN, POWERS)
+        certificate(precommit(a), precommit(b), precommit(a)).verify(NETWORK, POWERS)
 
 
 def test_an_unknown_signer_is_refused():
     signatures = [precommit(k) for k in VALIDATORS] + [precommit(OUTSIDER)]
     with pytest.raises(BlockError):
-        certificate(*signatures).verify(CHAIN, POWERS)
+        certificate(*signatures).verify(NETWORK, POWERS)
 
 
 def test_a_bad_signature_is_refused():
     pk, sig = precommit(VALIDATORS[3])
     bad = (pk, sig[:10] + bytes([sig[10] ^ 1]) + sig[11:])
     with pytest.raises(BlockError):
-        certificate(*(precommit(k) for k in VALIDATORS[:3]), bad).verify(CHAIN, POWERS)
+        certificate(*(precommit(k) for k in VALIDATORS[:3]), bad).verify(NETWORK, POWERS)
 
 
 def test_a_signature_by_one_validator_under_anothers_name_is_refused():
@@ -238,7 +241,7 @@ def test_a_signature_by_one_validator_under_anothers_name_is_refused():
     forged = (VALIDATORS[2].public_key, sig)
     with pytest.raises(BlockError):
         certificate(precommit(VALIDATORS[0]), precommit(VALIDATORS[1]), forged).verify(
-            CHAIN, POWERS
+            NETWORK, POWERS
         )
 
 
@@ -248,29 +251,46 @@ def test_a_signature_by_one_validator_under_anothers_name_is_refused():
         {"height": 8},
         {"round_": 1},
         {"block_hash": crypto.digest(b"other block")},
-        {"chain": "qnet-other"},
+        {"network": crypto.Network("qnet-other", NETWORK.genesis_hash)},
+        {"network": RESET},
     ],
 )
 def test_a_precommit_for_anything_else_is_refused(other):
     honest = [precommit(k) for k in VALIDATORS[:2]]
     with pytest.raises(BlockError):
-        certificate(*honest, precommit(VALIDATORS[2], **other)).verify(CHAIN, POWERS)
+        certificate(*honest, precommit(VALIDATORS[2], **other)).verify(NETWORK, POWERS)
 
 
 def test_a_certificate_signed_for_another_chain_does_not_verify_here():
-    cert = certificate(*(precommit(k, chain="qnet-other") for k in VALIDATORS))
-    cert.verify("qnet-other", POWERS)
+    other = crypto.Network("qnet-other", NETWORK.genesis_hash)
+    cert = certificate(*(precommit(k, network=other) for k in VALIDATORS))
+    cert.verify(other, POWERS)
     with pytest.raises(BlockError):
-        cert.verify(CHAIN, POWERS)
+        cert.verify(NETWORK, POWERS)
+
+
+def test_a_certificate_of_a_reset_chain_with_the_same_keys_does_not_verify():
+    old = certificate(*(precommit(k, network=RESET) for k in VALIDATORS))
+    old.verify(RESET, POWERS)
+    with pytest.raises(BlockError, match="bad precommit signature"):
+        old.verify(NETWORK, POWERS)
+    assert precommit_message(NETWORK, 7, 0, BLOCK_HASH) == (
+        bytes((0x22, 9)) + b"qnet-test" + NETWORK.genesis_hash + _vote(7, 0, BLOCK_HASH)
+    )
+
+
+def _vote(height: int, round_: int, block_hash: bytes) -> bytes:
+    return height.to_bytes(8, "big") + round_.to_bytes(4, "big") + block_hash
 
 
 def test_a_header_signature_is_not_a_precommit():
     """Tagged messages: the proposer's header signature cannot be replayed as a vote."""
     header = sample_header(height=7)
     key = VALIDATORS[0]
-    cert = CommitCertificate(7, 0, header.hash, ((key.public_key, key.sign(header.encode())),))
+    signature = key.sign(header.signing_message(NETWORK))
+    cert = CommitCertificate(7, 0, header.hash, ((key.public_key, signature),))
     with pytest.raises(BlockError):
-        cert.verify(CHAIN, {key.public_key: 1})
+        cert.verify(NETWORK, {key.public_key: 1})
 
 
 def test_certificate_round_trip():
@@ -285,33 +305,47 @@ def test_certificate_round_trip():
 # ---- block shape -------------------------------------------------------------------------
 
 
-def make_block(n_txs: int = 3, proposer=VALIDATORS[0]) -> Block:
+def make_block(n_txs: int = 3, proposer=VALIDATORS[0], network=NETWORK) -> Block:
     sender = crypto.KeyPair(b"\x51" * 32)
-    txs = tuple(tx.make_transfer(sender, CHAIN, n, 1_000, b"\x52" * 20, 10) for n in range(n_txs))
+    txs = tuple(tx.make_transfer(sender, network, n, 1_000, b"\x52" * 20, 10) for n in range(n_txs))
     header = sample_header(
         tx_root=tx_root([t.id for t in txs]), tx_count=len(txs), proposer=proposer.public_key
     )
-    return Block(header, proposer.sign(header.encode()), txs)
+    return Block(header, proposer.sign(header.signing_message(network)), txs)
 
 
 def test_a_well_formed_block_passes_and_survives_its_encoding():
     good = make_block()
-    good.verify_shape()
+    good.verify_shape(NETWORK)
     again = Block.from_parts(good.header.encode(), good.signature, good.body())
-    again.verify_shape()
+    again.verify_shape(NETWORK)
     assert again.hash == good.hash and [t.id for t in again.txs] == [t.id for t in good.txs]
-    make_block(0).verify_shape()
+    make_block(0).verify_shape(NETWORK)
 
 
 def test_a_bad_proposer_signature_is_detected():
     good = make_block()
     with pytest.raises(BlockError):
-        replace(good, signature=OUTSIDER.sign(good.header.encode())).verify_shape()
+        replace(good, signature=OUTSIDER.sign(good.header.signing_message(NETWORK))).verify_shape(
+            NETWORK
+        )
     with pytest.raises(BlockError):
-        replace(good, signature=bytes(64)).verify_shape()
+        replace(good, signature=bytes(64)).verify_shape(NETWORK)
     # a header changed after signing
+    later = replace(good.header, time_ms=good.header.time_ms + 1)
     with pytest.raises(BlockError):
-        replace(good, header=replace(good.header, time_ms=good.header.time_ms + 1)).verify_shape()
+        replace(good, header=later).verify_shape(NETWORK)
+
+
+def test_a_block_of_a_reset_chain_with_the_same_keys_does_not_verify():
+    old = make_block(network=RESET)
+    old.verify_shape(RESET)
+    with pytest.raises(BlockError, match="bad proposer signature"):
+        old.verify_shape(NETWORK)
+    header = old.header
+    assert header.signing_message(NETWORK) == (
+        header.encode()[:11] + NETWORK.genesis_hash + header.encode()[11:]
+    )
 
 
 @pytest.mark.parametrize(
@@ -324,20 +358,21 @@ def test_a_bad_proposer_signature_is_detected():
         lambda txs: (
             txs[0],
             txs[1],
-            tx.make_transfer(crypto.KeyPair(b"\x53" * 32), CHAIN, 0, 1_000, b"\x52" * 20, 10),
+            tx.make_transfer(crypto.KeyPair(b"\x53" * 32), NETWORK, 0, 1_000, b"\x52" * 20, 10),
         ),
     ],
 )
 def test_transactions_that_do_not_match_the_header_are_detected(tamper):
     good = make_block()
     with pytest.raises(BlockError):
-        replace(good, txs=tamper(good.txs)).verify_shape()
+        replace(good, txs=tamper(good.txs)).verify_shape(NETWORK)
 
 
 def test_block_wire_encoding_round_trips_and_refuses_garbage():
     key = crypto.KeyPair.generate()
     sender = crypto.KeyPair.generate()
-    txs = tuple(tx.make_transfer(sender, "qnet-wire", n, 1_000, key.address, 5) for n in range(3))
+    wire_network = crypto.Network("qnet-wire", b"\x49" * 32)
+    txs = tuple(tx.make_transfer(sender, wire_network, n, 1_000, key.address, 5) for n in range(3))
     header = Header(
         "qnet-wire",
         7,
@@ -348,10 +383,10 @@ def test_block_wire_encoding_round_trips_and_refuses_garbage():
         b"\2" * 32,
         key.public_key,
     )
-    block = Block(header, key.sign(header.encode()), txs)
+    block = Block(header, key.sign(header.signing_message(wire_network)), txs)
     again = Block.decode(block.encode())
     assert again.hash == block.hash and [t.id for t in again.txs] == [t.id for t in txs]
-    again.verify_shape()
+    again.verify_shape(wire_network)
     wire = block.encode()
     for broken in (wire[:10], wire[:70], wire[:-1], wire + b"\0"):
         with pytest.raises(BlockError):

@@ -66,3 +66,12 @@ def test_beyond_its_patience_the_client_gives_up_with_the_refusal(server):
         1.0,
     )
     assert len(Limited.seen) == 1
+
+
+def test_a_status_without_a_chain_id_and_genesis_hash_names_no_network(server):
+    """What a client signs for comes from the node's status; an answer without a usable
+    chain id and genesis hash is a bad response, not a network to sign for."""
+    Limited.refusals = 0
+    with pytest.raises(ApiError, match="names no valid chain id and genesis hash") as refused:
+        Client(server).network()
+    assert refused.value.code == "bad_response"

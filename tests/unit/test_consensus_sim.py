@@ -13,6 +13,7 @@ import pytest
 
 from consensus_sim import (
     CHAIN_ID,
+    NETWORK,
     NEW_HEIGHTS,
     REPLAY,
     LivenessViolation,
@@ -176,7 +177,7 @@ class HostileSimulation(Simulation):
 
     def _vote_by(self, key: crypto.KeyPair, height: int, round_: int, target: bytes | None) -> Vote:
         kind = self.rng.choice((VoteKind.PREVOTE, VoteKind.PRECOMMIT))
-        signed = vote_signing_bytes(kind, CHAIN_ID, height, round_, target)
+        signed = vote_signing_bytes(kind, NETWORK, height, round_, target)
         return Vote(kind, CHAIN_ID, height, round_, target, key.public_key, key.sign(signed))
 
     def _deliver(self, src: int, dst: int, payload: Payload) -> None:
@@ -205,9 +206,9 @@ class HostileSimulation(Simulation):
     def _check_kept(self, node: SimValidator, message: Message) -> None:
         who = sender(message)
         if isinstance(message, Proposal):
-            signed = message.signing_bytes(value_id(message.value))
+            signed = message.signing_bytes(NETWORK, value_id(message.value))
         else:
-            signed = message.signing_bytes()
+            signed = message.signing_bytes(NETWORK)
         if (
             who not in self.validator_set
             or message.chain_id != CHAIN_ID

@@ -14,7 +14,8 @@ CHAIN = "qnet-cost"
 EPOCH_MS = 1_000
 OWNER = crypto.KeyPair(b"\x31" * 32)
 WATCHED = crypto.KeyPair(b"\x32" * 32)  # the node the heartbeat and the claim are about
-RULES = ledger.Rules(CHAIN, Params(epoch_ms=EPOCH_MS))
+NETWORK = crypto.Network(CHAIN, crypto.digest(b"qnet-cost genesis"))
+RULES = ledger.Rules(NETWORK, Params(epoch_ms=EPOCH_MS))
 SIZES = (10, 1_000, 100_000)
 
 
@@ -111,10 +112,10 @@ def costs() -> dict[int, dict[str, tuple[int, int]]]:
         state = network(size, epoch=7)
         close = cost_of_block(state, [], 8 * EPOCH_MS)
         heartbeat = cost_of_block(
-            state, [tx.make_heartbeat(WATCHED, CHAIN, 1, 8)], 8 * EPOCH_MS + 1
+            state, [tx.make_heartbeat(WATCHED, NETWORK, 1, 8)], 8 * EPOCH_MS + 1
         )
         claim = cost_of_block(
-            state, [tx.make_claim(OWNER, CHAIN, 0, 1_000, WATCHED.public_key)], 9 * EPOCH_MS
+            state, [tx.make_claim(OWNER, NETWORK, 0, 1_000, WATCHED.public_key)], 9 * EPOCH_MS
         )
         measured[size] = {"close": close, "heartbeat": heartbeat, "claim": claim}
     return measured

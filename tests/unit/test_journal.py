@@ -12,13 +12,13 @@ from qnet.journal import Journal, JournalError, read_journal
 from qnet.mempool import Mempool
 from qnet.tx import make_transfer
 
-CHAIN_ID = "qnet-test"
+NETWORK = crypto.Network("qnet-test", crypto.digest(b"qnet-test genesis"))
 SENDER = crypto.KeyPair.generate()
 SINK = crypto.KeyPair.generate().address
 
 
 def transfers(count: int, sender: crypto.KeyPair = SENDER, first_nonce: int = 0):
-    return [make_transfer(sender, CHAIN_ID, first_nonce + n, 1_000, SINK, 1) for n in range(count)]
+    return [make_transfer(sender, NETWORK, first_nonce + n, 1_000, SINK, 1) for n in range(count)]
 
 
 class FakeMempool:

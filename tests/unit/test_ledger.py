@@ -17,7 +17,8 @@ MIN_FEE = 1_000
 KEYS = [crypto.KeyPair(bytes([i + 1]) * 32) for i in range(5)]
 FRESH = [bytes([0xA0 + i]) * 20 for i in range(2)]  # recipients nobody holds a key for
 RECIPIENTS = [k.address for k in KEYS] + FRESH
-RULES = ledger.Rules(CHAIN, Params(min_fee=MIN_FEE))
+NETWORK = crypto.Network(CHAIN, crypto.digest(b"qnet-test genesis"))
+RULES = ledger.Rules(NETWORK, Params(min_fee=MIN_FEE))
 
 
 def apply(state: State, txs: list[tx.Transaction]):
@@ -26,7 +27,8 @@ def apply(state: State, txs: list[tx.Transaction]):
 
 
 def transfer(key, nonce, amount, fee=MIN_FEE, to=FRESH[0], chain=CHAIN) -> tx.Transaction:
-    return tx.make_transfer(key, chain, nonce, fee, to, amount)
+    network = crypto.Network(chain, NETWORK.genesis_hash)
+    return tx.make_transfer(key, network, nonce, fee, to, amount)
 
 
 def block_hash(height: int) -> bytes:

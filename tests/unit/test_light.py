@@ -35,7 +35,7 @@ def header(height: int, parent: bytes, time_ms: int | None = None, salt: int = 0
 
 
 def certify(h: Header, signers=VALIDATORS[:3], round_: int = 0) -> CommitCertificate:
-    message = precommit_message(CHAIN, h.height, round_, h.hash)
+    message = precommit_message(GENESIS.network, h.height, round_, h.hash)
     return CommitCertificate(
         h.height, round_, h.hash, tuple((k.public_key, k.sign(message)) for k in signers)
     )

@@ -222,12 +222,15 @@ class FakeChain:
         return self.blocks[height - 1]
 
 
+NETWORK = crypto.Network("qnet-test", crypto.digest(b"qnet-test genesis"))
+
+
 def make_plan(tmp_path, data) -> plan.Plan:
     campaign = c.parse(data, "x.yml")
     sched = c.schedule(campaign.streams[0])
     keys = [crypto.KeyPair.generate() for _ in range(campaign.senders)]
     work = plan.assignments(sched, campaign.senders, campaign.users)
-    raws = plan.sign_all([k.seed for k in keys], "qnet-test", campaign.fee, work, lambda n: None)
+    raws = plan.sign_all([k.seed for k in keys], NETWORK, campaign.fee, work, lambda n: None)
     return plan.write(tmp_path / "plan", data, campaign, "qnet-test", ["http://a", "http://b"],
                       "http://a", {"transfer": [raws]}, 0, {})  # fmt: skip
 
@@ -382,7 +385,7 @@ def test_wallet_sends_are_json_one_at_a_time_on_lanes_of_their_own(tmp_path):
     assert len(sched.offsets) == sched.batches == int(3 * campaign.seconds)  # warm-up too
     keys = [crypto.KeyPair.generate() for _ in range(2)]
     work = plan.assignments(sched, 2, 2)
-    raws = plan.sign_all([k.seed for k in keys], "qnet-test", 1000, work, lambda n: None)
+    raws = plan.sign_all([k.seed for k in keys], NETWORK, 1000, work, lambda n: None)
     bodies = plan.request_bodies(wallet, sched, raws)
     first = json.loads(bodies[0])
     assert first["kind"] == "transfer" and first["nonce"] == 0
@@ -391,7 +394,7 @@ def test_wallet_sends_are_json_one_at_a_time_on_lanes_of_their_own(tmp_path):
     transfer = c.schedule(campaign.streams[0])
     tkeys = [crypto.KeyPair.generate() for _ in range(4)]
     twork = plan.assignments(transfer, 4, 2)
-    traws = plan.sign_all([k.seed for k in tkeys], "qnet-test", 1000, twork, lambda n: None)
+    traws = plan.sign_all([k.seed for k in tkeys], NETWORK, 1000, twork, lambda n: None)
     p = plan.write(tmp_path / "plan", data, campaign, "qnet-test", ["http://a"], "http://a",
                    {"transfer": [traws], "wallet": [raws]}, 0, {})  # fmt: skip
     ids = p.ids

@@ -16,7 +16,8 @@ from qnet.mempool import REPLACEMENT_BUMP_PERCENT, Mempool, replacement_fee
 CHAIN = "qnet-test"
 MIN_FEE = 1_000
 RICH = (10**12, 0)
-RULES = ledger.Rules(CHAIN, Params(min_fee=MIN_FEE))
+NETWORK = crypto.Network(CHAIN, crypto.digest(b"qnet-test genesis"))
+RULES = ledger.Rules(NETWORK, Params(min_fee=MIN_FEE))
 SHARD_KEY = b"a fixed test key"  # so tests can pick senders by shard
 
 
@@ -46,7 +47,7 @@ A, B, C, D = (key_in_shard(0, 1, i) for i in range(4))
 
 
 def transfer(key, nonce, fee=MIN_FEE, amount=1, to=b"\x99" * 20) -> tx.Transaction:
-    return tx.make_transfer(key, CHAIN, nonce, fee, to, amount)
+    return tx.make_transfer(key, NETWORK, nonce, fee, to, amount)
 
 
 def code_of(pool: Mempool, t: tx.Transaction, account=RICH, now=0.0) -> str:
@@ -315,7 +316,7 @@ def test_a_replacement_pays_at_least_ten_percent_more(old_fee, bump):
 
 
 def heartbeat(key, nonce, epoch=5) -> tx.Transaction:
-    return tx.make_heartbeat(key, CHAIN, nonce, epoch)
+    return tx.make_heartbeat(key, NETWORK, nonce, epoch)
 
 
 def test_one_pending_heartbeat_per_node_and_epoch():
@@ -380,7 +381,7 @@ def test_select_fills_a_block_up_to_its_byte_limit():
     pool = new_pool(shards=4)
     small = [transfer(k, 0, fee=2_000) for k in (A, B, C)]
     owner = key_in_shard(0, 1, 10)
-    big = tx.make_activate(owner, CHAIN, 0, 5_000, D.public_key, "light", "eu", 1, b"\1" * 64)
+    big = tx.make_activate(owner, NETWORK, 0, 5_000, D.public_key, "light", "eu", 1, b"\1" * 64)
     for t in [big, *small]:
         pool.admit(t, RICH, 0.0)
     size, big_size = tx.framed_size(small[0]), tx.framed_size(big)
@@ -595,7 +596,7 @@ class MempoolMachine(RuleBasedStateMachine):
         account = self.state.account(sender.address)
         queued = len(nonces(self.pool, sender))
         t = tx.make_transfer(
-            sender, CHAIN, max(0, account[1] + queued + nonce_delta), fee, to, amount
+            sender, NETWORK, max(0, account[1] + queued + nonce_delta), fee, to, amount
         )
         before = self.snapshot()
         expected_victim = self.victim_by_scan(t)

@@ -23,6 +23,7 @@ from qnet.node import InvalidBlock, Node, check_block
 from qnet.wire import HeartbeatView
 
 CHAIN = "qnet-test"
+NETWORK = crypto.Network(CHAIN, crypto.digest(b"qnet-test genesis"))
 MIN_FEE = 1_000
 EPOCH_MS = 1_000
 FEES = {"super": 50_000, "full": 20_000, "light": 5_000}
@@ -163,18 +164,18 @@ def activation(draw, model: Model) -> tx.Transaction | None:
     flaw = draw(st.sampled_from(["none"] * 4 + ["proof", "type", "region", "short", "over"]))
     amount = FEES[node_type] - (flaw == "short") + (flaw == "over")
     signer = OWNERS[(OWNERS.index(owner) + 1) % 3] if flaw == "proof" else node
-    proof = tx.prove_node(signer, CHAIN, owner.address)
+    proof = tx.prove_node(signer, NETWORK, owner.address)
     if flaw in ("type", "region"):  # no encoding exists for them: refused before any ledger
         bad = {"node_type": "mega"} if flaw == "type" else {"region": "moon"}
         fields = {"node_type": node_type, "region": region} | bad
         with pytest.raises(tx.DecodeError):
             tx.make_activate(
-                owner, CHAIN, 0, MIN_FEE, node.public_key, amount=1, **fields, node_proof=proof
+                owner, NETWORK, 0, MIN_FEE, node.public_key, amount=1, **fields, node_proof=proof
             )
         return None
     made = tx.make_activate(
         owner,
-        CHAIN,
+        NETWORK,
         next_nonce(model, owner),
         MIN_FEE,
         node.public_key,
@@ -183,7 +184,7 @@ def activation(draw, model: Model) -> tx.Transaction | None:
         amount,
         proof,
     )
-    assert made.verify_signature() == (flaw != "proof")
+    assert made.verify_signature(NETWORK) == (flaw != "proof")
     return None if flaw == "proof" else made  # the node refuses it at admission
 
 
@@ -197,7 +198,7 @@ def some_node(model: Model) -> st.SearchStrategy[crypto.KeyPair]:
 def heartbeat(draw, model: Model) -> tx.Transaction:
     node = draw(some_node(model))
     epoch = max(0, model.epoch + draw(st.sampled_from([0, 0, 0, 0, -1, 1])))
-    return tx.make_heartbeat(node, CHAIN, next_nonce(model, node), epoch)
+    return tx.make_heartbeat(node, NETWORK, next_nonce(model, node), epoch)
 
 
 @st.composite
@@ -206,7 +207,7 @@ def claim(draw, model: Model) -> tx.Transaction:
     owner = model.nodes.get(node.public_key, (None,))[0]
     keys = [k for k in [VALIDATOR, *OWNERS] if k.address == owner]
     signer = draw(st.sampled_from(keys * 3 + OWNERS))  # mostly the owner, sometimes not
-    return tx.make_claim(signer, CHAIN, next_nonce(model, signer), MIN_FEE, node.public_key)
+    return tx.make_claim(signer, NETWORK, next_nonce(model, signer), MIN_FEE, node.public_key)
 
 
 @st.composite
@@ -215,7 +216,7 @@ def transfer(draw, model: Model) -> tx.Transaction:
     fee = MIN_FEE + draw(st.integers(0, 5_000))
     to = draw(st.sampled_from([k.address for k in OWNERS + NODE_KEYS]))
     return tx.make_transfer(
-        sender, CHAIN, next_nonce(model, sender), fee, to, 1 + draw(st.integers(0, 10**4))
+        sender, NETWORK, next_nonce(model, sender), fee, to, 1 + draw(st.integers(0, 10**4))
     )
 
 
@@ -280,7 +281,7 @@ def outcomes(txs: list, included: list, refused: list) -> list[str | None]:
 @settings(max_examples=100, deadline=None)
 @given(st.integers(0, 10**6), st.data())
 def test_rewards_follow_the_model_and_conserve_supply(emission, data):
-    rules = ledger.Rules(CHAIN, params(emission))
+    rules = ledger.Rules(NETWORK, params(emission))
     state, model = genesis_state(), Model(emission)
     for height in range(1, data.draw(st.integers(1, 14)) + 1):
         time_ms = state.block_time_ms + data.draw(st.sampled_from([1, 400, 1_000, 2_600]))
@@ -306,7 +307,7 @@ def test_rewards_follow_the_model_and_conserve_supply(emission, data):
 
 def test_an_epoch_close_example():
     """Emission 1001 over 4 eligible nodes, a fee pool of 1001 over 3 super and 1 full."""
-    rules = ledger.Rules(CHAIN, params(1_001))
+    rules = ledger.Rules(NETWORK, params(1_001))
     counts = EpochRecord(eligible=(3, 1, 0))
     state = State({}, ledger.Supply(genesis=0, fee_pool=1_001), epochs={0: counts})
     diff, _, _ = ledger.apply_block(state, [], rules, EPOCH_MS)
@@ -318,7 +319,7 @@ def test_an_epoch_close_example():
 
 
 def test_an_epoch_nobody_was_eligible_in_mints_nothing_and_keeps_the_fees():
-    rules = ledger.Rules(CHAIN, params(5_000))
+    rules = ledger.Rules(NETWORK, params(5_000))
     state = State({}, ledger.Supply(genesis=0, fee_pool=77), clock=ledger.EpochClock(3, 2))
     diff, _, _ = ledger.apply_block(state, [], rules, 9 * EPOCH_MS)
     assert diff.epochs == {} and diff.clock == ledger.EpochClock(9, 2)
@@ -326,7 +327,7 @@ def test_an_epoch_nobody_was_eligible_in_mints_nothing_and_keeps_the_fees():
 
 
 def test_a_block_skipping_epochs_closes_only_the_one_it_leaves():
-    rules = ledger.Rules(CHAIN, params(100))
+    rules = ledger.Rules(NETWORK, params(100))
     state = State(
         {},
         ledger.Supply(genesis=0),
@@ -339,29 +340,29 @@ def test_a_block_skipping_epochs_closes_only_the_one_it_leaves():
 
 
 def test_a_claim_pays_epochs_heartbeated_across_claims_once():
-    rules = ledger.Rules(CHAIN, params(900))
+    rules = ledger.Rules(NETWORK, params(900))
     state, owner, node = genesis_state(), OWNERS[0], NODE_KEYS[0]
-    proof = tx.prove_node(node, CHAIN, owner.address)
+    proof = tx.prove_node(node, NETWORK, owner.address)
     steps = [  # (epoch of the block, transactions)
         (
             0,
             [
                 tx.make_activate(
-                    owner, CHAIN, 0, MIN_FEE, node.public_key, "light", "oc", 5_000, proof
+                    owner, NETWORK, 0, MIN_FEE, node.public_key, "light", "oc", 5_000, proof
                 )
             ],
         ),
-        (0, [tx.make_heartbeat(node, CHAIN, 0, 0)]),
+        (0, [tx.make_heartbeat(node, NETWORK, 0, 0)]),
         (
             1,
             [
-                tx.make_heartbeat(node, CHAIN, 1, 1),
-                tx.make_claim(owner, CHAIN, 1, MIN_FEE, node.public_key),
+                tx.make_heartbeat(node, NETWORK, 1, 1),
+                tx.make_claim(owner, NETWORK, 1, MIN_FEE, node.public_key),
             ],
         ),
-        (1, [tx.make_claim(owner, CHAIN, 2, MIN_FEE, node.public_key)]),  # epoch 1 still open
-        (3, [tx.make_claim(owner, CHAIN, 2, MIN_FEE, node.public_key)]),
-        (4, [tx.make_claim(owner, CHAIN, 3, MIN_FEE, node.public_key)]),  # nothing left
+        (1, [tx.make_claim(owner, NETWORK, 2, MIN_FEE, node.public_key)]),  # epoch 1 still open
+        (3, [tx.make_claim(owner, NETWORK, 2, MIN_FEE, node.public_key)]),
+        (4, [tx.make_claim(owner, NETWORK, 3, MIN_FEE, node.public_key)]),  # nothing left
     ]
     outcomes = []
     for height, (epoch, txs) in enumerate(steps, 1):
@@ -377,11 +378,11 @@ def test_a_claim_pays_epochs_heartbeated_across_claims_once():
 
 def test_admission_sees_the_epoch_the_next_block_closes():
     """A claim sent after its node's only eligible epoch ended, before any block closed it."""
-    rules = ledger.Rules(CHAIN, params(700))
+    rules = ledger.Rules(NETWORK, params(700))
     state, node = genesis_state(), VALIDATOR
-    diff, _, _ = ledger.apply_block(state, [tx.make_heartbeat(node, CHAIN, 0, 0)], rules, 1)
+    diff, _, _ = ledger.apply_block(state, [tx.make_heartbeat(node, NETWORK, 0, 0)], rules, 1)
     state.merge(diff, 1, block_hash(1), 1)
-    claim = tx.make_claim(node, CHAIN, 1, MIN_FEE, node.public_key)
+    claim = tx.make_claim(node, NETWORK, 1, MIN_FEE, node.public_key)
     with pytest.raises(Rejected, match="no unclaimed"):
         ledger.check_kind(state, claim, rules)  # on chain, epoch 0 is still open
     ledger.check_kind(ledger.begin_block(state, rules, 1), claim, rules)
@@ -398,7 +399,7 @@ def _signed_block(state: State, txs: list[tx.Transaction], time_ms: int) -> Bloc
         b"\0" * 32,
         VALIDATOR.public_key,
     )
-    return Block(header, VALIDATOR.sign(header.encode()), tuple(txs))
+    return Block(header, VALIDATOR.sign(header.signing_message(NETWORK)), tuple(txs))
 
 
 def test_a_block_with_a_forged_node_proof_is_refused():
@@ -407,15 +408,17 @@ def test_a_block_with_a_forged_node_proof_is_refused():
 
     def activation(proof: bytes) -> tx.Transaction:
         return tx.make_activate(
-            owner, CHAIN, 0, MIN_FEE, node.public_key, "light", "eu", 5_000, proof
+            owner, NETWORK, 0, MIN_FEE, node.public_key, "light", "eu", 5_000, proof
         )
 
-    forged = activation(tx.prove_node(OWNERS[1], CHAIN, owner.address))
+    forged = activation(tx.prove_node(OWNERS[1], NETWORK, owner.address))
     with pytest.raises(InvalidBlock, match="badly signed"):
-        check_block(state, _signed_block(state, [forged], 1), ledger.Rules(CHAIN, params(0)))
-    assert activation(tx.prove_node(node, CHAIN, owner.address)).verify_signature()
-    assert not activation(tx.prove_node(node, "another-chain", owner.address)).verify_signature()
-    assert not activation(tx.prove_node(node, CHAIN, OWNERS[1].address)).verify_signature()
+        check_block(state, _signed_block(state, [forged], 1), ledger.Rules(NETWORK, params(0)))
+    assert activation(tx.prove_node(node, NETWORK, owner.address)).verify_signature(NETWORK)
+    assert not activation(
+        tx.prove_node(node, crypto.Network("another-chain", NETWORK.genesis_hash), owner.address)
+    ).verify_signature(NETWORK)
+    assert not activation(tx.prove_node(node, NETWORK, OWNERS[1].address)).verify_signature(NETWORK)
 
 
 def test_digest_covers_nodes_epochs_and_the_clock():
@@ -475,7 +478,8 @@ def test_a_node_builds_its_heartbeat_for_the_network_driver(tmp_path):
         epoch = node.epoch_now()
         assert epoch > 0
         assert (heartbeat.kind, heartbeat.nonce, heartbeat.epoch) == (tx.KIND_HEARTBEAT, 0, epoch)
-        assert heartbeat.node_key == VALIDATOR.public_key and heartbeat.verify_signature()
+        assert heartbeat.node_key == VALIDATOR.public_key
+        assert heartbeat.verify_signature(genesis.network)
         assert asyncio.run(node.submit([heartbeat])) == [None]
         assert node.heartbeat() is None  # one is pending
         view = node.heartbeat_view(VALIDATOR.public_key)
@@ -508,7 +512,7 @@ def test_a_heartbeat_whose_epoch_closed_is_dropped(tmp_path):
         assert follower.heartbeat() is None  # pending
         # The proposer never saw it; its next block is in the next epoch.
         block, _ = proposer.build_block(follower.rules.epoch_start_ms(heartbeat.epoch + 1))
-        message = precommit_message(CHAIN, block.header.height, 0, block.hash)
+        message = precommit_message(genesis.network, block.header.height, 0, block.hash)
         cert = CommitCertificate(
             block.header.height, 0, block.hash, ((VALIDATOR.public_key, VALIDATOR.sign(message)),)
         )

@@ -20,7 +20,6 @@ VALIDATOR = crypto.KeyPair(b"\x70" * 32)
 OUTSIDER = crypto.KeyPair(b"\x6f" * 32)
 WALLETS = [crypto.KeyPair(bytes([0x71 + i]) * 32) for i in range(3)]
 FRESH = b"\xee" * 20
-RULES = ledger.Rules(CHAIN, Params(min_fee=MIN_FEE))
 
 
 def make_genesis(chain_id: str = CHAIN, balances: dict[bytes, int] | None = None):
@@ -31,6 +30,10 @@ def make_genesis(chain_id: str = CHAIN, balances: dict[bytes, int] | None = None
         {crypto.encode_address(a): units for a, units in balances.items()},
         Params(min_fee=MIN_FEE),
     )
+
+
+RULES = ledger.Rules.from_genesis(make_genesis())
+NETWORK = RULES.network  # of the default genesis, which ``pay`` signs for
 
 
 def build_block(
@@ -55,8 +58,8 @@ def build_block(
         proposer=VALIDATOR.public_key,
     )
     header = replace(header, **header_changes)
-    block = Block(header, VALIDATOR.sign(header.encode()), tuple(included))
-    precommit = precommit_message(CHAIN, header.height, 0, block.hash)
+    block = Block(header, VALIDATOR.sign(header.signing_message(rules.network)), tuple(included))
+    precommit = precommit_message(rules.network, header.height, 0, block.hash)
     cert = CommitCertificate(
         header.height, 0, block.hash, ((signer.public_key, signer.sign(precommit)),)
     )
@@ -93,7 +96,7 @@ class Chain:
 
 
 def pay(key, nonce, to, amount=1_000_000, fee=MIN_FEE) -> tx.Transaction:
-    return tx.make_transfer(key, CHAIN, nonce, fee, to, amount)
+    return tx.make_transfer(key, NETWORK, nonce, fee, to, amount)
 
 
 def four_blocks(chain: Chain) -> None:
@@ -165,11 +168,11 @@ def test_stored_blocks_and_certificates_read_back(chain):
     storage = chain.reopen()
     for block in chain.blocks:
         got, cert = storage.block(block.header.height)
-        got.verify_shape()
+        got.verify_shape(NETWORK)
         assert got.header == block.header and got.signature == block.signature
         assert [t.raw for t in got.txs] == [t.raw for t in block.txs]
         assert cert.block_hash == block.hash and cert.height == block.header.height
-        cert.verify(CHAIN, {VALIDATOR.public_key: 1})
+        cert.verify(NETWORK, {VALIDATOR.public_key: 1})
     assert storage.block(0) is None and storage.block(5) is None
     assert [b.hash for b, _ in storage.iter_blocks()] == [b.hash for b in chain.blocks]
 
@@ -193,10 +196,11 @@ def test_nodes_epochs_and_rewards_survive_storage_and_replay(tmp_path):
     genesis = genesis_mod.make_genesis(CHAIN, [(VALIDATOR.node_id, "eu")], balances, params)
     chain = Chain(tmp_path / "chain.sqlite", genesis)
     owner, node = WALLETS[0], crypto.KeyPair(b"\x7e" * 32)
-    proof = tx.prove_node(node, CHAIN, owner.address)
+    network = genesis.network
+    proof = tx.prove_node(node, network, owner.address)
     burn = params.activation_fee_full
     chain.commit(
-        [tx.make_activate(owner, CHAIN, 0, MIN_FEE, node.public_key, "full", "sa", burn, proof)]
+        [tx.make_activate(owner, network, 0, MIN_FEE, node.public_key, "full", "sa", burn, proof)]
     )
 
     def next_epoch_block(txs_for) -> None:
@@ -206,12 +210,12 @@ def test_nodes_epochs_and_rewards_survive_storage_and_replay(tmp_path):
     for n in range(2):  # eligible in epochs 1 and 2, beside the validator
         next_epoch_block(
             lambda e, n=n: [
-                tx.make_heartbeat(node, CHAIN, n, e),
-                tx.make_heartbeat(VALIDATOR, CHAIN, n, e),
+                tx.make_heartbeat(node, network, n, e),
+                tx.make_heartbeat(VALIDATOR, network, n, e),
             ]
         )
-    next_epoch_block(lambda e: [tx.make_claim(owner, CHAIN, 1, MIN_FEE, node.public_key)])
-    next_epoch_block(lambda e: [tx.make_heartbeat(node, CHAIN, 2, e)])
+    next_epoch_block(lambda e: [tx.make_claim(owner, network, 1, MIN_FEE, node.public_key)])
+    next_epoch_block(lambda e: [tx.make_heartbeat(node, network, 2, e)])
     assert [len(b.txs) for b in chain.blocks] == [1, 2, 2, 1, 1]
 
     record = chain.state.node(node.public_key)

@@ -40,6 +40,8 @@ from qnet.tendermint import (
 )
 
 CHAIN = "qnet-test"
+GENESIS_HASH = b"\x47" * 32
+NETWORK = crypto.Network(CHAIN, GENESIS_HASH)
 H = 5
 KEYS = [crypto.KeyPair(bytes([i + 1]) * 32) for i in range(4)]
 BY_KEY = {k.public_key: k for k in KEYS}
@@ -72,7 +74,7 @@ OTHERS = [k for k in KEYS if k is not ME]
 
 def make_core(key: crypto.KeyPair = ME, validators: ValidatorSet = EQUAL, **kw) -> Core:
     return Core(
-        chain_id=CHAIN,
+        network=NETWORK,
         validators=validators,
         me=key.public_key,
         sign=key.sign,
@@ -89,11 +91,11 @@ def vote(
     round_: int,
     value: bytes | None,
     height: int = H,
-    chain: str = CHAIN,
+    network: crypto.Network = NETWORK,
 ) -> Vote:
     value_id = None if value is None else vid(value)
-    signature = key.sign(vote_signing_bytes(kind, chain, height, round_, value_id))
-    return Vote(kind, chain, height, round_, value_id, key.public_key, signature)
+    signature = key.sign(vote_signing_bytes(kind, network, height, round_, value_id))
+    return Vote(kind, network.chain_id, height, round_, value_id, key.public_key, signature)
 
 
 def proposal(
@@ -102,10 +104,13 @@ def proposal(
     valid_round: int = -1,
     height: int = H,
     key: crypto.KeyPair | None = None,
+    network: crypto.Network = NETWORK,
 ) -> Proposal:
     key = key or proposer(round_, height)
-    signature = key.sign(proposal_signing_bytes(CHAIN, height, round_, valid_round, vid(value)))
-    return Proposal(CHAIN, height, round_, valid_round, value, key.public_key, signature)
+    signed = proposal_signing_bytes(network, height, round_, valid_round, vid(value))
+    return Proposal(
+        network.chain_id, height, round_, valid_round, value, key.public_key, key.sign(signed)
+    )
 
 
 def feed(core: Core, *messages: Message) -> list[Effect]:
@@ -166,7 +171,8 @@ def test_proposer_asks_for_a_value_proposes_it_and_prevotes_it():
     messages = sent(effects)
     assert isinstance(messages[0], Proposal) and messages[0].value == A  # line 19
     assert messages[0].valid_round == -1
-    assert crypto.verify(key.public_key, messages[0].signature, messages[0].signing_bytes(vid(A)))
+    signed = messages[0].signing_bytes(NETWORK, vid(A))
+    assert crypto.verify(key.public_key, messages[0].signature, signed)
     assert votes_sent(effects, PREVOTE) == [vid(A)]  # line 22 on its own proposal
     assert isinstance(effects[0], PersistSigningState)  # durable before anything is sent
 
@@ -405,7 +411,7 @@ def test_decision_needs_more_than_two_thirds_of_the_power():
     [decide] = [e for e in effects if isinstance(e, Decide)]
     assert (decide.height, decide.round, decide.value) == (H, 0, A)
     cert = decide.certificate
-    cert.verify(CHAIN, WEIGHTED.powers)  # a block.CommitCertificate as it is
+    cert.verify(NETWORK, WEIGHTED.powers)  # a block.CommitCertificate as it is
     assert CommitCertificate.decode(cert.encode()) == cert
     assert [pk for pk, _ in cert.signatures] == sorted(k.public_key for k in [*heavy, other_light])
 
@@ -481,18 +487,25 @@ def test_bad_signatures_wrong_chains_and_strangers_are_ignored():
     core.on_timeout(Timeout(Step.PROPOSE, H, 0))
     good = vote(OTHERS[0], PREVOTE, 0, A)
     forged = Vote(PREVOTE, CHAIN, H, 0, vid(A), OTHERS[1].public_key, good.signature)
-    other_chain = vote(OTHERS[1], PREVOTE, 0, A, chain="another-chain")
+    other_chain = vote(OTHERS[1], PREVOTE, 0, A, network=crypto.Network("another", GENESIS_HASH))
+    # The same chain id and keys, another genesis (a reset testnet): the chain id matches,
+    # the signature does not.
+    reset = crypto.Network(CHAIN, b"\x48" * 32)
+    old_vote = vote(OTHERS[2], PREVOTE, 0, A, network=reset)
+    old_proposal = proposal(0, B, network=reset)
     stranger = vote(crypto.KeyPair(b"\x99" * 32), PREVOTE, 0, A)
     bad_proposal = Proposal(CHAIN, H, 0, -1, B, proposer(0).public_key, bytes(64))
-    effects = feed(core, good, forged, other_chain, stranger, bad_proposal)
+    effects = feed(core, good, forged, other_chain, old_vote, old_proposal, stranger, bad_proposal)
     assert effects == [
         Accepted(good),
         Refused(forged, "bad_signature"),
         Refused(other_chain, "wrong_chain"),
+        Refused(old_vote, "bad_signature"),
+        Refused(old_proposal, "bad_signature"),
         Refused(stranger, "not_validator"),
         Refused(bad_proposal, "bad_signature"),
     ]
-    assert dict(core.dropped) == {"bad_signature": 2, "wrong_chain": 1, "not_validator": 1}
+    assert dict(core.dropped) == {"bad_signature": 4, "wrong_chain": 1, "not_validator": 1}
     # only two validators prevoted (we and OTHERS[0]): line 34 has not fired
     assert timeouts(core.on_message(vote(OTHERS[2], PREVOTE, 0, A))) != []
 
@@ -631,19 +644,24 @@ rounds = st.integers(min_value=0, max_value=2**32 - 1)
 ids = st.binary(min_size=32, max_size=32).filter(lambda b: b != NIL_ID)
 keys = st.sampled_from(KEYS)
 chains = st.sampled_from([CHAIN, "q", "ünïcode-chain"])
+networks = st.builds(crypto.Network, chains, st.binary(min_size=32, max_size=32))
 
 
 @FAST
-@given(st.sampled_from(list(VoteKind)), chains, u64, rounds, st.none() | ids, keys)
-def test_votes_round_trip_and_verify(kind, chain, height, round_, value_id, key):
-    message = vote_signing_bytes(kind, chain, height, round_, value_id)
+@given(st.sampled_from(list(VoteKind)), networks, u64, rounds, st.none() | ids, keys)
+def test_votes_round_trip_and_verify(kind, network, height, round_, value_id, key):
+    message = vote_signing_bytes(kind, network, height, round_, value_id)
+    chain = network.chain_id
     v = Vote(kind, chain, height, round_, value_id, key.public_key, key.sign(message))
     assert decode_message(v.encode()) == v
-    assert v.encode().startswith(v.signing_bytes())
-    assert v.signing_bytes()[0] == kind and v.signing_bytes()[2 : 2 + len(chain.encode())] == (
-        chain.encode()
+    # On the wire: the signed fields without the genesis hash, then signer and signature.
+    cid = chain.encode()
+    signed = v.signing_bytes(network)
+    assert signed == bytes((kind, len(cid))) + cid + network.genesis_hash + signed[34 + len(cid) :]
+    assert v.encode() == signed[: 2 + len(cid)] + signed[34 + len(cid) :] + key.public_key + (
+        v.signature
     )
-    assert crypto.verify(key.public_key, v.signature, v.signing_bytes())
+    assert crypto.verify(key.public_key, v.signature, signed)
 
 
 @FAST
@@ -657,19 +675,21 @@ def test_votes_round_trip_and_verify(kind, chain, height, round_, value_id, key)
 )
 def test_proposals_round_trip(chain, height, round_, value, key, data):
     valid_round = data.draw(st.integers(min_value=-1, max_value=round_ - 1))
-    signed = proposal_signing_bytes(chain, height, round_, valid_round, vid(value))
+    network = crypto.Network(chain, GENESIS_HASH)
+    signed = proposal_signing_bytes(network, height, round_, valid_round, vid(value))
     p = Proposal(chain, height, round_, valid_round, value, key.public_key, key.sign(signed))
     assert decode_message(p.encode()) == p
-    assert p.signing_bytes(vid(value))[0] == TAG_PROPOSAL
+    assert p.signing_bytes(network, vid(value)) == signed and signed[0] == TAG_PROPOSAL
 
 
 def test_a_precommit_signs_exactly_the_block_precommit_message():
-    assert vote_signing_bytes(PRECOMMIT, CHAIN, 3, 1, vid(A)) == precommit_message(
-        CHAIN, 3, 1, vid(A)
+    assert vote_signing_bytes(PRECOMMIT, NETWORK, 3, 1, vid(A)) == precommit_message(
+        NETWORK, 3, 1, vid(A)
     )
     assert len({TAG_PREVOTE, TAG_PRECOMMIT, TAG_PROPOSAL}) == 3
     nil = vote(KEYS[0], PREVOTE, 0, None)
-    assert nil.signing_bytes().endswith(NIL_ID) and decode_message(nil.encode()).value_id is None
+    assert nil.signing_bytes(NETWORK).endswith(NIL_ID)
+    assert decode_message(nil.encode()).value_id is None
 
 
 @pytest.mark.parametrize(

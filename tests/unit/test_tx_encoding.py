@@ -16,6 +16,10 @@ u64 = st.integers(min_value=0, max_value=MAX_AMOUNT)
 chain_ids = st.text(st.characters(codec="utf-8"), min_size=1, max_size=64).filter(
     lambda s: len(s.encode()) <= tx.MAX_CHAIN_ID_LEN
 )
+# Transactions here are signed for networks of one genesis hash and any chain id: the
+# network a transaction was signed for is then ``on(t.chain_id)``.
+GENESIS_HASH = bytes(range(32))
+networks = chain_ids.map(lambda chain_id: crypto.Network(chain_id, GENESIS_HASH))
 keys = st.binary(min_size=32, max_size=32).map(crypto.KeyPair)
 addresses = st.binary(min_size=crypto.ADDRESS_LEN, max_size=crypto.ADDRESS_LEN)
 
@@ -24,7 +28,7 @@ addresses = st.binary(min_size=crypto.ADDRESS_LEN, max_size=crypto.ADDRESS_LEN)
 def transfers(draw) -> tx.Transaction:
     return tx.make_transfer(
         draw(keys),
-        draw(chain_ids),
+        draw(networks),
         nonce=draw(u64),
         fee=draw(u64),
         to=draw(addresses),
@@ -34,34 +38,41 @@ def transfers(draw) -> tx.Transaction:
 
 @st.composite
 def activations(draw) -> tx.Transaction:
-    owner, node, chain_id = draw(keys), draw(keys), draw(chain_ids)
+    owner, node, network = draw(keys), draw(keys), draw(networks)
     return tx.make_activate(
         owner,
-        chain_id,
+        network,
         nonce=draw(u64),
         fee=draw(u64),
         node_key=node.public_key,
         node_type=draw(st.sampled_from(NODE_TYPES)),
         region=draw(st.sampled_from(REGIONS)),
         amount=draw(u64),
-        node_proof=tx.prove_node(node, chain_id, owner.address),
+        node_proof=tx.prove_node(node, network, owner.address),
     )
 
 
 @st.composite
 def heartbeats(draw) -> tx.Transaction:
-    return tx.make_heartbeat(draw(keys), draw(chain_ids), nonce=draw(u64), epoch=draw(u64))
+    return tx.make_heartbeat(draw(keys), draw(networks), nonce=draw(u64), epoch=draw(u64))
 
 
 @st.composite
 def claims(draw) -> tx.Transaction:
     return tx.make_claim(
-        draw(keys), draw(chain_ids), nonce=draw(u64), fee=draw(u64), node_key=draw(keys).public_key
+        draw(keys), draw(networks), nonce=draw(u64), fee=draw(u64), node_key=draw(keys).public_key
     )
 
 
 transactions = st.one_of(transfers(), activations(), heartbeats(), claims())
 FAST = settings(max_examples=60, deadline=None)
+
+
+def on(chain_id: str, genesis_hash: bytes = GENESIS_HASH) -> crypto.Network:
+    return crypto.Network(chain_id, genesis_hash)
+
+
+C = on("c")
 
 
 def same_fields(a: tx.Transaction, b: tx.Transaction) -> bool:
@@ -93,7 +104,7 @@ def same_fields(a: tx.Transaction, b: tx.Transaction) -> bool:
 def test_raw_follows_the_documented_layout_and_id_is_its_hash():
     key = crypto.KeyPair(bytes(range(32)))
     t = tx.make_transfer(
-        key, "qnet-test", nonce=7, fee=1000, to=b"\x11" * 20, amount=12_500_000_000
+        key, on("qnet-test"), nonce=7, fee=1000, to=b"\x11" * 20, amount=12_500_000_000
     )
     body = (
         bytes((1, 1, 9))
@@ -106,11 +117,14 @@ def test_raw_follows_the_documented_layout_and_id_is_its_hash():
     )
     assert t.body == body
     assert t.raw == t.signature + body
+    # Signed: tag 0x41, the chain id, the genesis hash (not in the raw bytes), the body.
+    signed = bytes((0x41, 9)) + b"qnet-test" + GENESIS_HASH + body
+    assert t.signature == key.sign(signed)
     assert t.id == hashlib.blake2b(t.raw, digest_size=32).digest()
     assert t.sender == hashlib.blake2b(key.public_key, digest_size=20).digest()
     # Ed25519 is deterministic, so the id of this transaction is fixed forever: a change
     # here is a change of the consensus encoding.
-    assert t.id.hex() == "797bdde1069c1f281a7aeeabfea9e8fc4d91b4dce67e9d16c7c087f554934c72"
+    assert t.id.hex() == "37e1bef0891f36fce823b0614832a55f18d6efd5a394f4aa5c4cd6c9ddd68598"
 
 
 @FAST
@@ -118,7 +132,7 @@ def test_raw_follows_the_documented_layout_and_id_is_its_hash():
 def test_decode_reproduces_every_field(t):
     got = tx.decode(t.raw)
     assert same_fields(got, t)
-    assert got.verify_signature()
+    assert got.verify_signature(on(t.chain_id))
 
 
 @FAST
@@ -128,7 +142,7 @@ def test_json_round_trip(t):
     got = tx.from_json(json.loads(json.dumps(obj)))
     assert same_fields(got, t)
     assert got.to_json() == obj
-    assert got.verify_signature()
+    assert got.verify_signature(on(t.chain_id))
 
 
 @FAST
@@ -143,7 +157,7 @@ def test_any_single_byte_mutation_is_refused_or_breaks_the_signature(t, data):
     except tx.DecodeError:
         return
     assert got.id != t.id
-    assert not got.verify_signature()
+    assert not got.verify_signature(on(got.chain_id))
 
 
 @FAST
@@ -176,22 +190,49 @@ def test_extension_is_refused(t, extra):
 )
 def test_out_of_range_fields_are_refused_when_signing(field, value):
     fields = {"chain_id": "c", "nonce": 0, "fee": 0, "amount": 1} | {field: value}
-    with pytest.raises(tx.DecodeError):
-        tx.make_transfer(crypto.KeyPair(b"\1" * 32), to=b"\2" * 20, **fields)
+    # An empty chain id is no network at all (crypto.EncodingError); a long one is a
+    # network no transaction can name (tx.DecodeError).
+    with pytest.raises((tx.DecodeError, crypto.EncodingError)):
+        network = on(fields.pop("chain_id"))
+        tx.make_transfer(crypto.KeyPair(b"\1" * 32), network, to=b"\2" * 20, **fields)
 
 
 def test_payload_layouts_follow_the_documented_encoding():
     owner, node = crypto.KeyPair(bytes(range(32))), crypto.KeyPair(b"\x09" * 32)
-    proof = tx.prove_node(node, "c", owner.address)
-    assert proof == node.sign(bytes((0x40, 1)) + b"c" + owner.address + node.public_key)
-    activate = tx.make_activate(owner, "c", 0, 5, node.public_key, "light", "oc", 7, proof)
+    proof = tx.prove_node(node, C, owner.address)
+    signed = bytes((0x40, 1)) + b"c" + GENESIS_HASH + owner.address + node.public_key
+    assert proof == node.sign(signed)
+    activate = tx.make_activate(owner, C, 0, 5, node.public_key, "light", "oc", 7, proof)
     payload = node.public_key + bytes((2, 6)) + (7).to_bytes(8, "big") + proof
     assert activate.body[-len(payload) :] == payload and activate.body[1] == tx.KIND_ACTIVATE
-    heartbeat = tx.make_heartbeat(node, "c", 3, 12)
+    heartbeat = tx.make_heartbeat(node, C, 3, 12)
     assert heartbeat.body[-24:] == (3).to_bytes(8, "big") + bytes(8) + (12).to_bytes(8, "big")
     assert heartbeat.node_key == node.public_key and heartbeat.cost == 0
-    claim = tx.make_claim(owner, "c", 1, 9, node.public_key)
+    claim = tx.make_claim(owner, C, 1, 9, node.public_key)
     assert claim.body[-32:] == node.public_key and claim.cost == 9
+
+
+def test_a_signature_is_bound_to_the_genesis_hash_not_only_the_chain_id():
+    owner = crypto.KeyPair(b"\x05" * 32)
+    first, reset = on("c"), on("c", bytes(32))  # the same chain id, another genesis
+    transfer = tx.make_transfer(owner, first, 0, 1, b"\2" * 20, 1)
+    assert transfer.verify_signature(first)
+    assert not transfer.verify_signature(reset)
+    assert not transfer.verify_signature(on("d"))
+    # The same bytes travel either way: the genesis hash is supplied by the verifier.
+    again = tx.make_transfer(owner, reset, 0, 1, b"\2" * 20, 1)
+    assert again.body == transfer.body and again.id != transfer.id
+
+
+def test_a_node_proof_for_another_network_does_not_activate():
+    owner, node = crypto.KeyPair(b"\x05" * 32), crypto.KeyPair(b"\x06" * 32)
+    first, reset = on("c"), on("c", bytes(32))
+    old_proof = tx.prove_node(node, first, owner.address)
+    replayed = tx.make_activate(owner, reset, 0, 0, node.public_key, "full", "eu", 0, old_proof)
+    assert not replayed.verify_signature(reset)
+    proof = tx.prove_node(node, reset, owner.address)
+    fresh = tx.make_activate(owner, reset, 0, 0, node.public_key, "full", "eu", 0, proof)
+    assert fresh.verify_signature(reset)
 
 
 @pytest.mark.parametrize(
@@ -200,8 +241,8 @@ def test_payload_layouts_follow_the_documented_encoding():
 )
 def test_bytes_with_an_unknown_node_type_or_region_are_refused(pos, value, message):
     owner, node = crypto.KeyPair(b"\x01" * 32), crypto.KeyPair(b"\x02" * 32)
-    proof = tx.prove_node(node, "c", owner.address)
-    t = tx.make_activate(owner, "c", 0, 0, node.public_key, "super", "na", 0, proof)
+    proof = tx.prove_node(node, C, owner.address)
+    t = tx.make_activate(owner, C, 0, 0, node.public_key, "super", "na", 0, proof)
     raw = bytearray(t.raw)
     raw[pos] = value
     with pytest.raises(tx.DecodeError, match=message):
@@ -209,7 +250,7 @@ def test_bytes_with_an_unknown_node_type_or_region_are_refused(pos, value, messa
 
 
 def test_a_heartbeat_with_a_fee_is_refused():
-    t = tx.make_heartbeat(crypto.KeyPair(b"\x01" * 32), "c", 0, 1)
+    t = tx.make_heartbeat(crypto.KeyPair(b"\x01" * 32), C, 0, 1)
     raw = bytearray(t.raw)
     raw[-9] = 1  # the last byte of the fee
     with pytest.raises(tx.DecodeError, match="free"):
@@ -219,13 +260,13 @@ def test_a_heartbeat_with_a_fee_is_refused():
 
 
 def test_bytes_for_a_zero_amount_are_refused():
-    t = tx.make_transfer(crypto.KeyPair(b"\1" * 32), "c", 0, 0, b"\2" * 20, 1)
+    t = tx.make_transfer(crypto.KeyPair(b"\1" * 32), C, 0, 0, b"\2" * 20, 1)
     with pytest.raises(tx.DecodeError):
         tx.decode(t.raw[:-8] + bytes(8))
 
 
 def test_bytes_with_an_invalid_utf8_chain_id_are_refused():
-    t = tx.make_transfer(crypto.KeyPair(b"\1" * 32), "ab", 0, 0, b"\2" * 20, 1)
+    t = tx.make_transfer(crypto.KeyPair(b"\1" * 32), on("ab"), 0, 0, b"\2" * 20, 1)
     raw = bytearray(t.raw)
     raw[64 + 3] = 0xFF  # first byte of the chain id
     with pytest.raises(tx.DecodeError):
@@ -237,7 +278,7 @@ def test_bytes_with_an_invalid_utf8_chain_id_are_refused():
 
 @pytest.fixture
 def sample_json() -> dict:
-    t = tx.make_transfer(crypto.KeyPair(b"\3" * 32), "qnet-test", 1, 1000, b"\4" * 20, 5)
+    t = tx.make_transfer(crypto.KeyPair(b"\3" * 32), on("qnet-test"), 1, 1000, b"\4" * 20, 5)
     return t.to_json()
 
 
@@ -301,24 +342,20 @@ def test_batch_round_trip(txs):
 @pytest.mark.parametrize("cut", [1, 2, 5])
 def test_batch_with_truncated_last_frame_is_refused(cut):
     batch = tx.encode_batch(
-        [tx.make_transfer(crypto.KeyPair(b"\6" * 32), "c", n, 0, b"\7" * 20, 1) for n in range(3)]
+        [tx.make_transfer(crypto.KeyPair(b"\6" * 32), C, n, 0, b"\7" * 20, 1) for n in range(3)]
     )
     with pytest.raises(tx.DecodeError):
         tx.split_batch(batch[:-cut])
 
 
 def test_batch_with_truncated_length_prefix_is_refused():
-    batch = tx.encode_batch(
-        [tx.make_transfer(crypto.KeyPair(b"\6" * 32), "c", 0, 0, b"\7" * 20, 1)]
-    )
+    batch = tx.encode_batch([tx.make_transfer(crypto.KeyPair(b"\6" * 32), C, 0, 0, b"\7" * 20, 1)])
     with pytest.raises(tx.DecodeError):
         tx.split_batch(batch + b"\x00")
 
 
 def test_batch_with_zero_length_frame_is_refused():
-    batch = tx.encode_batch(
-        [tx.make_transfer(crypto.KeyPair(b"\6" * 32), "c", 0, 0, b"\7" * 20, 1)]
-    )
+    batch = tx.encode_batch([tx.make_transfer(crypto.KeyPair(b"\6" * 32), C, 0, 0, b"\7" * 20, 1)])
     with pytest.raises(tx.DecodeError):
         tx.split_batch(batch + b"\x00\x00")
     with pytest.raises(tx.DecodeError):

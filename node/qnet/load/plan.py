@@ -207,14 +207,14 @@ def assignments(sched: Schedule, senders: int, lanes: int) -> list[tuple[int, in
 
 
 def _sign_transfers(args: tuple) -> list[bytes]:
-    seeds, chain_id, fee, sink, work = args
+    seeds, network, fee, sink, work = args
     keys = {s: crypto.KeyPair(seed) for s, seed in seeds.items()}
-    return [make_transfer(keys[s], chain_id, n, fee, sink, AMOUNT).raw for s, n in work]
+    return [make_transfer(keys[s], network, n, fee, sink, AMOUNT).raw for s, n in work]
 
 
 def _sign_heartbeats(args: tuple) -> list[bytes]:
-    seeds, chain_id, epoch = args
-    return [make_heartbeat(crypto.KeyPair(seed), chain_id, 0, epoch).raw for seed in seeds]
+    seeds, network, epoch = args
+    return [make_heartbeat(crypto.KeyPair(seed), network, 0, epoch).raw for seed in seeds]
 
 
 def _parallel(function, jobs: list[tuple], progress: Progress, size) -> list[bytes]:
@@ -228,26 +228,31 @@ def _parallel(function, jobs: list[tuple], progress: Progress, size) -> list[byt
 
 def sign_all(
     seeds: list[bytes],
-    chain_id: str,
+    network: crypto.Network,
     fee: int,
     work: list[tuple[int, int]],
     progress: Progress,
     chunk: int = 20_000,
 ) -> list[bytes]:
-    """Every transfer signed, in ``work`` order, on every core."""
+    """Every transfer signed for ``network``, in ``work`` order, on every core."""
     sink = crypto.KeyPair.generate().address
     jobs = []
     for start in range(0, len(work), chunk):
         part = work[start : start + chunk]
-        jobs.append(({s: seeds[s] for s, _ in part}, chain_id, fee, sink, part))
+        jobs.append(({s: seeds[s] for s, _ in part}, network, fee, sink, part))
     return _parallel(_sign_transfers, jobs, progress, lambda job: len(job[4]))
 
 
 def sign_heartbeats(
-    seeds: list[bytes], chain_id: str, epoch: int, progress: Progress, chunk: int = 20_000
+    seeds: list[bytes],
+    network: crypto.Network,
+    epoch: int,
+    progress: Progress,
+    chunk: int = 20_000,
 ) -> list[bytes]:
-    """Each node's heartbeat for ``epoch`` (its first transaction: nonce 0), in order."""
-    jobs = [(seeds[i : i + chunk], chain_id, epoch) for i in range(0, len(seeds), chunk)]
+    """Each node's heartbeat for ``epoch`` on ``network`` (its first transaction: nonce 0),
+    in order."""
+    jobs = [(seeds[i : i + chunk], network, epoch) for i in range(0, len(seeds), chunk)]
     return _parallel(_sign_heartbeats, jobs, progress, lambda job: len(job[0]))
 
 
@@ -299,7 +304,7 @@ def activate(
     client: Client,
     owners: list[crypto.KeyPair],
     nodes: list[crypto.KeyPair],
-    chain_id: str,
+    network: crypto.Network,
     node_type: str,
     burn: int,
     fee: int,
@@ -314,14 +319,14 @@ def activate(
             return [
                 make_activate(
                     owner,
-                    chain_id,
+                    network,
                     nonce + i,
                     fee,
                     node.public_key,
                     node_type,
                     REGIONS[(index + i) % len(REGIONS)],
                     burn,
-                    prove_node(node, chain_id, owner.address),
+                    prove_node(node, network, owner.address),
                 )
                 for i, node in enumerate(mine[index : index + count])
             ]
@@ -352,7 +357,7 @@ def prepare(
             "its own: raise senders or lower users"
         )
     client = Client(track, timeout=30)
-    chain_id = client.status()["chain_id"]
+    network = client.network()  # every transaction is signed for the network ``track`` is on
     transfers = campaign.streams[0]
     sched = schedule(transfers)
     work = assignments(sched, campaign.senders, transfers.lanes)
@@ -381,12 +386,12 @@ def prepare(
         sends = -(-len(wallet_work) // wallet_stream.lanes) + 1
         recipients += [(w.address, sends * (AMOUNT + campaign.fee)) for w in wallets]
     funding = progress("funding senders and owners", len(recipients))
-    fund(client, faucet, chain_id, recipients, campaign.fee, funding)
+    fund(client, faucet, network, recipients, campaign.fee, funding)
     bodies: dict[str, list[list[bytes]]] = {
         "transfer": [
             sign_all(
                 [k.seed for k in keys],
-                chain_id,
+                network,
                 campaign.fee,
                 work,
                 progress("signing transfers", len(work)),
@@ -396,13 +401,13 @@ def prepare(
     if wallet_stream is not None:
         signing = progress("signing wallet sends", len(wallet_work))
         seeds = [w.seed for w in wallets]
-        bodies["wallet"] = [sign_all(seeds, chain_id, campaign.fee, wallet_work, signing)]
+        bodies["wallet"] = [sign_all(seeds, network, campaign.fee, wallet_work, signing)]
         meta["wallets"] = [crypto.encode_address(w.address) for w in wallets]
     if population is not None:
         nodes = [crypto.KeyPair.generate() for _ in range(population.nodes)]
         activating = progress(f"activating {population.nodes:,} nodes", population.nodes)
         activate(
-            client, owners, nodes, chain_id, population.node_type, burn, campaign.fee, activating
+            client, owners, nodes, network, population.node_type, burn, campaign.fee, activating
         )
         epoch = client.epoch()
         now = time.time()
@@ -414,7 +419,7 @@ def prepare(
         seeds = [n.seed for n in nodes]
         label = f"signing {population.nodes:,} heartbeats for 2 epochs"
         step = progress(label, 2 * population.nodes)
-        beats = [sign_heartbeats(seeds, chain_id, epoch["epoch"] + e, step) for e in (0, 1)]
+        beats = [sign_heartbeats(seeds, network, epoch["epoch"] + e, step) for e in (0, 1)]
         order = list(range(population.nodes))
         random.shuffle(order)  # nodes heartbeat in no particular order, whoever owns them
         bodies["heartbeat"] = [[variant[j] for j in order] for variant in beats]
@@ -426,13 +431,16 @@ def prepare(
             "owners": [crypto.encode_address(o.address) for o in owners],
         }
     height = client.status()["height"]
-    return write(directory, campaign_data, campaign, chain_id, urls, track, bodies, height, meta)
+    meta["genesis_hash"] = network.genesis_hash.hex()
+    return write(
+        directory, campaign_data, campaign, network.chain_id, urls, track, bodies, height, meta
+    )
 
 
 def fund(
     client: Client,
     faucet: crypto.KeyPair,
-    chain_id: str,
+    network: crypto.Network,
     recipients: list[tuple[bytes, int]],
     fee: int,
     progress: Progress,
@@ -448,7 +456,7 @@ def fund(
 
     def build(index: int, nonce: int, count: int) -> list:
         return [
-            make_transfer(faucet, chain_id, nonce + i, fee, to, amount)
+            make_transfer(faucet, network, nonce + i, fee, to, amount)
             for i, (to, amount) in enumerate(recipients[index : index + count])
         ]
 
