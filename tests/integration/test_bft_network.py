@@ -177,8 +177,9 @@ def test_snapshot_wipe_and_restore_one_of_four(tmp_path, senders):
             if f.name not in ("node_key", "config.toml", "node.log"):
                 f.unlink()
 
-    def restore(victim):
-        cli("node", "restore", "--data-dir", str(victim.data_dir), "--from", str(archive))
+    def restore(victim):  # the genesis went with the data: the operator names the chain's
+        cli("node", "restore", "--data-dir", str(victim.data_dir), "--from", str(archive),
+            "--genesis-hash", victim.genesis.hash.hex())  # fmt: skip
         victim.start()
 
     run_fault_scenario(nodes, senders, lose_data, restore)
