@@ -451,6 +451,7 @@ class BftConsensus:
             policy=policy_for(
                 config.node_type, node.region, node.key.public_key, self.validators.powers
             ),
+            is_activated=self._is_activated,
         )
         self.signing_state = SigningStateFile(config.data_dir / "consensus.state")
         self.log = ConsensusLog(config.data_dir / "consensus.wal")
@@ -910,6 +911,12 @@ class BftConsensus:
         if self.is_validator and peer.public_key in self.validators:
             for data in list(self._messages.get(self._height, {}).values()):
                 await self.net.send(peer.node_id, KIND_CONSENSUS, data)  # what it missed
+
+    def _is_activated(self, peer: PeerInfo) -> bool:
+        """Whether the peer's key is activated on chain as the node type it claims (a paid
+        identity: it may take a stranger's slot, see ``p2p``)."""
+        record = self.node.state.node(peer.public_key)
+        return record is not None and record.node_type == peer.node_type
 
     def _ban(self, node_id: str, reason: str, seconds: float = PROTOCOL_BAN_S) -> None:
         if any(p.node_id == node_id for p in self.net.peers()):
