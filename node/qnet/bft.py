@@ -91,6 +91,19 @@ KIND_HEADERS = 23
 KIND_GET_HEADERS = 24
 KIND_GET_NODE = 25
 KIND_NODE = 26
+KINDS = (
+    KIND_CONSENSUS,
+    KIND_TXS,
+    KIND_STATUS,
+    KIND_GET_BLOCKS,
+    KIND_BLOCKS,
+    KIND_PING,
+    KIND_PONG,
+    KIND_HEADERS,
+    KIND_GET_HEADERS,
+    KIND_GET_NODE,
+    KIND_NODE,
+)
 
 _HEIGHT = struct.Struct(">Q")
 _RANGE = struct.Struct(">QQ")
@@ -452,11 +465,21 @@ class BftConsensus:
                 config.node_type, node.region, node.key.public_key, self.validators.powers
             ),
             is_activated=self._is_activated,
+            app_kinds=KINDS,
         )
         self.signing_state = SigningStateFile(config.data_dir / "consensus.state")
         self.log = ConsensusLog(config.data_dir / "consensus.wal")
         self.core: tendermint.Core | None = None
         self._inputs = DriverInputs(self.metrics, PEER_INPUTS, PEER_INPUT_BYTES, INPUT_BYTES)
+        # Zeroes from the start: every series exists before the first message, so none
+        # appears later (what peers send never adds one).
+        for reason in (*tendermint.REFUSALS, "queue_full"):
+            self.metrics.consensus_dropped.labels(reason)
+        for validator in self.validators.powers:
+            for kind in tendermint.VoteKind:
+                self.metrics.votes_received.labels(
+                    crypto.encode_node_id(validator), kind.name.lower()
+                )
         self._tasks: set[asyncio.Task] = set()
         self._timers: set[asyncio.TimerHandle] = set()
         # Blocks of this height built or checked here, with their diffs, by block hash.

@@ -31,6 +31,7 @@ from .bft import (
     KIND_PONG,
     KIND_STATUS,
     KIND_TXS,
+    KINDS,
     STATUS_EVERY_S,
     PeerStats,
     decode_blocks,
@@ -89,6 +90,7 @@ class LightNode:
             on_peer=self._on_peer,
             registry=self.metrics.registry,
             policy=policy_for("light", config.region, key.public_key, self.powers),
+            app_kinds=KINDS,
         )
         self.metrics.build_info.info(
             {

@@ -84,7 +84,7 @@ import random
 import struct
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -807,6 +807,7 @@ class PeerNetwork:
         max_pending_handshakes_per_host: int = MAX_PENDING_HANDSHAKES_PER_HOST,
         max_inbound_per_group: int = MAX_INBOUND_PER_GROUP,
         is_activated: IsActivated | None = None,
+        app_kinds: Collection[int] = (),
     ):
         _check_identity(key.public_key, node_type, region, "")
         for seed in seeds:
@@ -846,6 +847,9 @@ class PeerNetwork:
         self.heartbeat_s = heartbeat_s
         self.peer_exchange_s = peer_exchange_s
         self.registry = registry or prometheus_client.CollectorRegistry()
+        # Frames are counted by kind: this layer's and the node's (``app_kinds``); any other
+        # byte a peer sends as a kind is "other", so no peer adds a series to /metrics.
+        self._kind_labels = {k: str(k) for k in (*KIND_NAMES, *app_kinds)}
         self._init_metrics(self.registry)
         self._peers: dict[str, _Connection] = {}
         self._announced: set[str] = set()  # node ids the node was told are connected
@@ -882,6 +886,8 @@ class PeerNetwork:
         for direction in ("in", "out"):
             self._m_peers.labels(direction)
             self._m_bytes.labels(direction)
+            for kind in (*self._kind_labels.values(), "other"):
+                self._m_messages.labels(direction, kind)
         for reason in DROP_REASONS:
             self._m_dropped.labels(reason)
 
@@ -1053,7 +1059,8 @@ class PeerNetwork:
 
     def _count(self, direction: str, data: bytes) -> None:
         self._m_bytes.labels(direction).inc(len(data))
-        self._m_messages.labels(direction, str(data[0]) if data else "empty").inc()
+        kind = self._kind_labels.get(data[0], "other") if data else "other"
+        self._m_messages.labels(direction, kind).inc()
 
     # ---- accepting and dialling ----------------------------------------------------------
     async def _accept(self, request: web.Request) -> web.StreamResponse:

@@ -19,7 +19,7 @@ from qnet.topology import PeerPolicy
 CHAIN = "qnet-p2p-test"
 GENESIS = crypto.digest(b"genesis of the p2p test chain")
 APP = p2p.FIRST_APP_KIND
-FAST = {"peer_exchange_s": 0.3, "heartbeat_s": 1.0}
+FAST = {"peer_exchange_s": 0.3, "heartbeat_s": 1.0, "app_kinds": (APP, APP + 1)}
 
 
 @dataclass
@@ -548,6 +548,30 @@ def test_protocol_violations_drop_and_ban_the_peer(data: bytes, reason: str) -> 
         assert node.net.peers() == [] and node.received == []
         with pytest.raises(ValueError):
             await node.net.broadcast(APP, bytes(1024))  # the sender checks the same limit
+
+    run(scenario)
+
+
+def test_frames_of_kinds_the_node_does_not_speak_are_counted_without_a_series_of_their_own():
+    async def scenario(c: Cluster) -> None:
+        node = await c.start()
+        series = {
+            (s.labels["direction"], s.labels["kind"])
+            for metric in node.net.registry.collect()
+            for s in metric.samples
+            if s.name == "qnet_p2p_messages_total"
+        }
+        assert ("in", str(APP)) in series and ("in", "other") in series  # from the start
+
+        async def stray(peer: RawPeer) -> None:
+            await peer.handshake(node)
+            await peer.send(p2p.frame(200, b"?"))  # an application kind, but not the node's
+            await until(lambda: node.received, "the frame to reach the node")
+
+        await raw_peer(stray)
+        count = node.net.registry.get_sample_value
+        assert count("qnet_p2p_messages_total", {"direction": "in", "kind": "other"}) == 1
+        assert count("qnet_p2p_messages_total", {"direction": "in", "kind": "200"}) is None
 
     run(scenario)
 

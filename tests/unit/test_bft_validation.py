@@ -125,11 +125,12 @@ def wal_size(consensus: BftConsensus) -> int:
 
 
 def series(consensus: BftConsensus, name: str) -> list[dict]:
+    """The labels of the series of ``name`` counted above zero (all exist from the start)."""
     return [
         s.labels
         for metric in consensus.metrics.registry.collect()
         for s in metric.samples
-        if s.name == name
+        if s.name == name and s.value
     ]
 
 
@@ -144,6 +145,13 @@ def test_forged_votes_are_not_kept_logged_relayed_or_counted_and_ban_their_link(
         assert wal_size(consensus) == wal_before
         assert consensus.net.kinds(KIND_CONSENSUS) == []
         assert series(consensus, "qnet_consensus_votes_received_total") == []
+        validators = {k.node_id for k in KEYS}
+        assert {
+            s.labels["validator"]
+            for metric in consensus.metrics.registry.collect()
+            for s in metric.samples
+            if s.name == "qnet_consensus_votes_received_total"
+        } == validators  # no series for a forged signer: they all exist from the start
         assert "not_validator" in consensus.net.banned[OTHER_LINK.node_id]
         assert consensus.core.dropped["not_validator"] == 1  # the link was cut after one
         assert series(consensus, "qnet_consensus_messages_dropped_total") == [
