@@ -51,7 +51,14 @@ sends is checked before it is stored, logged, relayed or counted:
   that answer no request are taken only as the push of the next block to a follower.
 - A TXS frame holds at most TX_BATCH transactions, and a peer that relays a transaction
   whose signature does not verify is banned (an honest relay passes on only what its own
-  admission verified).
+  admission verified). Refusals cost the node their cheap checks, yet cost the sender
+  nothing (no fee is paid, no signature checked): each link but a validator's has a budget
+  of ``PEER_REFUSALS_PER_S`` refused transactions a second (``PEER_REFUSAL_BURST`` at
+  once). Its TXS frames are admitted in steps of that many, each taking as many tokens as
+  it holds transactions and given back those admission took; what finds too few is
+  dropped unread, and counted. An honest relay passes on only what its own admission took,
+  so it spends its budget only where states differ; a flood of refusals costs at most the
+  budget, and the event loop serves consensus between steps.
 A disk error does not stop the driver: a signing state that cannot be saved withholds the
 messages it covers (never a vote that could be signed differently after a crash), and a
 consensus.wal that refuses writes costs only liveness after a crash, as a torn tail does.
@@ -74,7 +81,7 @@ from .config import NodeConfig
 from .journal import JournalError
 from .ledger import BlockLimits
 from .node import InvalidBlock, Node
-from .p2p import PROTOCOL_BAN_S, PeerInfo, PeerNetwork
+from .p2p import PROTOCOL_BAN_S, PeerInfo, PeerNetwork, TokenBucket
 from .topology import PeerPolicy
 from .tx import MAX_TX_BYTES, DecodeError, Transaction, encode_batch, frame_batch, split_batch
 
@@ -119,6 +126,8 @@ STATUS_CERTS_KEPT = 64  # certificates of STATUS claims already verified, by dig
 TX_FLUSH_S = 0.01
 TX_BATCH = 5_000  # transactions per TXS frame, sent and accepted
 TX_SPLIT_INLINE_BYTES = 64 * 1024  # bigger TXS frames are cut into transactions off the loop
+PEER_REFUSALS_PER_S = 200.0  # refused transactions a link other than a validator's may cost
+PEER_REFUSAL_BURST = 500  # and at once; its TXS frames are admitted in steps of this many
 MAX_FUTURE_MS = 10_000  # a proposed block may not be dated further ahead than this
 WAL_COMPACT_MIN = 1_000  # forgotten messages in consensus.wal before it may be rewritten
 PEER_INPUTS = 1_000  # consensus messages and BLOCKS of one peer waiting for the driver
@@ -504,6 +513,10 @@ class BftConsensus:
         self._demoted_until: dict[str, float] = {}
         self._behind_since: tuple[int, float] | None = None  # (our height, since when)
         self._relay: list[tuple[Transaction, str | None]] = []  # (tx, the peer it came from)
+        # Refusals each connected link but a validator's may still cost (see the docstring);
+        # links whose frames are being dropped, logged once a burst.
+        self._refusal_budgets: dict[str, TokenBucket] = {}
+        self._over_budget: set[str] = set()
         self._height = 0  # the height the core was last started at
         self._started_at = time.time()
         # A validator whose signing state is gone (data wiped, or restored from a snapshot)
@@ -924,9 +937,16 @@ class BftConsensus:
     async def _on_peer(self, peer: PeerInfo, connected: bool) -> None:
         self.stats.changed(peer, connected)
         if not connected:
-            for known in (self._requests, self._strikes, self._asked_at, self._demoted_until):
+            for known in (
+                self._requests,
+                self._strikes,
+                self._asked_at,
+                self._demoted_until,
+                self._refusal_budgets,
+            ):
                 known.pop(peer.node_id, None)
             self._cut.discard(peer.node_id)
+            self._over_budget.discard(peer.node_id)
             self._update_lag()
             return
         await self.stats.ping(peer.node_id)
@@ -1021,13 +1041,49 @@ class BftConsensus:
             return
         # Validators are a mesh: what one relays, the others already got from it.
         among_validators = self.is_validator and peer.public_key in self.validators
-        outcome = await self.node.submit_raw(raws, relay=not among_validators, source=peer.node_id)
+        if peer.public_key in self.validators:
+            outcome = await self.node.submit_raw(
+                raws, relay=not among_validators, source=peer.node_id
+            )
+        else:
+            outcome = await self._submit_within_budget(peer, raws)
         bad = sum(1 for refused in outcome if refused is not None and refused.code == BAD_SIGNATURE)
         if bad:
             self._ban(
                 peer.node_id,
                 f"relayed {bad} of {len(raws)} transactions with a signature that does not verify",
             )
+
+    async def _submit_within_budget(self, peer: PeerInfo, raws: list[bytes]) -> list:
+        """Admit a TXS frame of a link other than a validator's in steps of
+        ``PEER_REFUSAL_BURST`` transactions, each taking its size from the link's budget and
+        giving back what admission took; what finds the budget spent is dropped unread.
+        The event loop serves the others between steps."""
+        budget = self._refusal_budgets.get(peer.node_id)
+        if budget is None:
+            budget = self._refusal_budgets[peer.node_id] = TokenBucket(
+                PEER_REFUSALS_PER_S, PEER_REFUSAL_BURST, time.monotonic()
+            )
+        outcome: list = []
+        for at in range(0, len(raws), PEER_REFUSAL_BURST):
+            step = raws[at : at + PEER_REFUSAL_BURST]
+            if not budget.take(time.monotonic(), len(step)):
+                self.metrics.peer_txs_dropped.inc(len(raws) - at)
+                if peer.node_id not in self._over_budget:
+                    self._over_budget.add(peer.node_id)
+                    log.warning(
+                        "dropping transactions from %s unread: it spent its budget of %g "
+                        "refused transactions a second",
+                        peer.node_id,
+                        PEER_REFUSALS_PER_S,
+                    )
+                break
+            self._over_budget.discard(peer.node_id)
+            done = await self.node.submit_raw(step, source=peer.node_id)
+            budget.give_back(sum(1 for refused in done if refused is None))
+            outcome += done
+            await asyncio.sleep(0)  # a step refused whole never waited: let the others run
+        return outcome
 
     # ---- sync ----------------------------------------------------------------------------
     def _update_lag(self) -> None:

@@ -638,13 +638,18 @@ class TokenBucket:
         self.tokens = float(burst)
         self.stamp = now
 
-    def take(self, now: float) -> bool:
+    def take(self, now: float, cost: int = 1) -> bool:
+        """Take ``cost`` tokens if they are there (else take none)."""
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens < 1:
+        if self.tokens < cost:
             return False
-        self.tokens -= 1
+        self.tokens -= cost
         return True
+
+    def give_back(self, count: int) -> None:
+        """Return tokens taken for events that turned out not to count."""
+        self.tokens = min(self.burst, self.tokens + count)
 
 
 class FrameQueue:

@@ -27,7 +27,7 @@ from qnet.light import LightNode
 from qnet.metrics import Metrics
 from qnet.node import Node
 from qnet.p2p import PeerInfo
-from qnet.tx import encode_batch, frame_batch, make_transfer
+from qnet.tx import encode_batch, frame_batch, make_heartbeat, make_transfer
 
 CHAIN = "qnet-bft-validation"
 KEYS = [crypto.KeyPair(bytes([i + 1]) * 32) for i in range(4)]
@@ -412,6 +412,28 @@ def test_a_peer_relaying_a_bad_signature_is_banned(driver):
         assert "signature" in consensus.net.banned[STRANGER_LINK.node_id]
         await consensus._on_message(THIRD_LINK, KIND_TXS, encode_batch([good]))
         assert THIRD_LINK.node_id not in consensus.net.banned
+
+    asyncio.run(scenario())
+
+
+def test_a_peer_whose_transactions_are_refused_spends_its_budget_then_is_not_read(driver):
+    async def scenario():
+        consensus = await driver()
+        burst, fee = bft.PEER_REFUSAL_BURST, GENESIS.params.min_fee
+        # What admission takes costs no budget: a burst of good transfers gets in whole...
+        good = [make_transfer(WALLET, CHAIN, n, fee, STRANGER.address, 1) for n in range(burst)]
+        await consensus._on_message(STRANGER_LINK, KIND_TXS, encode_batch(good))
+        assert all(t.id in consensus.node.mempool for t in good)
+        # ... and leaves the budget whole for refusals: heartbeats of nodes nobody activated.
+        unknown = [make_heartbeat(crypto.KeyPair.generate(), CHAIN, 0, 0) for _ in range(800)]
+        flood = encode_batch(unknown)
+        refused = consensus.metrics.rejected.labels("unknown_node")
+        await consensus._on_message(STRANGER_LINK, KIND_TXS, flood)
+        assert refused._value.get() == burst  # then the budget was spent: the rest unread
+        assert consensus.metrics.peer_txs_dropped._value.get() == 800 - burst
+        assert STRANGER_LINK.node_id not in consensus.net.banned
+        await consensus._on_message(THIRD_LINK, KIND_TXS, flood)  # validators have no budget
+        assert refused._value.get() == burst + 800
 
     asyncio.run(scenario())
 
