@@ -16,7 +16,6 @@ change: they are read off the event loop once and kept encoded in a bounded cach
 """
 
 import asyncio
-import ipaddress
 import json
 import logging
 import math
@@ -39,6 +38,7 @@ from .discovery import ScrapeTargets
 from .errors import Rejected
 from .genesis import NODE_TYPES, REGIONS
 from .node import Node
+from .topology import address_group
 from .tx import DecodeError, from_json, split_batch
 
 log = logging.getLogger("qnet.api")
@@ -188,18 +188,9 @@ GUARDS: web.AppKey[Guards] = web.AppKey("guards", Guards)
 
 
 def client_key(remote: str | None) -> str:
-    """Whose buckets and connections a request counts in, from its peer address: an IPv6
-    address by its /64 (what one host is given), an IPv4-mapped one as IPv4."""
-    remote = remote or ""
-    try:
-        address = ipaddress.ip_address(remote.split("%", 1)[0])
-    except ValueError:
-        return remote
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
+    """Whose buckets and connections a request counts in, from its peer address: an IPv4
+    address, or an IPv6 /64 (``topology.address_group``)."""
+    return address_group(remote or "")
 
 
 def error(status: int, code: str, message: str, headers: dict | None = None) -> web.Response:

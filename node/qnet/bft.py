@@ -196,11 +196,21 @@ class BftConsensus:
             policy=policy_for(
                 config.node_type, node.region, node.key.public_key, self.validators.powers
             ),
+            is_activated=self._is_activated,
         )
         self.signing_state = SigningStateFile(config.data_dir / "consensus.state")
         self.log = ConsensusLog(config.data_dir / "consensus.wal")
         self.core: tendermint.Core | None = None
         self._inputs = DriverInputs(self.metrics, PEER_INPUTS, PEER_INPUT_BYTES, INPUT_BYTES)
+        # Zeroes from the start: every series exists before the first message, so none
+        # appears later (what peers send never adds one).
+        for reason in (*tendermint.REFUSALS, "queue_full"):
+            self.metrics.consensus_dropped.labels(reason)
+        for validator in self.validators.powers:
+            for kind in tendermint.VoteKind:
+                self.metrics.votes_received.labels(
+                    crypto.encode_node_id(validator), kind.name.lower()
+                )
         self._tasks: set[asyncio.Task] = set()
         self._timers: set[asyncio.TimerHandle] = set()
         # Blocks of this height built or checked here, with their diffs, by block hash.
@@ -613,6 +623,7 @@ class BftConsensus:
         self.stats.changed(peer, connected)
         if not connected:
             self.sync.forget(peer.node_id)
+            self.gossip.forget(peer.node_id)
             self._cut.discard(peer.node_id)
             self._update_lag()
             return
@@ -621,6 +632,12 @@ class BftConsensus:
         if self.is_validator and peer.public_key in self.validators:
             for data in list(self._messages.get(self._height, {}).values()):
                 await self.net.send(peer.node_id, KIND_CONSENSUS, data)  # what it missed
+
+    def _is_activated(self, peer: PeerInfo) -> bool:
+        """Whether the peer's key is activated on chain as the node type it claims (a paid
+        identity: it may take a stranger's slot, see ``p2p``)."""
+        record = self.node.state.node(peer.public_key)
+        return record is not None and record.node_type == peer.node_type
 
     def _ban(self, node_id: str, reason: str, seconds: float = PROTOCOL_BAN_S) -> None:
         if any(p.node_id == node_id for p in self.net.peers()):

@@ -11,16 +11,27 @@ count), a large one is cut into transactions off the event loop, and admission v
 transaction once. A peer that relays a transaction whose signature does not verify is
 banned: an honest relay passes on only what its own admission verified.
 
+Refusals cost the node their cheap checks, yet cost the sender nothing (no fee is paid, no
+signature checked): each link but a validator's has a budget of ``PEER_REFUSALS_PER_S``
+refused transactions a second (``PEER_REFUSAL_BURST`` at once). Its TXS frames are admitted
+in steps of that many, each taking as many tokens as it holds transactions and given back
+those admission took or already had (a duplicate is what gossip along two paths brings, and
+costs only its decoding); what finds too few is dropped unread, and counted
+(``qnet_peer_txs_dropped_total``). An honest relay passes on only what its own admission
+took, so it spends its budget only where states differ; a flood of refusals costs at most
+the budget, and the event loop serves consensus between steps.
+
 At a stop the whole mempool is handed up, since a transaction this node admitted may be
 nowhere else yet.
 """
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Collection
 
 from .node import Node
-from .p2p import PeerInfo, PeerNetwork
+from .p2p import PeerInfo, PeerNetwork, TokenBucket
 from .tx import Transaction
 from .wire import KIND_TXS, TX_BATCH, Txs
 
@@ -29,6 +40,9 @@ log = logging.getLogger("qnet.gossip")
 TX_FLUSH_S = 0.01
 TX_SPLIT_INLINE_BYTES = 64 * 1024  # bigger TXS frames are cut into transactions off the loop
 BAD_SIGNATURE = "bad_signature"  # the refusal code of ``Node.submit`` for it
+DUPLICATE = "duplicate"  # the refusal code of ``Node.submit`` for one it has already
+PEER_REFUSALS_PER_S = 200.0  # refused transactions a link other than a validator's may cost
+PEER_REFUSAL_BURST = 500  # and at once; its TXS frames are admitted in steps of this many
 
 
 class TxGossip:
@@ -51,21 +65,67 @@ class TxGossip:
         self.is_validator = is_validator
         self._ban = ban
         self._relay: list[tuple[Transaction, str | None]] = []  # (tx, the peer it came from)
+        # Refusals each connected link but a validator's may still cost (see the module
+        # docstring); links whose frames are being dropped, logged once a burst.
+        self._refusal_budgets: dict[str, TokenBucket] = {}
+        self._over_budget: set[str] = set()
+
+    def forget(self, node_id: str) -> None:
+        """A link ended."""
+        self._refusal_budgets.pop(node_id, None)
+        self._over_budget.discard(node_id)
 
     async def on_txs(self, peer: PeerInfo, payload: bytes) -> None:
         if len(payload) > TX_SPLIT_INLINE_BYTES:
             raws = list((await asyncio.to_thread(Txs.decode, payload)).raws)
         else:
             raws = list(Txs.decode(payload).raws)
-        # Validators are a mesh: what one relays, the others already got from it.
-        among_validators = self.is_validator and peer.public_key in self.validators
-        outcome = await self.node.submit_raw(raws, relay=not among_validators, source=peer.node_id)
+        if peer.public_key in self.validators:
+            # Validators are a mesh: what one relays, the others already got from it.
+            outcome = await self.node.submit_raw(
+                raws, relay=not self.is_validator, source=peer.node_id
+            )
+        else:
+            outcome = await self._submit_within_budget(peer, raws)
         bad = sum(1 for refused in outcome if refused is not None and refused.code == BAD_SIGNATURE)
         if bad:
             self._ban(
                 peer.node_id,
                 f"relayed {bad} of {len(raws)} transactions with a signature that does not verify",
             )
+
+    async def _submit_within_budget(self, peer: PeerInfo, raws: list[bytes]) -> list:
+        """Admit a TXS frame of a link other than a validator's in steps of
+        ``PEER_REFUSAL_BURST`` transactions, each taking its size from the link's budget and
+        giving back what admission took or had; what finds the budget spent is dropped
+        unread. The event loop serves the others between steps."""
+        budget = self._refusal_budgets.get(peer.node_id)
+        if budget is None:
+            budget = self._refusal_budgets[peer.node_id] = TokenBucket(
+                PEER_REFUSALS_PER_S, PEER_REFUSAL_BURST, time.monotonic()
+            )
+        outcome: list = []
+        for at in range(0, len(raws), PEER_REFUSAL_BURST):
+            step = raws[at : at + PEER_REFUSAL_BURST]
+            if not budget.take(time.monotonic(), len(step)):
+                self.node.metrics.peer_txs_dropped.inc(len(raws) - at)
+                if peer.node_id not in self._over_budget:
+                    self._over_budget.add(peer.node_id)
+                    log.warning(
+                        "dropping transactions from %s unread: it spent its budget of %g "
+                        "refused transactions a second",
+                        peer.node_id,
+                        PEER_REFUSALS_PER_S,
+                    )
+                break
+            self._over_budget.discard(peer.node_id)
+            done = await self.node.submit_raw(step, source=peer.node_id)
+            budget.give_back(
+                sum(1 for refused in done if refused is None or refused.code == DUPLICATE)
+            )
+            outcome += done
+            await asyncio.sleep(0)  # a step refused whole never waited: let the others run
+        return outcome
 
     async def flush_loop(self) -> None:
         """Relay newly admitted transactions up the hierarchy in batches, never back to the

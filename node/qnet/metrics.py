@@ -100,6 +100,11 @@ class Metrics:
         self.rejected = Counter(
             "qnet_tx_rejected", "Transactions refused, by reason", ["reason"], registry=r
         )
+        self.peer_txs_dropped = Counter(
+            "qnet_peer_txs_dropped",
+            "Transactions from peers dropped unread: the peer's budget of refusals was spent",
+            registry=r,
+        )
         self.committed = Counter(
             "qnet_tx_committed", "Transactions in committed blocks", registry=r
         )

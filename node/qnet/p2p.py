@@ -49,9 +49,21 @@ what we know of a node, nor one source take more than its share of the table.
 
 Admission: on a validator (or a node without a topology policy) validators and configured
 peers always get in; strangers share ``max_peers`` and the policy's slots, at most
-``max_inbound_per_host`` of them from one (non-loopback) address. At most
-``max_pending_handshakes`` handshakes run at once, ``max_pending_handshakes_per_host`` from
-one address, each within ``handshake_timeout_s`` (and the HTTP upgrade request before it).
+``max_inbound_per_group`` of them from one (non-loopback) address group: an IPv4 /24 or an
+IPv6 /64 (``topology.address_group``). Those are the blocks one party commonly holds (a
+rented server's subnet, one subscriber's IPv6 prefix), so a new address in the same block
+buys the attacker nothing. Bitcoin's wider netgroups (/16, /32) serve another purpose, the
+diversity of the peers it dials; capping inbound strangers per /16 would also cap honest
+community nodes that share a cloud provider's block. Slots are not first come, first served
+for everyone: when they are full, an inbound node that is activated on chain as the type it
+claims (``is_activated``, a callback of the node's: this layer knows no ledger) evicts an
+inbound stranger that is not activated, the newest of the address group holding the most of
+them. Many connections from one group are the mark of one party, so that party loses
+first; within it the newest goes, since the longest-held slot is the likeliest honest and an
+attacker gains nothing from reconnecting. A stranger that is not activated is refused when
+full. At most ``max_pending_handshakes`` handshakes run at once,
+``max_pending_handshakes_per_host`` from one address, each within ``handshake_timeout_s``
+(and the HTTP upgrade request before it).
 
 Delivery is at most once and in order per connection: frames in flight when a connection
 closes may be lost, so the node re-requests what it needs after ``on_peer(.., True)``.
@@ -66,7 +78,7 @@ import logging
 import random
 import struct
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -78,7 +90,7 @@ import prometheus_client
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import crypto
-from .topology import PeerPolicy
+from .topology import PeerPolicy, address_group
 from .wire import (
     FIRST_APP_KIND,
     KIND_AUTH,
@@ -119,9 +131,11 @@ SEAL_IN_THREAD_RECORDS = 64
 # Before authentication: handshakes in flight at once, overall and from one address.
 MAX_PENDING_HANDSHAKES = 128
 MAX_PENDING_HANDSHAKES_PER_HOST = 8
-# After it: strangers (not validators, not configured peers) admitted from one address.
-# Loopback is exempt: a local network runs every node on it.
-MAX_INBOUND_PER_HOST = 4
+# After it: strangers (not validators, not configured peers) admitted from one address
+# group, an IPv4 block of this prefix or an IPv6 /64 (see the module docstring). Loopback is
+# exempt: a local network runs every node on it.
+MAX_INBOUND_PER_GROUP = 4
+INBOUND_GROUP_IPV4_PREFIX = 24
 
 MAINTAIN_EVERY_S = 0.5  # how often a node with a topology policy looks after its peers
 MAX_KNOWN = 2_000  # peers remembered from peer exchange, to dial when the topology needs them
@@ -154,10 +168,12 @@ DROP_REASONS = (
     "unsolicited",
     "busy",
     "per_host",
+    "evicted",
 )
 
 OnMessage = Callable[["PeerInfo", int, bytes], Awaitable[None]]
 OnPeer = Callable[["PeerInfo", bool], Awaitable[None]]
+IsActivated = Callable[["PeerInfo"], bool]
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
 
@@ -468,13 +484,18 @@ class TokenBucket:
         self.tokens = float(burst)
         self.stamp = now
 
-    def take(self, now: float) -> bool:
+    def take(self, now: float, cost: int = 1) -> bool:
+        """Take ``cost`` tokens if they are there (else take none)."""
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens < 1:
+        if self.tokens < cost:
             return False
-        self.tokens -= 1
+        self.tokens -= cost
         return True
+
+    def give_back(self, count: int) -> None:
+        """Return tokens taken for events that turned out not to count."""
+        self.tokens = min(self.burst, self.tokens + count)
 
 
 class FrameQueue:
@@ -587,6 +608,7 @@ class _Connection:
         self.inbox = FrameQueue(queue_bytes)
         self.bucket = bucket
         self.dropped_for = ""  # the drop reason once we decided to drop it
+        self.opened = time.monotonic()
         self.closed = asyncio.Event()
         self.writer: asyncio.Task | None = None
 
@@ -634,7 +656,8 @@ class PeerNetwork:
         policy: PeerPolicy | None = None,
         max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
         max_pending_handshakes_per_host: int = MAX_PENDING_HANDSHAKES_PER_HOST,
-        max_inbound_per_host: int = MAX_INBOUND_PER_HOST,
+        max_inbound_per_group: int = MAX_INBOUND_PER_GROUP,
+        is_activated: IsActivated | None = None,
     ):
         check_identity(key.public_key, node_type, region, "")
         for seed in seeds:
@@ -657,6 +680,9 @@ class PeerNetwork:
         self.persistent_seeds = policy is None or policy.is_validator
         self.on_message = on_message
         self.on_peer = on_peer
+        # Whether a peer's key is activated on chain as the node type it claims: such a
+        # peer may take a stranger's slot (None: no ledger to ask, no priority).
+        self.is_activated = is_activated
         self.max_peers = max_peers
         self.max_message_bytes = max_message_bytes
         self.rate_limit_per_s = rate_limit_per_s
@@ -667,10 +693,13 @@ class PeerNetwork:
         self.handshake_timeout_s = handshake_timeout_s
         self.max_pending_handshakes = max_pending_handshakes
         self.max_pending_handshakes_per_host = max_pending_handshakes_per_host
-        self.max_inbound_per_host = max_inbound_per_host
+        self.max_inbound_per_group = max_inbound_per_group
         self.heartbeat_s = heartbeat_s
         self.peer_exchange_s = peer_exchange_s
         self.registry = registry or prometheus_client.CollectorRegistry()
+        # Frames are counted by kind, the protocol's (``wire.KIND_NAMES``); any other byte a
+        # peer sends as a kind is "other", so no peer adds a series to /metrics.
+        self._kind_labels = {k: str(k) for k in KIND_NAMES}
         self._init_metrics(self.registry)
         self._peers: dict[str, _Connection] = {}
         self._announced: set[str] = set()  # node ids the node was told are connected
@@ -707,6 +736,8 @@ class PeerNetwork:
         for direction in ("in", "out"):
             self._m_peers.labels(direction)
             self._m_bytes.labels(direction)
+            for kind in (*self._kind_labels.values(), "other"):
+                self._m_messages.labels(direction, kind)
         for reason in DROP_REASONS:
             self._m_dropped.labels(reason)
 
@@ -878,7 +909,8 @@ class PeerNetwork:
 
     def _count(self, direction: str, data: bytes) -> None:
         self._m_bytes.labels(direction).inc(len(data))
-        self._m_messages.labels(direction, str(data[0]) if data else "empty").inc()
+        kind = self._kind_labels.get(data[0], "other") if data else "other"
+        self._m_messages.labels(direction, kind).inc()
 
     # ---- accepting and dialling ----------------------------------------------------------
     async def _accept(self, request: web.Request) -> web.StreamResponse:
@@ -1131,48 +1163,31 @@ class PeerNetwork:
     ) -> _Connection:
         """Register an authenticated peer, or raise _Refused. No await between check and
         insert, so two handshakes finishing together cannot both get in. Validators and
-        configured peers (reserved) always get in; strangers share ``max_peers``, at most
-        ``max_inbound_per_host`` of them from one address."""
+        configured peers (reserved) always get in; strangers share ``max_peers`` and the
+        policy's slots, at most ``max_inbound_per_group`` of them from one address group, and
+        an activated one takes a stranger's slot when they are full (``_evictable``)."""
         if self._is_banned(info.node_id):
             raise _Refused("banned", "it is banned", logging.INFO, info.node_id)
         existing = self._peers.get(info.node_id)
-        reserved = seed or self._reserved(info)
-        if existing is None and not reserved and len(self._peers) >= self.max_peers:
-            raise _Refused(
-                "max_peers", f"already {len(self._peers)} peers", logging.INFO, info.node_id
-            )
         if existing is not None and (not self._preferred(info) or self._preferred(existing.info)):
             raise _Refused(None, "already connected", logging.DEBUG, info.node_id)
-        host = _host_of(address)
-        if existing is None and not reserved and not info.outbound and _limited_host(host):
-            same = sum(
-                1
-                for c in self._peers.values()
-                if not c.info.outbound
-                and _host_of(c.address) == host
-                and not self._reserved(c.info)
-            )
-            if same >= self.max_inbound_per_host:
-                raise _Refused(
-                    "per_host",
-                    f"already {same} peers from {host} (limit {self.max_inbound_per_host})",
-                    logging.INFO,
-                    info.node_id,
-                )
+        reserved = seed or self._reserved(info)
         # A validator's mesh and configured peers are configured, not picked.
         bypass = (seed and self.persistent_seeds) or self._reserved(info)
-        if (
-            existing is None
-            and self.policy is not None
-            and not bypass
-            and not self.policy.accepts(self.peers(), info)
-        ):
-            raise _Refused(
-                "topology",
-                f"the topology has no room for a {info.node_type} node of {info.region}",
-                logging.DEBUG,
-                info.node_id,
-            )
+        if existing is None:
+            if not reserved:
+                self._check_group(info, address)
+            refusal = self._no_room(info, self.peers(), reserved, bypass)
+            if refusal is not None:
+                victim = self._evictable(info, reserved, bypass)
+                if victim is None:
+                    raise refusal
+                self._drop(
+                    victim,
+                    "evicted",
+                    f"its slot goes to {info.node_id}, an activated {info.node_type} node",
+                    log_level=logging.INFO,
+                )
         conn = _Connection(
             ws,
             info,
@@ -1194,6 +1209,61 @@ class PeerNetwork:
         self._known.confirm(info)  # its own word on where it listens
         self._update_gauge()
         return conn
+
+    def _check_group(self, info: PeerInfo, address: str) -> None:
+        """Refuse an inbound stranger whose address group has its share of slots already."""
+        host = _host_of(address)
+        if info.outbound or not _limited_host(host):
+            return
+        group = _group_of(address)
+        same = sum(
+            1
+            for c in self._peers.values()
+            if not c.info.outbound and _group_of(c.address) == group and not self._reserved(c.info)
+        )
+        if same >= self.max_inbound_per_group:
+            raise _Refused(
+                "per_host",
+                f"already {same} peers from {group} (limit {self.max_inbound_per_group})",
+                logging.INFO,
+                info.node_id,
+            )
+
+    def _no_room(
+        self, info: PeerInfo, peers: list[PeerInfo], reserved: bool, bypass: bool
+    ) -> _Refused | None:
+        """Why ``info`` finds no slot beside ``peers`` (None: it does): ``max_peers``, unless
+        it is reserved, and the policy's slots, unless it bypasses them."""
+        if not reserved and len(peers) >= self.max_peers:
+            return _Refused("max_peers", f"already {len(peers)} peers", logging.INFO, info.node_id)
+        if self.policy is not None and not bypass and not self.policy.accepts(peers, info):
+            return _Refused(
+                "topology",
+                f"the topology has no room for a {info.node_type} node of {info.region}",
+                logging.DEBUG,
+                info.node_id,
+            )
+        return None
+
+    def _evictable(self, info: PeerInfo, reserved: bool, bypass: bool) -> _Connection | None:
+        """The stranger whose slot an inbound activated node ``info`` takes when the slots
+        are full, or None: inbound, neither reserved nor activated, and one whose leaving
+        makes room; of those, the newest of the address group holding the most."""
+        if info.outbound or self.is_activated is None or not self.is_activated(info):
+            return None
+        strangers = [
+            c
+            for c in self._peers.values()
+            if not c.info.outbound and not self._reserved(c.info) and not self.is_activated(c.info)
+        ]
+        groups = Counter(_group_of(c.address) for c in strangers)
+        strangers.sort(key=lambda c: (groups[_group_of(c.address)], c.opened), reverse=True)
+        peers = self.peers()
+        for c in strangers:
+            rest = [p for p in peers if p.node_id != c.info.node_id]
+            if self._no_room(info, rest, reserved, bypass) is None:
+                return c
+        return None
 
     def _reserved(self, info: PeerInfo) -> bool:
         """Whether strangers can never take ``info``'s slot: on a node that keeps its seeds
@@ -1556,6 +1626,11 @@ def _host_of(address: str) -> str:
         return split_address(address)[0]
     except ValueError:
         return ""
+
+
+def _group_of(address: str) -> str:
+    """The address group of a ``host:port`` address, for the limits on inbound strangers."""
+    return address_group(_host_of(address), INBOUND_GROUP_IPV4_PREFIX)
 
 
 def _limited_host(host: str) -> bool:

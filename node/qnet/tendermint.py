@@ -361,10 +361,31 @@ class Accepted:
     message: Message
 
 
+# Why the core ignores a message (``Refused.reason``, ``Core.dropped``): one fixed list, so
+# a driver can export a counter per reason from the start.
+REFUSALS = (
+    "not_started",
+    "wrong_chain",
+    "not_validator",
+    "past_height",
+    "far_future",
+    "not_proposer",
+    "malformed_value",  # value_id raised ValueError
+    "duplicate",
+    "bad_signature",
+    "round_limit",
+    "proposal_limit",
+    "vote_limit",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Refused:
     message: Message
-    reason: str
+    reason: str  # one of REFUSALS
+
+    def __post_init__(self) -> None:
+        assert self.reason in REFUSALS, self.reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,9 +589,7 @@ class _HeightLog:
 class Core:
     """One validator's Tendermint state machine (Algorithm 1), heights driven by the driver.
 
-    ``dropped`` counts ignored messages by reason: not_started, wrong_chain, not_validator,
-    past_height, far_future, not_proposer, malformed_value (value_id raised ValueError),
-    duplicate, bad_signature, round_limit, proposal_limit, vote_limit.
+    ``dropped`` counts ignored messages by reason (``REFUSALS``).
     """
 
     def __init__(

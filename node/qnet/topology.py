@@ -10,10 +10,33 @@ of other regions, and lets them go once its own region can serve it.
 ``PeerNetwork`` asks ``accepts`` when a handshake completes (either direction), ``wants``
 before dialling a peer it learnt of, ``hungry`` to decide whether to look for more, and
 ``surplus`` for peers to let go. The numbers count the peers connected now.
+
+Limits per address count an address group (``address_group``), not one address: a party
+holds its addresses in blocks.
 """
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Protocol
+
+
+def address_group(host: str, ipv4_prefix: int = 32) -> str:
+    """The block of addresses ``host`` is counted in by limits per party: an IPv6 address by
+    its /64, the block one host or subscriber is given (whoever has one address has all
+    2^64), an IPv4-mapped IPv6 address as IPv4, an IPv4 address by its ``/ipv4_prefix`` (as
+    itself at /32); a name or anything else as itself. The API counts IPv4 clients one
+    address each (many honest clients share a NAT's block); peer admission counts /24s."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is None:
+            return str(ipaddress.IPv6Network((address, 64), strict=False))
+        address = address.ipv4_mapped
+    if ipv4_prefix == 32:
+        return str(address)
+    return str(ipaddress.IPv4Network((address, ipv4_prefix), strict=False))
 
 
 class Peer(Protocol):

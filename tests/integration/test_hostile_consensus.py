@@ -8,16 +8,11 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from qnet import crypto, p2p, tendermint, wire
+from hostile import FAST, forged_votes
+from qnet import crypto, p2p, wire
 from qnet.genesis import Params
 from qnet.localnode import CHAIN_ID, LocalNode, free_port, local_net, wait_for
 
-FAST = {
-    "timeout_propose_ms": 1000,
-    "timeout_vote_ms": 500,
-    "timeout_delta_ms": 250,
-    "empty_block_interval_ms": 500,
-}
 PARAMS = Params(block_interval_ms=100)
 
 
@@ -67,26 +62,6 @@ async def attack(target: LocalNode, frames: list[tuple[int, bytes]]) -> str:
         return line.split(banning, 1)[1]
     finally:
         await net.stop()
-
-
-def forged_votes(n: int, genesis, at_height: int) -> list[bytes]:
-    """Prevotes signed by random keys, and in the validators' names with random signatures."""
-    out = []
-    names = [v.public_key for v in genesis.validators]
-    for i in range(n):
-        key = crypto.KeyPair.generate()
-        kind = tendermint.VoteKind.PREVOTE
-        value_id = crypto.digest(b"forged %d" % i)
-        signed = tendermint.vote_signing_bytes(kind, genesis.network, at_height, 0, value_id)
-        vote = tendermint.Vote(
-            kind, CHAIN_ID, at_height, 0, value_id, key.public_key, key.sign(signed)
-        )
-        if i % 2:
-            vote = tendermint.Vote(
-                kind, CHAIN_ID, at_height, 0, value_id, names[i % len(names)], key.sign(signed)
-            )
-        out.append(vote.encode())
-    return out
 
 
 def vote_series(node: LocalNode) -> set[str]:

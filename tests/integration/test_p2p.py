@@ -552,6 +552,30 @@ def test_protocol_violations_drop_and_ban_the_peer(data: bytes, reason: str) -> 
     run(scenario)
 
 
+def test_frames_of_kinds_the_node_does_not_speak_are_counted_without_a_series_of_their_own():
+    async def scenario(c: Cluster) -> None:
+        node = await c.start()
+        series = {
+            (s.labels["direction"], s.labels["kind"])
+            for metric in node.net.registry.collect()
+            for s in metric.samples
+            if s.name == "qnet_p2p_messages_total"
+        }
+        assert ("in", str(APP)) in series and ("in", "other") in series  # from the start
+
+        async def stray(peer: RawPeer) -> None:
+            await peer.handshake(node)
+            await peer.send(p2p.frame(200, b"?"))  # an application kind, but not the node's
+            await until(lambda: node.received, "the frame to reach the node")
+
+        await raw_peer(stray)
+        count = node.net.registry.get_sample_value
+        assert count("qnet_p2p_messages_total", {"direction": "in", "kind": "other"}) == 1
+        assert count("qnet_p2p_messages_total", {"direction": "in", "kind": "200"}) is None
+
+    run(scenario)
+
+
 def test_a_slow_peer_is_dropped_without_holding_up_the_others() -> None:
     async def scenario(c: Cluster) -> None:
         size = 256 * 1024
@@ -841,5 +865,36 @@ def test_a_third_party_cannot_rewrite_where_a_known_node_listens() -> None:
         assert node.net._known.get(victim.id).listen == victim.address
         assert node.net._known.get(ghost.node_id).listen == ghost_at
         assert len(node.net._known) == 2  # the claim on the victim's address was refused
+
+    run(scenario)
+
+
+# ---- slots ---------------------------------------------------------------------------------
+def test_an_activated_node_takes_a_strangers_slot_on_a_full_validator(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="qnet.p2p")
+    me, member = crypto.KeyPair.generate(), crypto.KeyPair.generate()
+    policy = PeerPolicy(me.public_key, "super", "eu", frozenset({me.public_key}), followers_max=1)
+    activated: set[bytes] = {member.public_key}
+
+    async def scenario(c: Cluster) -> None:
+        validator = await c.start(
+            key=me, policy=policy, is_activated=lambda peer: peer.public_key in activated
+        )
+        stranger = await c.start(node_type="full", seeds=(validator.address,))
+        await until(lambda: validator.peer_ids() == {stranger.id}, "the stranger to get in")
+        another = await c.start(node_type="full", seeds=(validator.address,))
+        await until(lambda: validator.dropped("topology") >= 1, "the next stranger's refusal")
+        await c.stop(another)
+        node = await c.start(key=member, node_type="full", seeds=(validator.address,))
+        await until(lambda: validator.peer_ids() == {node.id}, "the activated node to get in")
+        assert validator.dropped("evicted") == 1
+        assert f"dropping peer {stranger.id} at 127.0.0.1:" in caplog.text
+        assert f"its slot goes to {node.id}, an activated full node" in caplog.text
+        # The evicted stranger dials again and is refused: the activated node keeps its slot.
+        refused = validator.dropped("topology")
+        await until(lambda: validator.dropped("topology") > refused, "the stranger's redial")
+        assert validator.peer_ids() == {node.id}
 
     run(scenario)

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from qnet import bft, crypto, sync, tendermint, wire
+from qnet import bft, crypto, gossip, sync, tendermint, wire
 from qnet.bft import BftConsensus, DriverInputs
 from qnet.block import Block, CommitCertificate, Header, precommit_message, tx_root
 from qnet.config import load_config
@@ -16,7 +16,7 @@ from qnet.light import LightNode
 from qnet.metrics import Metrics
 from qnet.node import Node
 from qnet.p2p import PeerInfo
-from qnet.tx import encode_batch, frame_batch, make_transfer
+from qnet.tx import encode_batch, frame_batch, make_heartbeat, make_transfer
 from qnet.wire import (
     KIND_BLOCKS,
     KIND_CONSENSUS,
@@ -127,11 +127,12 @@ def wal_size(consensus: BftConsensus) -> int:
 
 
 def series(consensus: BftConsensus, name: str) -> list[dict]:
+    """The labels of the series of ``name`` counted above zero (all exist from the start)."""
     return [
         s.labels
         for metric in consensus.metrics.registry.collect()
         for s in metric.samples
-        if s.name == name
+        if s.name == name and s.value
     ]
 
 
@@ -146,6 +147,13 @@ def test_forged_votes_are_not_kept_logged_relayed_or_counted_and_ban_their_link(
         assert wal_size(consensus) == wal_before
         assert consensus.net.kinds(KIND_CONSENSUS) == []
         assert series(consensus, "qnet_consensus_votes_received_total") == []
+        validators = {k.node_id for k in KEYS}
+        assert {
+            s.labels["validator"]
+            for metric in consensus.metrics.registry.collect()
+            for s in metric.samples
+            if s.name == "qnet_consensus_votes_received_total"
+        } == validators  # no series for a forged signer: they all exist from the start
         assert "not_validator" in consensus.net.banned[OTHER_LINK.node_id]
         assert consensus.core.dropped["not_validator"] == 1  # the link was cut after one
         assert series(consensus, "qnet_consensus_messages_dropped_total") == [
@@ -407,6 +415,36 @@ def test_a_peer_relaying_a_bad_signature_is_banned(driver):
         assert "signature" in consensus.net.banned[STRANGER_LINK.node_id]
         await consensus._on_message(THIRD_LINK, KIND_TXS, encode_batch([good]))
         assert THIRD_LINK.node_id not in consensus.net.banned
+
+    asyncio.run(scenario())
+
+
+def test_a_peer_whose_transactions_are_refused_spends_its_budget_then_is_not_read(driver):
+    async def scenario():
+        consensus = await driver()
+        burst, fee = gossip.PEER_REFUSAL_BURST, GENESIS.params.min_fee
+        # What admission takes costs no budget: a burst of good transfers gets in whole...
+        good = [
+            make_transfer(WALLET, GENESIS.network, n, fee, STRANGER.address, 1)
+            for n in range(burst)
+        ]
+        await consensus._on_message(STRANGER_LINK, KIND_TXS, encode_batch(good))
+        assert all(t.id in consensus.node.mempool for t in good)
+        # ... and so do duplicates, which gossip along two paths brings ...
+        await consensus._on_message(STRANGER_LINK, KIND_TXS, encode_batch(good))
+        assert consensus.metrics.rejected.labels("duplicate")._value.get() == burst
+        # ... and leaves the budget whole for refusals: heartbeats of nodes nobody activated.
+        unknown = [
+            make_heartbeat(crypto.KeyPair.generate(), GENESIS.network, 0, 0) for _ in range(800)
+        ]
+        flood = encode_batch(unknown)
+        refused = consensus.metrics.rejected.labels("unknown_node")
+        await consensus._on_message(STRANGER_LINK, KIND_TXS, flood)
+        assert refused._value.get() == burst  # then the budget was spent: the rest unread
+        assert consensus.metrics.peer_txs_dropped._value.get() == 800 - burst
+        assert STRANGER_LINK.node_id not in consensus.net.banned
+        await consensus._on_message(THIRD_LINK, KIND_TXS, flood)  # validators have no budget
+        assert refused._value.get() == burst + 800
 
     asyncio.run(scenario())
 

@@ -1,12 +1,15 @@
 """What peer exchange remembers (PeerTable) and who gets a connection slot (admission):
 a third party never rewrites what we know of a node, one source cannot flush the table,
 strangers cannot take the slots of validators and configured peers, nor many from one
-address."""
+address group, nor keep activated nodes out."""
+
+import asyncio
+from types import SimpleNamespace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qnet import crypto, p2p
+from qnet import bft, crypto, p2p
 from qnet.topology import PeerPolicy
 
 KEYS = [crypto.KeyPair.generate().public_key for _ in range(60)]
@@ -115,29 +118,51 @@ def stranger(node_type: str = "full", key: crypto.KeyPair | None = None) -> p2p.
     return p2p.PeerInfo.of(key.public_key, node_type, "eu", "", outbound=False)
 
 
+class Socket:
+    """Where an admitted peer's connection would be: remembers how it was closed."""
+
+    def __init__(self) -> None:
+        self.closed_with: tuple[int, bytes] | None = None
+
+    async def close(self, code: int, message: bytes) -> None:
+        self.closed_with = (code, message)
+
+
 def admit(net: p2p.PeerNetwork, who: p2p.PeerInfo, address: str) -> str:
     """'' if admitted, else the drop reason."""
     link = p2p.SecretLink(bytes(32), bytes(32), 1024)
     try:
-        net._admit(None, who, link, address, seed=False)  # type: ignore[arg-type]
+        net._admit(Socket(), who, link, address, seed=False)  # type: ignore[arg-type]
     except p2p._Refused as refused:
         return refused.reason or "refused"
     return ""
 
 
-def test_strangers_from_one_address_are_capped_but_validators_are_not() -> None:
+def test_strangers_from_one_address_group_are_capped_but_validators_are_not() -> None:
     policy = PeerPolicy(
         ME.public_key, "super", "eu", frozenset({ME.public_key, VALIDATOR.public_key})
     )
-    net = network(policy=policy, max_inbound_per_host=2)
+    net = network(policy=policy, max_inbound_per_group=2)
     assert [admit(net, stranger(), f"203.0.113.5:{port}") for port in (1, 2, 3)] == [
         "",
         "",
         "per_host",
     ]
-    assert admit(net, stranger(), "203.0.113.6:1") == ""  # another address
+    assert admit(net, stranger(), "203.0.114.6:1") == ""  # another group
     assert admit(net, stranger(key=VALIDATOR), "203.0.113.5:4") == ""  # always gets in
     assert admit(net, stranger(), "127.0.0.1:5") == ""  # loopback: a local network
+
+
+def test_the_cap_on_strangers_counts_an_ipv4_slash_24_or_an_ipv6_slash_64() -> None:
+    net = network(max_inbound_per_group=2)
+    first = [admit(net, stranger(), address) for address in ("203.0.113.5:1", "203.0.113.77:1")]
+    assert first == ["", ""]
+    assert admit(net, stranger(), "203.0.113.200:1") == "per_host"  # another address, same /24
+    assert admit(net, stranger(), "[::ffff:203.0.113.9]:1") == "per_host"  # the same, mapped
+    assert admit(net, stranger(), "203.0.114.5:1") == ""  # the next /24
+    six = ["[2001:db8:1:2::1]:1", "[2001:db8:1:2:ffff::9]:1", "[2001:db8:1:2:abcd::1]:1"]
+    assert [admit(net, stranger(), address) for address in six] == ["", "", "per_host"]
+    assert admit(net, stranger(), "[2001:db8:1:3::1]:1") == ""  # the next /64
 
 
 def test_strangers_cannot_fill_the_slots_of_validators() -> None:
@@ -148,7 +173,7 @@ def test_strangers_cannot_fill_the_slots_of_validators() -> None:
         frozenset({ME.public_key, VALIDATOR.public_key}),
         followers_max=2,
     )
-    net = network(policy=policy, max_peers=2, max_inbound_per_host=100)
+    net = network(policy=policy, max_peers=2, max_inbound_per_group=100)
     assert [admit(net, stranger(), f"198.51.100.{i}:1") for i in range(3)] == [
         "",
         "",
@@ -156,6 +181,63 @@ def test_strangers_cannot_fill_the_slots_of_validators() -> None:
     ]
     assert admit(net, stranger(key=VALIDATOR), "198.51.100.9:1") == ""  # beyond max_peers
     assert len(net.peers()) == 3
+
+
+def test_an_activated_node_takes_the_slot_of_the_newest_stranger_of_the_largest_group() -> None:
+    policy = PeerPolicy(
+        ME.public_key,
+        "super",
+        "eu",
+        frozenset({ME.public_key, VALIDATOR.public_key}),
+        followers_max=3,
+    )
+    activated: set[bytes] = set()
+    net = network(
+        policy=policy,
+        max_inbound_per_group=100,
+        is_activated=lambda peer: peer.public_key in activated,
+    )
+
+    def node(key: crypto.KeyPair) -> p2p.PeerInfo:
+        activated.add(key.public_key)
+        return stranger(key=key)
+
+    async def scenario() -> None:
+        keys = [crypto.KeyPair.generate() for _ in range(6)]
+        old, newest, alone = stranger(), stranger(), stranger()
+        assert admit(net, old, "198.51.100.1:1") == ""
+        assert admit(net, alone, "192.0.2.1:1") == ""
+        assert admit(net, newest, "198.51.100.2:1") == ""
+        assert admit(net, stranger(), "203.0.113.1:1") == "topology"  # full: refused
+        sockets = {p.node_id: net._peers[p.node_id].ws for p in (old, newest, alone)}
+        # An activated node gets in, and the newest stranger of 198.51.100.0/24 goes.
+        assert admit(net, node(keys[0]), "203.0.113.2:1") == ""
+        assert {p.node_id for p in net.peers()} == {old.node_id, alone.node_id, keys[0].node_id}
+        await asyncio.sleep(0)  # the close runs
+        assert sockets[newest.node_id].closed_with[1] == b"evicted"
+        assert (
+            net.registry.get_sample_value("qnet_p2p_dropped_peers_total", {"reason": "evicted"})
+            == 1
+        )
+        assert admit(net, node(keys[1]), "203.0.113.3:1") == ""  # then the group of one each
+        assert admit(net, node(keys[2]), "203.0.113.4:1") == ""
+        assert len(net.peers()) == 3
+        # Activated nodes are never evicted, nor a validator's slot taken.
+        assert admit(net, node(keys[3]), "203.0.113.5:1") == "topology"
+        assert admit(net, stranger(key=VALIDATOR), "203.0.113.6:1") == ""
+        assert admit(net, stranger(), "203.0.113.7:1") == "topology"
+
+    asyncio.run(scenario())
+
+
+def test_a_node_counts_as_activated_only_as_the_type_it_was_activated_as() -> None:
+    key = crypto.KeyPair.generate()
+    records = {key.public_key: SimpleNamespace(node_type="light")}
+    driver = SimpleNamespace(node=SimpleNamespace(state=SimpleNamespace(node=records.get)))
+    claims = {t: p2p.PeerInfo.of(key.public_key, t, "eu", "", False) for t in ("light", "full")}
+    assert bft.BftConsensus._is_activated(driver, claims["light"])  # type: ignore[arg-type]
+    assert not bft.BftConsensus._is_activated(driver, claims["full"])  # type: ignore[arg-type]
+    assert not bft.BftConsensus._is_activated(driver, stranger())  # type: ignore[arg-type]
 
 
 def test_a_configured_peer_gets_in_when_strangers_filled_the_slots() -> None:

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from qnet import crypto
 from qnet.genesis import REGIONS
-from qnet.topology import PeerPolicy
+from qnet.topology import PeerPolicy, address_group
 
 VALIDATORS = [crypto.KeyPair.generate().public_key for _ in range(4)]
 
@@ -110,3 +110,20 @@ def test_whatever_arrives_the_counts_stay_within_bounds(node_type, region, arriv
 def test_nodes_outside_the_validator_set_never_refuse_their_region_when_short(node_type):
     p = policy(node_type, "me")
     assert p.accepts([peer("full", "ap")], peer("full", "me"))
+
+
+@pytest.mark.parametrize(
+    ("host", "prefix", "group"),
+    [
+        ("203.0.113.77", 24, "203.0.113.0/24"),
+        ("203.0.113.77", 16, "203.0.0.0/16"),
+        ("203.0.113.77", 32, "203.0.113.77"),
+        ("::ffff:203.0.113.77", 24, "203.0.113.0/24"),
+        ("2001:db8:1:2:aaaa::1", 24, "2001:db8:1:2::/64"),
+        ("fe80::1%eth0", 24, "fe80::/64"),
+        ("localhost", 24, "localhost"),
+        ("", 24, ""),
+    ],
+)
+def test_an_address_group_is_an_ipv4_block_or_an_ipv6_slash_64(host, prefix, group):
+    assert address_group(host, prefix) == group
