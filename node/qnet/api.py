@@ -3,7 +3,7 @@
 Every error, including aiohttp's own 404/405/413 and unexpected failures, is answered with
 one JSON shape: ``{"error": {"code": ..., "message": ...}}``. That includes what aiohttp's
 HTTP parser refuses before any handler runs (a bad request line, method, header or chunked
-body) and a body that does not decode: served through ``ApiRunner``, such a request gets a
+body) and a body that does not decode: served through ``httpserver.Runner``, such a request gets a
 JSON 400 and costs the log no traceback, only a DEBUG line and at most one WARNING a minute
 that counts them. (A chunked body whose framing breaks in a later packet than its headers
 is not reported to the handler by aiohttp's parser: that body times out, 408.)
@@ -27,7 +27,6 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http import HTTPStatus
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -37,6 +36,7 @@ from .amounts import format_qnc
 from .discovery import ScrapeTargets
 from .errors import Rejected
 from .genesis import NODE_TYPES, REGIONS
+from .httpserver import MALFORMED, Runner, error, printable
 from .node import Node
 from .topology import address_group
 from .tx import DecodeError, from_json, split_batch
@@ -193,111 +193,15 @@ def client_key(remote: str | None) -> str:
     return address_group(remote or "")
 
 
-def error(status: int, code: str, message: str, headers: dict | None = None) -> web.Response:
-    return web.json_response(
-        {"error": {"code": code, "message": message}}, status=status, headers=headers
-    )
-
-
-def _printable(text: str, limit: int = 200) -> str:
-    """A stranger's text (aiohttp quotes the bad bytes) as one short printable line."""
-    line = " ".join(text.split())
-    return "".join(c if c.isprintable() else "?" for c in line)[:limit]
-
-
-class MalformedRequests:
-    """Requests refused for their HTTP framing: each logged at DEBUG, and at most one WARNING
-    every ``every_s`` with how many there were since the last, so a stranger who sends them
-    by the thousand cannot flood the log."""
-
-    def __init__(self, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
-        self.every_s, self._clock = every_s, clock
-        self._count = 0
-        self._next_report = 0.0
-
-    def note(self, remote: str | None, reason: str) -> None:
-        self._count += 1
-        log.debug("malformed HTTP request from %s: %s", remote, reason)
-        now = self._clock()
-        if now >= self._next_report:
-            log.warning(
-                "refused %d malformed HTTP request(s) with 400 since the last report (the "
-                "latest from %s: %s); next report in %g s at the earliest",
-                self._count,
-                remote,
-                reason,
-                self.every_s,
-            )
-            self._count, self._next_report = 0, now + self.every_s
-
-
-MALFORMED = MalformedRequests()
-
-
-class ApiRequestHandler(web.RequestHandler):
-    """aiohttp's HTTP protocol, but what it answers itself (a request its parser refuses,
-    or a failure outside any handler) gets the API's JSON error shape; a refused request is
-    counted in ``MALFORMED`` instead of logged with its traceback."""
-
-    __slots__ = ()
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if status != HTTPStatus.BAD_REQUEST:
-            # Ours, not the client's (500, 504): aiohttp logs it with its traceback.
-            super().handle_error(request, status, exc, message)
-            code = "timeout" if status == HTTPStatus.GATEWAY_TIMEOUT else "internal"
-            answer = error(status, code, "the node failed to handle this request; see its log")
-        else:
-            reason = _printable(message or str(exc or "") or "bad request")
-            MALFORMED.note(request.remote, reason)
-            if request.writer.output_size > 0:  # as aiohttp: too late for another answer
-                raise ConnectionError("an answer is sent already; cannot send the error")
-            answer = error(400, "bad_request", f"malformed HTTP request: {reason}")
-        answer.force_close()
-        return answer
-
-    def log_exception(self, *args, **kw) -> None:
-        """After an answer, aiohttp drains what is left of the request's body; a body the
-        client broke (refused by ``_read_body``, counted there) fails that again: not ours."""
-        if isinstance(kw.get("exc_info"), web.RequestPayloadError):
-            log.debug("the rest of a malformed request body was dropped")
-            return
-        super().log_exception(*args, **kw)
-
-
-class _ApiServer(web.Server):
-    def __call__(self) -> web.RequestHandler:
-        return ApiRequestHandler(self, loop=self._loop, **self._kwargs)
-
-
-class ApiRunner(web.AppRunner):
-    """``web.AppRunner`` whose connections are ``ApiRequestHandler``s. aiohttp has no setting
-    for the protocol class (aio-libs/aiohttp#3287): the server the runner made (with the
-    app's handler arguments) is given the class that makes them."""
-
-    __slots__ = ()
-
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        server.__class__ = _ApiServer  # the same state; only its protocol factory differs
-        return server
-
-
 async def serve(app: web.Application, host: str, port: int, shutdown_timeout: float) -> None:
-    """Serve ``app`` on ``host:port`` through ``ApiRunner`` until SIGTERM or SIGINT, then
+    """Serve ``app`` on ``host:port`` through ``httpserver.Runner`` until SIGTERM or SIGINT, then
     stop as ``web.run_app`` does: on_shutdown, open requests given ``shutdown_timeout``,
     cleanup."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runner = ApiRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    runner = Runner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -440,7 +344,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
             408, "timeout", f"request body not received within {timeout_s:g} s", close=True
         ) from None
     except web.RequestPayloadError as exc:  # e.g. a content encoding that does not decode
-        reason = _printable(getattr(exc.__cause__, "message", None) or str(exc))
+        reason = printable(getattr(exc.__cause__, "message", None) or str(exc))
         MALFORMED.note(request.remote, reason)
         raise _Refusal(
             400, "bad_request", f"malformed request body: {reason}", close=True

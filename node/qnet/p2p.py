@@ -90,6 +90,7 @@ import prometheus_client
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import crypto
+from .httpserver import Runner
 from .topology import PeerPolicy, address_group
 from .wire import (
     FIRST_APP_KIND,
@@ -714,7 +715,7 @@ class PeerNetwork:
         self._connection_tasks: set[asyncio.Task] = set()  # one per open connection
         self._sockets: set[WebSocket] = set()
         self._running = False
-        self._runner: web.AppRunner | None = None
+        self._runner: Runner | None = None
         self._session: aiohttp.ClientSession | None = None
 
     def _init_metrics(self, r: prometheus_client.CollectorRegistry) -> None:
@@ -749,7 +750,8 @@ class PeerNetwork:
         if self.listen_host:
             app = web.Application()
             app.router.add_get(PATH, self._accept)
-            self._runner = web.AppRunner(
+            # A stranger's malformed HTTP gets a JSON 400 and no traceback in the log.
+            self._runner = Runner(
                 app,
                 access_log=None,
                 shutdown_timeout=CLOSE_TIMEOUT_S,
