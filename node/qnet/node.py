@@ -250,24 +250,26 @@ class Node:
     ) -> tuple[list[Rejected | None], list[Transaction]]:
         outcome: list[Rejected | None] = [None] * len(txs)
         to_verify: list[tuple[int, Transaction]] = []
-        view = ledger.begin_block(self.state, self.rules, self.epoch_now())
-        batch = self.mempool.batch_check()
-        for i, tx in enumerate(txs):
-            if isinstance(tx, DecodeError):
-                outcome[i] = self.refuse(None, Rejected("malformed", str(tx)))
-                continue
-            try:
-                self._precheck(tx, view, batch)
-            except Rejected as exc:
-                outcome[i] = self.refuse(tx, exc)
-            else:
-                to_verify.append((i, tx))
-        # What passed is in flight (later batches' cheap checks count it) until admitted or
-        # refused below, after every batch checked before this one.
-        flying = [tx for _, tx in to_verify]
+        # What passed the cheap checks is in flight (later batches' cheap checks count it)
+        # until admitted or refused below, after every batch checked before this one; the
+        # flight ends whatever happens.
+        flying: list[Transaction] = []
         before = self._admitted_last
         done = self._admitted_last = asyncio.get_running_loop().create_future()
         try:
+            view = ledger.begin_block(self.state, self.rules, self.epoch_now())
+            batch = self.mempool.batch_check()
+            for i, tx in enumerate(txs):
+                if isinstance(tx, DecodeError):
+                    outcome[i] = self.refuse(None, Rejected("malformed", str(tx)))
+                    continue
+                try:
+                    self._precheck(tx, view, batch)
+                except Rejected as exc:
+                    outcome[i] = self.refuse(tx, exc)
+                else:
+                    to_verify.append((i, tx))
+                    flying.append(tx)
             verified = await self._verify(flying)
             if before is not None:
                 await asyncio.shield(before)

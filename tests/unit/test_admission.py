@@ -172,6 +172,24 @@ def test_a_batch_arriving_while_one_before_it_verifies_follows_it(node, monkeypa
     assert node.mempool.in_flight == 0
 
 
+def test_a_batch_that_fails_midway_leaves_nothing_in_flight_and_blocks_no_other(node, monkeypatch):
+    w = WALLETS[0]
+    real = ledger.check_kind
+    calls = []
+
+    def failing(view, t, rules):
+        calls.append(t.nonce)
+        if len(calls) == 2:
+            raise RuntimeError("a bug in a check")
+        return real(view, t, rules)
+
+    monkeypatch.setattr(ledger, "check_kind", failing)
+    with pytest.raises(RuntimeError):
+        submit(node, [transfer(w, 0), transfer(w, 1)])
+    assert node.mempool.in_flight == 0  # the first had passed: its flight ended
+    assert submit(node, [transfer(w, 0), transfer(w, 1)]) == [None, None]  # not held back
+
+
 def test_a_full_mempool_refuses_before_verifying(tmp_path, verify_calls):
     n = new_node(tmp_path, "small", genesis(), mempool_shards=1, mempool_capacity=2)
     try:
