@@ -623,7 +623,6 @@ class BftConsensus:
         self.stats.changed(peer, connected)
         if not connected:
             self.sync.forget(peer.node_id)
-            self.gossip.forget(peer.node_id)
             self._cut.discard(peer.node_id)
             self._update_lag()
             return

@@ -12,13 +12,15 @@ transaction once. A peer that relays a transaction whose signature does not veri
 banned: an honest relay passes on only what its own admission verified.
 
 Refusals cost the node their cheap checks, yet cost the sender nothing (no fee is paid, no
-signature checked): each link but a validator's has a budget of ``PEER_REFUSALS_PER_S``
-refused transactions a second (``PEER_REFUSAL_BURST`` at once). Its TXS frames are admitted
-in steps of that many, each taking as many tokens as it holds transactions and given back
-those admission took or already had (a duplicate is what gossip along two paths brings, and
-costs only its decoding); what finds too few is dropped unread, and counted
-(``qnet_peer_txs_dropped_total``). An honest relay passes on only what its own admission
-took, so it spends its budget only where states differ; a flood of refusals costs at most
+signature checked): the links of each address group but a validator's (``p2p.party_of``,
+as for inbound strangers: a reconnection or a fresh node key does not start afresh) have a budget
+of ``PEER_REFUSALS_PER_S`` refused transactions a second (``PEER_REFUSAL_BURST`` at once).
+A TXS frame is admitted in steps of at most that many and at most the tokens there are, and
+each step's refusals are then taken from them; duplicates cost none (gossip along two paths
+brings them, and they cost only their decoding and a lookup). What finds no token is
+dropped without admission, and counted (``qnet_peer_txs_dropped_total``). An honest relay
+passes on only what its own admission took, so it spends its budget only where states
+differ, and a frame of it is never cut by a few refusals; a flood of refusals costs at most
 the budget, and the event loop serves consensus between steps.
 
 At a stop the whole mempool is handed up, since a transaction this node admitted may be
@@ -28,10 +30,11 @@ nowhere else yet.
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection
 
 from .node import Node
-from .p2p import PeerInfo, PeerNetwork, TokenBucket
+from .p2p import PeerInfo, PeerNetwork, TokenBucket, party_of
 from .tx import Transaction
 from .wire import KIND_TXS, TX_BATCH, Txs
 
@@ -43,6 +46,7 @@ BAD_SIGNATURE = "bad_signature"  # the refusal code of ``Node.submit`` for it
 DUPLICATE = "duplicate"  # the refusal code of ``Node.submit`` for one it has already
 PEER_REFUSALS_PER_S = 200.0  # refused transactions a link other than a validator's may cost
 PEER_REFUSAL_BURST = 500  # and at once; its TXS frames are admitted in steps of this many
+BUDGETS_KEPT = 4_096  # address groups whose refusal budgets are remembered
 
 
 class TxGossip:
@@ -65,15 +69,12 @@ class TxGossip:
         self.is_validator = is_validator
         self._ban = ban
         self._relay: list[tuple[Transaction, str | None]] = []  # (tx, the peer it came from)
-        # Refusals each connected link but a validator's may still cost (see the module
-        # docstring); links whose frames are being dropped, logged once a burst.
-        self._refusal_budgets: dict[str, TokenBucket] = {}
+        # Refusals each address group but a validator's may still cost (see the module
+        # docstring), kept across reconnections, the most recently used BUDGETS_KEPT; the
+        # groups whose frames are being dropped, logged once a burst.
+        self._budgets: OrderedDict[str, TokenBucket] = OrderedDict()
         self._over_budget: set[str] = set()
-
-    def forget(self, node_id: str) -> None:
-        """A link ended."""
-        self._refusal_budgets.pop(node_id, None)
-        self._over_budget.discard(node_id)
+        self.clock: Callable[[], float] = time.monotonic
 
     async def on_txs(self, peer: PeerInfo, payload: bytes) -> None:
         if len(payload) > TX_SPLIT_INLINE_BYTES:
@@ -85,47 +86,64 @@ class TxGossip:
             outcome = await self.node.submit_raw(
                 raws, relay=not self.is_validator, source=peer.node_id
             )
+            self._banned_for_bad_signatures(peer, outcome, len(raws))
         else:
-            outcome = await self._submit_within_budget(peer, raws)
+            await self._submit_within_budget(peer, raws)
+
+    def _banned_for_bad_signatures(self, peer: PeerInfo, outcome: list, sent: int) -> bool:
         bad = sum(1 for refused in outcome if refused is not None and refused.code == BAD_SIGNATURE)
         if bad:
             self._ban(
                 peer.node_id,
-                f"relayed {bad} of {len(raws)} transactions with a signature that does not verify",
+                f"relayed {bad} of {sent} transactions with a signature that does not verify",
             )
+        return bad > 0
 
-    async def _submit_within_budget(self, peer: PeerInfo, raws: list[bytes]) -> list:
-        """Admit a TXS frame of a link other than a validator's in steps of
-        ``PEER_REFUSAL_BURST`` transactions, each taking its size from the link's budget and
-        giving back what admission took or had; what finds the budget spent is dropped
-        unread. The event loop serves the others between steps."""
-        budget = self._refusal_budgets.get(peer.node_id)
+    def _budget(self, peer: PeerInfo) -> tuple[str, TokenBucket]:
+        """The refusal budget of the peer's address group (a node id costs nothing to make,
+        an address more), made full the first time."""
+        group = party_of(peer)
+        budget = self._budgets.get(group)
         if budget is None:
-            budget = self._refusal_budgets[peer.node_id] = TokenBucket(
-                PEER_REFUSALS_PER_S, PEER_REFUSAL_BURST, time.monotonic()
+            budget = self._budgets[group] = TokenBucket(
+                PEER_REFUSALS_PER_S, PEER_REFUSAL_BURST, self.clock()
             )
-        outcome: list = []
-        for at in range(0, len(raws), PEER_REFUSAL_BURST):
-            step = raws[at : at + PEER_REFUSAL_BURST]
-            if not budget.take(time.monotonic(), len(step)):
+            while len(self._budgets) > BUDGETS_KEPT:
+                self._budgets.popitem(last=False)
+        self._budgets.move_to_end(group)
+        return group, budget
+
+    async def _submit_within_budget(self, peer: PeerInfo, raws: list[bytes]) -> None:
+        """Admit a TXS frame of a link other than a validator's in steps of at most
+        ``PEER_REFUSAL_BURST`` transactions and at most the tokens its group has; each step's
+        refusals (not its duplicates) are then taken from them. What finds no token is dropped
+        unread; a step with a bad signature gets the link banned and ends the frame. The event
+        loop serves the others between steps."""
+        group, budget = self._budget(peer)
+        at = 0
+        while at < len(raws):
+            size = min(PEER_REFUSAL_BURST, int(budget.refill(self.clock())))
+            if size < 1:
                 self.node.metrics.peer_txs_dropped.inc(len(raws) - at)
-                if peer.node_id not in self._over_budget:
-                    self._over_budget.add(peer.node_id)
+                if group not in self._over_budget:
+                    self._over_budget.add(group)
                     log.warning(
-                        "dropping transactions from %s unread: it spent its budget of %g "
+                        "dropping transactions from %s (%s) unread: it spent its budget of %g "
                         "refused transactions a second",
                         peer.node_id,
+                        group,
                         PEER_REFUSALS_PER_S,
                     )
-                break
-            self._over_budget.discard(peer.node_id)
+                return
+            self._over_budget.discard(group)
+            step, at = raws[at : at + size], at + size
             done = await self.node.submit_raw(step, source=peer.node_id)
-            budget.give_back(
-                sum(1 for refused in done if refused is None or refused.code == DUPLICATE)
+            budget.charge(
+                sum(1 for refused in done if refused is not None and refused.code != DUPLICATE)
             )
-            outcome += done
+            if self._banned_for_bad_signatures(peer, done, len(raws)):
+                return
             await asyncio.sleep(0)  # a step refused whole never waited: let the others run
-        return outcome
 
     async def flush_loop(self) -> None:
         """Relay newly admitted transactions up the hierarchy in batches, never back to the

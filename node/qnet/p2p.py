@@ -487,16 +487,21 @@ class TokenBucket:
 
     def take(self, now: float, cost: int = 1) -> bool:
         """Take ``cost`` tokens if they are there (else take none)."""
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < cost:
+        if self.refill(now) < cost:
             return False
         self.tokens -= cost
         return True
 
-    def give_back(self, count: int) -> None:
-        """Return tokens taken for events that turned out not to count."""
-        self.tokens = min(self.burst, self.tokens + count)
+    def refill(self, now: float) -> float:
+        """The tokens there are now."""
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        return self.tokens
+
+    def charge(self, cost: int) -> None:
+        """Take ``cost`` tokens for events counted after they happened (at most ``refill``
+        allowed them)."""
+        self.tokens -= cost
 
 
 class FrameQueue:
@@ -1167,7 +1172,8 @@ class PeerNetwork:
         insert, so two handshakes finishing together cannot both get in. Validators and
         configured peers (reserved) always get in; strangers share ``max_peers`` and the
         policy's slots, at most ``max_inbound_per_group`` of them from one address group, and
-        an activated one takes a stranger's slot when they are full (``_evictable``)."""
+        an activated one takes a stranger's place in its group when the group has its share
+        (``_group_evictable``) and a stranger's slot when they are full (``_evictable``)."""
         if self._is_banned(info.node_id):
             raise _Refused("banned", "it is banned", logging.INFO, info.node_id)
         existing = self._peers.get(info.node_id)
@@ -1178,7 +1184,19 @@ class PeerNetwork:
         bypass = (seed and self.persistent_seeds) or self._reserved(info)
         if existing is None:
             if not reserved:
-                self._check_group(info, address)
+                try:
+                    self._check_group(info, address)
+                except _Refused:
+                    victim = self._group_evictable(info, address)
+                    if victim is None:
+                        raise
+                    self._drop(
+                        victim,
+                        "evicted",
+                        f"its place in {group_of(address)} goes to {info.node_id}, an "
+                        f"activated {info.node_type} node",
+                        log_level=logging.INFO,
+                    )
             refusal = self._no_room(info, self.peers(), reserved, bypass)
             if refusal is not None:
                 victim = self._evictable(info, reserved, bypass)
@@ -1217,11 +1235,11 @@ class PeerNetwork:
         host = _host_of(address)
         if info.outbound or not _limited_host(host):
             return
-        group = _group_of(address)
+        group = group_of(address)
         same = sum(
             1
             for c in self._peers.values()
-            if not c.info.outbound and _group_of(c.address) == group and not self._reserved(c.info)
+            if not c.info.outbound and group_of(c.address) == group and not self._reserved(c.info)
         )
         if same >= self.max_inbound_per_group:
             raise _Refused(
@@ -1247,6 +1265,23 @@ class PeerNetwork:
             )
         return None
 
+    def _group_evictable(self, info: PeerInfo, address: str) -> _Connection | None:
+        """The stranger whose place in its address group an inbound activated node ``info``
+        from that group takes when the group has its share, or None: the newest of the
+        group's inbound strangers that are neither reserved nor activated."""
+        if info.outbound or self.is_activated is None or not self.is_activated(info):
+            return None
+        group = group_of(address)
+        strangers = [
+            c
+            for c in self._peers.values()
+            if not c.info.outbound
+            and group_of(c.address) == group
+            and not self._reserved(c.info)
+            and not self.is_activated(c.info)
+        ]
+        return max(strangers, key=lambda c: c.opened, default=None)
+
     def _evictable(self, info: PeerInfo, reserved: bool, bypass: bool) -> _Connection | None:
         """The stranger whose slot an inbound activated node ``info`` takes when the slots
         are full, or None: inbound, neither reserved nor activated, and one whose leaving
@@ -1258,8 +1293,8 @@ class PeerNetwork:
             for c in self._peers.values()
             if not c.info.outbound and not self._reserved(c.info) and not self.is_activated(c.info)
         ]
-        groups = Counter(_group_of(c.address) for c in strangers)
-        strangers.sort(key=lambda c: (groups[_group_of(c.address)], c.opened), reverse=True)
+        groups = Counter(group_of(c.address) for c in strangers)
+        strangers.sort(key=lambda c: (groups[group_of(c.address)], c.opened), reverse=True)
         peers = self.peers()
         for c in strangers:
             rest = [p for p in peers if p.node_id != c.info.node_id]
@@ -1630,9 +1665,16 @@ def _host_of(address: str) -> str:
         return ""
 
 
-def _group_of(address: str) -> str:
+def group_of(address: str) -> str:
     """The address group of a ``host:port`` address, for the limits on inbound strangers."""
     return address_group(_host_of(address), INBOUND_GROUP_IPV4_PREFIX)
+
+
+def party_of(info: PeerInfo) -> str:
+    """Whom limits per party count a peer as: the address group it connected from, or its
+    node id on loopback (where a local network runs all its nodes) or without an address."""
+    host = _host_of(info.api)
+    return group_of(info.api) if host and _limited_host(host) else info.node_id
 
 
 def _limited_host(host: str) -> bool:

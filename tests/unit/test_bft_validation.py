@@ -4,6 +4,7 @@ only peers whose height a certificate proves and rotates away from peers that do
 answer, and a failing disk neither kills the driver nor lets an unsaved vote leave."""
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -419,9 +420,15 @@ def test_a_peer_relaying_a_bad_signature_is_banned(driver):
     asyncio.run(scenario())
 
 
+def in_group(key: crypto.KeyPair, host: str) -> PeerInfo:
+    """A full node's link that connected from ``host``."""
+    return replace(PeerInfo.of(key.public_key, "full", "eu", "", False), api=f"{host}:7370")
+
+
 def test_a_peer_whose_transactions_are_refused_spends_its_budget_then_is_not_read(driver):
     async def scenario():
         consensus = await driver()
+        consensus.gossip.clock = lambda: 0.0  # no refill during the test
         burst, fee = gossip.PEER_REFUSAL_BURST, GENESIS.params.min_fee
         # What admission takes costs no budget: a burst of good transfers gets in whole...
         good = [
@@ -445,6 +452,41 @@ def test_a_peer_whose_transactions_are_refused_spends_its_budget_then_is_not_rea
         assert STRANGER_LINK.node_id not in consensus.net.banned
         await consensus._on_message(THIRD_LINK, KIND_TXS, flood)  # validators have no budget
         assert refused._value.get() == burst + 800
+
+    asyncio.run(scenario())
+
+
+def test_a_few_refusals_never_cut_a_frame_and_a_group_shares_one_budget(driver):
+    async def scenario():
+        consensus = await driver()
+        consensus.gossip.clock = lambda: 0.0  # no refill during the test
+        fee = GENESIS.params.min_fee
+        relay = in_group(crypto.KeyPair.generate(), "10.1.2.3")
+        unknown = [
+            make_heartbeat(crypto.KeyPair.generate(), GENESIS.network, 0, 0) for _ in range(5)
+        ]
+        good = [
+            make_transfer(WALLET, GENESIS.network, n, fee, STRANGER.address, 1)
+            for n in range(2 * gossip.PEER_REFUSAL_BURST)
+        ]
+        # Five refusals in the frame's first step leave tokens for all the rest.
+        await consensus._on_message(relay, KIND_TXS, encode_batch(unknown + good))
+        assert all(t.id in consensus.node.mempool for t in good)
+        assert consensus.metrics.peer_txs_dropped._value.get() == 0
+        # A flood from the same /24 under another key (or after a reconnection) draws on the
+        # same budget: what the relay's refusals left, then nothing.
+        flood = [
+            make_heartbeat(crypto.KeyPair.generate(), GENESIS.network, 0, 0)
+            for _ in range(gossip.PEER_REFUSAL_BURST)
+        ]
+        neighbour = in_group(crypto.KeyPair.generate(), "10.1.2.99")
+        await consensus._on_message(neighbour, KIND_TXS, encode_batch(flood))
+        left = gossip.PEER_REFUSAL_BURST - 5
+        assert consensus.metrics.rejected.labels("unknown_node")._value.get() == 5 + left
+        assert consensus.metrics.peer_txs_dropped._value.get() == 5
+        elsewhere = in_group(crypto.KeyPair.generate(), "10.1.3.1")  # another group: its own
+        await consensus._on_message(elsewhere, KIND_TXS, encode_batch(flood[:1]))
+        assert consensus.metrics.rejected.labels("unknown_node")._value.get() == 6 + left
 
     asyncio.run(scenario())
 

@@ -165,6 +165,30 @@ def test_the_cap_on_strangers_counts_an_ipv4_slash_24_or_an_ipv6_slash_64() -> N
     assert admit(net, stranger(), "[2001:db8:1:3::1]:1") == ""  # the next /64
 
 
+def test_an_activated_node_takes_the_place_of_a_stranger_in_its_full_address_group() -> None:
+    activated: set[bytes] = set()
+    net = network(max_inbound_per_group=2, is_activated=lambda p: p.public_key in activated)
+    old, newest = stranger(), stranger()
+    assert admit(net, old, "203.0.113.5:1") == ""
+    assert admit(net, newest, "203.0.113.6:1") == ""
+    assert admit(net, stranger(), "203.0.113.7:1") == "per_host"  # a stranger: refused
+    member = crypto.KeyPair.generate()
+    activated.add(member.public_key)
+
+    async def scenario() -> None:
+        assert admit(net, stranger(key=member), "203.0.113.8:1") == ""  # the newest goes
+        assert {p.node_id for p in net.peers()} == {old.node_id, member.node_id}
+        # Activated nodes hold their place: another one from the group finds none to take.
+        other = crypto.KeyPair.generate()
+        activated.add(other.public_key)
+        assert admit(net, stranger(key=other), "203.0.113.9:1") == ""  # took ``old``'s
+        third = crypto.KeyPair.generate()
+        activated.add(third.public_key)
+        assert admit(net, stranger(key=third), "203.0.113.10:1") == "per_host"
+
+    asyncio.run(scenario())
+
+
 def test_strangers_cannot_fill_the_slots_of_validators() -> None:
     policy = PeerPolicy(
         ME.public_key,
