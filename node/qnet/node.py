@@ -271,7 +271,7 @@ class Node:
                     to_verify.append((i, tx))
                     flying.append(tx)
             verified = await self._verify(flying)
-            if before is not None:
+            if before is not None and flying:  # a batch refused whole waits for no other
                 await asyncio.shield(before)
             return outcome, self._admit_verified(to_verify, verified, outcome, relay, source)
         finally:
