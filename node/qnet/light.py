@@ -15,15 +15,19 @@ Its heartbeat depends on what it cannot check itself: its record and nonce, whic
 with state knows (``HeartbeatView``). So each round it asks two distinct upstream (full or
 super) peers, drawn at random, and takes a view only as the answer to its own outstanding
 question to that peer: a NODE message from a peer it did not ask, or a second one, gets that
-peer banned like any unsolicited frame. It acts only on what one peer alone cannot make up:
-both views must be of the epoch its own clock and certified head are in, and call for the
+peer banned like any unsolicited frame. A pair's answers it acts on only when neither peer
+alone can have made them up: both views must be of the epoch its own clock and certified head are in, and call for the
 same thing (send the heartbeat of that epoch with that nonce; or nothing, as it is on chain
-or one is pending). If they differ, or a peer does not answer in time, it does nothing that
-round and draws a new pair: with one liar among three or more upstreams, at least a third
-of the rounds ask two honest ones. A liar can delay a heartbeat, but never make this node
-sign one for an epoch other than its own, or with a nonce both peers asked did not give.
-With a single upstream, that peer's view is taken alone (as before, but only as the answer
-to its question).
+or one is pending). If they differ it does nothing that round, and one of the two, drawn
+(which lied cannot be told), rests from the draws for VIEW_REST_S; a peer that does not
+answer in time rests too. So a liar cannot hold the heartbeat back for good, even where a
+light node keeps only two upstreams: in half the disagreements the liar rests, and the
+other is asked alone (a peer asked alone rests after it, and when all rest, the one whose
+rest ends first is asked). A liar can delay a heartbeat, but never make this node sign one for
+an epoch other than its own; asked alone, it can waste that round's heartbeat with a wrong
+nonce (the chain refuses it), but its word that the heartbeat is on chain does not end the
+epoch's rounds. With a single upstream, that peer's view is taken alone, but only as the
+answer to its question.
 """
 
 import asyncio
@@ -73,6 +77,7 @@ log = logging.getLogger("qnet.light")
 HEARTBEAT_RETRY_S = 10.0  # a heartbeat not seen on chain by then is sent again
 VIEW_PEERS = 2  # upstream peers asked for this node's HeartbeatView each round
 VIEW_TIMEOUT_S = 5.0  # a round not fully answered by then is void; the next asks others
+VIEW_REST_S = 30.0  # an upstream silent in a round, or drawn of a disagreeing pair, rests
 _DRAW = random.SystemRandom()  # which upstreams a round asks: nothing a peer can predict
 _LEN = struct.Struct(">I")
 
@@ -84,10 +89,12 @@ class Fork(RuntimeError):
 @dataclass
 class ViewRound:
     """One round of questions for this node's HeartbeatView: the peers asked, their answers
-    (None until given) and the deadline."""
+    (None until given) and the deadline; ``alone`` if one peer was asked while others rest
+    (its word that the heartbeat is on chain then does not end the epoch's rounds)."""
 
     deadline: float
     answers: dict[str, HeartbeatView | None] = field(default_factory=dict)
+    alone: bool = False
 
     def complete(self) -> bool:
         return all(view is not None for view in self.answers.values())
@@ -111,11 +118,12 @@ class LightNode:
         self.arrivals: deque[tuple[int, int]] = deque(maxlen=ARRIVALS_KEPT)
         self._head_path = config.data_dir / "light_head"
         self._asked: dict[str, tuple[int, float]] = {}  # peer -> (height asked, when)
-        self._heartbeat_sent: tuple[int, float] | None = None  # (epoch, when)
+        self._heartbeat_sent: tuple[int, int, float] | None = None  # (epoch, nonce, when)
         # GET_NODE questions awaiting an answer (connected peer -> how many; one a round at
         # most, answered in order) and the current round.
         self._view_asked: dict[str, int] = {}
         self._view_round: ViewRound | None = None
+        self._rested: dict[str, float] = {}  # upstream -> until when it is not asked
         self._heartbeat_on_chain: int | None = None
         self.net = PeerNetwork(
             key=key,
@@ -312,14 +320,33 @@ class LightNode:
             return
         now = time.monotonic()
         current = self._view_round
-        if current is not None and not current.complete() and now < current.deadline:
-            return
+        if current is not None and not current.complete():
+            if now < current.deadline:
+                return
+            for node_id, view in current.answers.items():  # void: the silent ones rest
+                if view is None:
+                    self._rest(node_id, now, "did not answer in time")
         upstream = [p for p in self.net.peers() if p.node_type != "light"]
-        chosen = _DRAW.sample(upstream, min(VIEW_PEERS, len(upstream)))
-        self._view_round = ViewRound(now + VIEW_TIMEOUT_S, {p.node_id: None for p in chosen})
+        awake = [p for p in upstream if self._rested.get(p.node_id, 0.0) <= now]
+        if not awake and upstream:  # all rest: the one whose rest ends first, alone
+            awake = [min(upstream, key=lambda p: self._rested[p.node_id])]
+        chosen = _DRAW.sample(awake, min(VIEW_PEERS, len(awake)))
+        self._view_round = ViewRound(
+            now + VIEW_TIMEOUT_S,
+            {p.node_id: None for p in chosen},
+            alone=len(chosen) < min(VIEW_PEERS, len(upstream)),
+        )
         for peer in chosen:
             self._view_asked[peer.node_id] = self._view_asked.get(peer.node_id, 0) + 1
             await self.net.send(peer.node_id, KIND_GET_NODE, GetNode(self.key.public_key).encode())
+
+    def _rest(self, node_id: str, now: float, why: str) -> None:
+        """Leave ``node_id`` out of the next rounds' draws for VIEW_REST_S (when every upstream
+        rests, the one whose rest ends first is asked alone)."""
+        log.info("upstream %s %s: not asked for %g s", node_id, why, VIEW_REST_S)
+        self._rested[node_id] = now + VIEW_REST_S
+        for gone in [k for k, until in self._rested.items() if until <= now]:
+            del self._rested[gone]
 
     async def _on_node(self, peer: PeerInfo, answer: NodeView) -> None:
         """A NODE message: taken only as the answer to our outstanding GET_NODE to that peer,
@@ -359,6 +386,9 @@ class LightNode:
     async def _on_views(self, answered: ViewRound) -> None:
         """Act on a fully answered round only if every view calls for the same (see the
         module docstring)."""
+        if answered.alone:  # asked while the others rest: it rests in turn, whatever it says
+            (node_id,) = answered.answers
+            self._rest(node_id, time.monotonic(), "was asked alone")
         verdicts = {self._verdict(view) for view in answered.answers.values()}
         if len(verdicts) != 1 or None in verdicts:
             log.info(
@@ -366,9 +396,14 @@ class LightNode:
                 sorted(answered.answers),
                 sorted(map(str, verdicts)),
             )
+            if not answered.alone:  # which one lied cannot be told: one, drawn, rests
+                rested = _DRAW.choice(sorted(answered.answers))
+                self._rest(rested, time.monotonic(), "disagreed with another upstream")
             return
         (verdict,) = verdicts
         if verdict[0] == "on_chain":
+            if answered.alone:  # one peer's word, the others resting: asked again
+                return
             if self._heartbeat_on_chain != verdict[1]:
                 log.info("heartbeat for epoch %d is on chain", verdict[1])
             self._heartbeat_on_chain = verdict[1]
@@ -377,10 +412,14 @@ class LightNode:
             return  # not activated, or one is pending there
         _, epoch, nonce = verdict
         sent = self._heartbeat_sent
-        if sent is not None and sent[0] == epoch and time.monotonic() - sent[1] < HEARTBEAT_RETRY_S:
+        if (
+            sent is not None
+            and sent[:2] == (epoch, nonce)
+            and time.monotonic() - sent[2] < HEARTBEAT_RETRY_S
+        ):
             return
         heartbeat = make_heartbeat(self.key, self.network, nonce, epoch)
-        self._heartbeat_sent = (epoch, time.monotonic())
+        self._heartbeat_sent = (epoch, nonce, time.monotonic())
         frame = Txs.of([heartbeat]).encode()
         for node_id in answered.answers:
             await self.net.send(node_id, KIND_TXS, frame)
