@@ -207,6 +207,7 @@ class BftConsensus:
         for reason in (*tendermint.REFUSALS, "queue_full"):
             self.metrics.consensus_dropped.labels(reason)
         for validator in self.validators.powers:
+            self.metrics.equivocations.labels(crypto.encode_node_id(validator))
             for kind in tendermint.VoteKind:
                 self.metrics.votes_received.labels(
                     crypto.encode_node_id(validator), kind.name.lower()

@@ -11,23 +11,23 @@ loudly as can be and refused.
 What it keeps: the newest certified header and its certificate, in ``light_head`` (written
 atomically), so a restart resumes there.
 
-Its heartbeat depends on what it cannot check itself: its record and nonce, which only a node
-with state knows (``HeartbeatView``). So each round it asks two distinct upstream (full or
-super) peers, drawn at random, and takes a view only as the answer to its own outstanding
+Its heartbeat depends on what it cannot check itself: its record and nonce, which only a
+node with state knows (``HeartbeatView``). So each round it asks two distinct upstream (full
+or super) peers, drawn at random, and takes a view only as the answer to its own outstanding
 question to that peer: a NODE message from a peer it did not ask, or a second one, gets that
 peer banned like any unsolicited frame. A pair's answers it acts on only when neither peer
-alone can have made them up: both views must be of the epoch its own clock and certified head are in, and call for the
-same thing (send the heartbeat of that epoch with that nonce; or nothing, as it is on chain
-or one is pending). If they differ it does nothing that round, and one of the two, drawn
-(which lied cannot be told), rests from the draws for VIEW_REST_S; a peer that does not
-answer in time rests too. So a liar cannot hold the heartbeat back for good, even where a
-light node keeps only two upstreams: in half the disagreements the liar rests, and the
-other is asked alone (a peer asked alone rests after it, and when all rest, the one whose
-rest ends first is asked). A liar can delay a heartbeat, but never make this node sign one for
-an epoch other than its own; asked alone, it can waste that round's heartbeat with a wrong
-nonce (the chain refuses it), but its word that the heartbeat is on chain does not end the
-epoch's rounds. With a single upstream, that peer's view is taken alone, but only as the
-answer to its question.
+alone can have made them up: both views must be of the epoch its own clock and certified
+head are in, and call for the same thing (send the heartbeat of that epoch with that nonce;
+or nothing, as it is on chain or one is pending). If they differ it does nothing that round,
+and one of the two, drawn (which lied cannot be told), rests from the draws for VIEW_REST_S;
+a peer that does not answer in time rests too. So a liar cannot hold the heartbeat back for
+good, even where a light node keeps only two upstreams: in half the disagreements the liar
+rests, and the other is asked alone (a peer asked alone rests after it, and when all rest,
+the one whose rest ends first is asked). A liar can delay a heartbeat, but never make this
+node sign one for an epoch other than its own; asked alone, it can waste that round's
+heartbeat with a wrong nonce (the chain refuses it), but its word that the heartbeat is on
+chain does not end the epoch's rounds. With a single upstream, that peer's view is taken
+alone, but only as the answer to its question.
 """
 
 import asyncio

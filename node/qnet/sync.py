@@ -25,6 +25,7 @@ from typing import Any
 
 from . import crypto
 from .block import BlockError, CommitCertificate
+from .genesis import NODE_TYPES, REGIONS
 from .node import Node
 from .p2p import PeerInfo, PeerNetwork
 from .wire import (
@@ -81,6 +82,7 @@ class PeerStats:
         self._certified: OrderedDict[bytes, int] = OrderedDict()  # digest -> its height
         self._pings: dict[str, int] = {}  # node id -> token (perf_counter_ns) of the ping out
         self._rtt_ms: dict[str, float] = {}
+        self.count_peers()
 
     async def ping(self, node_id: str) -> None:
         token = time.perf_counter_ns()
@@ -116,12 +118,17 @@ class PeerStats:
                     self._certified.popitem(last=False)
         self.heights[peer.node_id] = height
 
+    def count_peers(self) -> None:
+        """qnet_peers{type,region}: every type and region, zero where none is connected, so no
+        series appears or goes as peers come and go."""
+        counts = Counter((p.node_type, p.region) for p in self.net.peers())
+        for node_type in NODE_TYPES:
+            for region in REGIONS:
+                self.metrics.peers.labels(node_type, region).set(counts[node_type, region])
+
     def changed(self, peer: PeerInfo, connected: bool) -> None:
         """A peer came or went: recount qnet_peers{type,region}, forget what went."""
-        counts = Counter((p.node_type, p.region) for p in self.net.peers())
-        self.metrics.peers.clear()
-        for (node_type, region), n in counts.items():
-            self.metrics.peers.labels(node_type, region).set(n)
+        self.count_peers()
         if not connected:
             for known in (self.heights, self._pings, self._rtt_ms):
                 known.pop(peer.node_id, None)

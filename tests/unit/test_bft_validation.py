@@ -12,7 +12,7 @@ from qnet import bft, crypto, gossip, sync, tendermint, wire
 from qnet.bft import BftConsensus, DriverInputs
 from qnet.block import Block, CommitCertificate, Header, precommit_message, tx_root
 from qnet.config import load_config
-from qnet.genesis import Params, make_genesis
+from qnet.genesis import NODE_TYPES, REGIONS, Params, make_genesis
 from qnet.light import LightNode
 from qnet.metrics import Metrics
 from qnet.node import Node
@@ -487,6 +487,31 @@ def test_a_few_refusals_never_cut_a_frame_and_a_group_shares_one_budget(driver):
         elsewhere = in_group(crypto.KeyPair.generate(), "10.1.3.1")  # another group: its own
         await consensus._on_message(elsewhere, KIND_TXS, encode_batch(flood[:1]))
         assert consensus.metrics.rejected.labels("unknown_node")._value.get() == 6 + left
+
+    asyncio.run(scenario())
+
+
+def test_peers_by_type_and_region_are_series_from_the_start_whatever_connects(driver):
+    async def scenario():
+        consensus = await driver()
+
+        def series() -> set[tuple[str, str]]:
+            return {
+                (s.labels["peer_type"], s.labels["peer_region"])
+                for family in consensus.metrics.registry.collect()
+                if family.name == "qnet_peers"
+                for s in family.samples
+            }
+
+        everything = {(t, r) for t in NODE_TYPES for r in REGIONS}
+        assert series() == everything
+        stranger = PeerInfo.of(crypto.KeyPair.generate().public_key, "light", "oc", "", False)
+        consensus.net._peers[stranger.node_id] = stranger
+        await consensus._on_peer(stranger, True)
+        assert series() == everything
+        del consensus.net._peers[stranger.node_id]
+        await consensus._on_peer(stranger, False)
+        assert series() == everything
 
     asyncio.run(scenario())
 
