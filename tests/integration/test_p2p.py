@@ -837,14 +837,17 @@ def test_a_third_party_cannot_rewrite_where_a_known_node_listens() -> None:
         victim = await c.start()
         key = crypto.KeyPair.generate()
         policy = PeerPolicy(key.public_key, "full", "eu", frozenset())
-        node = await c.start(key=key, node_type="full", policy=policy)
+        # The raw peers answer no heartbeat: the node must not drop them meanwhile.
+        node = await c.start(key=key, node_type="full", policy=policy, heartbeat_s=30.0)
 
         def answer(*records: wire.PeerRecord) -> Callable[[RawPeer], Awaitable[None]]:
             async def body(peer: RawPeer) -> None:
                 await peer.handshake(node)
                 await peer.expect(wire.KIND_GET_PEERS)
                 await peer.send(p2p.frame(wire.KIND_PEERS, wire.Peers(records).encode()))
-                await until(lambda: not node.net._peers[peer.key.node_id].peers_due, "read")
+                # Frames are read in order: once it answers this, it has read our PEERS.
+                await peer.send(p2p.frame(wire.KIND_GET_PEERS))
+                await peer.expect(wire.KIND_PEERS)
 
             return body
 
