@@ -109,16 +109,16 @@ class TxGossip:
                 PEER_REFUSALS_PER_S, PEER_REFUSAL_BURST, self.clock()
             )
             while len(self._budgets) > BUDGETS_KEPT:
-                self._budgets.popitem(last=False)
+                self._over_budget.discard(self._budgets.popitem(last=False)[0])
         self._budgets.move_to_end(group)
         return group, budget
 
     async def _submit_within_budget(self, peer: PeerInfo, raws: list[bytes]) -> None:
         """Admit a TXS frame of a link other than a validator's in steps of at most
         ``PEER_REFUSAL_BURST`` transactions and at most the tokens its group has; each step's
-        refusals (not its duplicates) are then taken from them. What finds no token is dropped
-        unread; a step with a bad signature gets the link banned and ends the frame. The event
-        loop serves the others between steps."""
+        refusals (not its duplicates) are then taken from them. What finds no token is
+        dropped without admission; a step with a bad signature gets the link banned and ends
+        the frame. The event loop serves the others between steps."""
         group, budget = self._budget(peer)
         at = 0
         while at < len(raws):
@@ -128,8 +128,8 @@ class TxGossip:
                 if group not in self._over_budget:
                     self._over_budget.add(group)
                     log.warning(
-                        "dropping transactions from %s (%s) unread: it spent its budget of %g "
-                        "refused transactions a second",
+                        "dropping transactions from %s (%s) without admission: it spent its "
+                        "budget of %g refused transactions a second",
                         peer.node_id,
                         group,
                         PEER_REFUSALS_PER_S,

@@ -516,6 +516,26 @@ def test_peers_by_type_and_region_are_series_from_the_start_whatever_connects(dr
     asyncio.run(scenario())
 
 
+def test_refusal_budgets_are_kept_for_a_bounded_number_of_groups(driver, monkeypatch):
+    monkeypatch.setattr(gossip, "BUDGETS_KEPT", 2)
+
+    async def scenario():
+        consensus = await driver()
+        consensus.gossip.clock = lambda: 0.0  # no refill during the test
+        flood = [
+            make_heartbeat(crypto.KeyPair.generate(), GENESIS.network, 0, 0)
+            for _ in range(gossip.PEER_REFUSAL_BURST + 1)
+        ]
+        for host in ("10.1.1.1", "10.1.2.1", "10.1.3.1"):
+            link = in_group(crypto.KeyPair.generate(), host)
+            await consensus._on_message(link, KIND_TXS, encode_batch(flood))
+        kept = consensus.gossip._budgets
+        assert list(kept) == ["10.1.2.0/24", "10.1.3.0/24"]  # the least recent went
+        assert consensus.gossip._over_budget <= set(kept)
+
+    asyncio.run(scenario())
+
+
 def test_a_malformed_status_is_a_protocol_violation(driver):
     async def scenario():
         consensus = await driver()
