@@ -187,8 +187,12 @@ def test_rolling_upgrade_under_load_keeps_committing_and_loses_nothing(net):
     assert load.accepted, "no transaction was accepted"
 
     for host in hosts:
-        s = status(host)
-        assert (s["version"], s["sync_lag_blocks"]) == (net.good, 0), (host.name, s)
+        assert status(host)["version"] == net.good, host.name
+        # Caught up: a node that is following the chain can be one block behind at the moment
+        # a peer has committed the next one, so the lag is awaited, not sampled.
+        wait_for(
+            lambda host=host: status(host)["sync_lag_blocks"] == 0, 15, f"{host.name} to catch up"
+        )
         link = net.ssh(host, "readlink /opt/qnet/current").strip()
         assert link == f"/opt/qnet/releases/{net.good}"
         # The old release stays beside the new one, for a rollback.
