@@ -9,6 +9,7 @@ shown in exact QNC decimals, and ``--json`` prints machine-readable output inste
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -24,9 +25,18 @@ from .amounts import AmountError, format_qnc, parse_qnc
 from .client import DEFAULT_URL, ApiError, Client
 from .config import NODE_TYPES, ConfigError, NodeConfig, load_config, write_config
 from .genesis import REGIONS, Genesis, GenesisError, Params, Seed, make_genesis
-from .keystore import NAME_RE, Keystore, KeystoreError, WalletInfo
+from .keystore import (
+    NAME_RE,
+    Keystore,
+    KeystoreError,
+    WalletInfo,
+    check_password,
+    read_document,
+    unseal,
+)
 from .main import pid_alive, read_pid
 from .node import StateDivergence, load_node_key, replay, write_secret
+from .phrase import PhraseError, phrase_of, seed_of, words_of
 from .storage import Storage, StorageError
 from .tx import DecodeError, Transaction, make_activate, make_claim, make_transfer, prove_node
 
@@ -37,6 +47,8 @@ DEFAULT_FEE_QNC = format_qnc(Params().min_fee)
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 LOG_TAIL_LINES = 20
+CONFIRM_WORDS = 2  # words of a new recovery phrase asked back at a terminal
+MAX_SECRET_LINE = 4096  # a seed or phrase read from stdin: far more than either needs
 
 
 class CliError(Exception):
@@ -47,6 +59,7 @@ FAILURES = (
     CliError,
     ApiError,
     KeystoreError,
+    PhraseError,
     AmountError,
     GenesisError,
     ConfigError,
@@ -1109,53 +1122,159 @@ def _wallet_rows(name: str, address: str, path: Path) -> list[tuple]:
     return [("wallet", name), ("address", address), ("file", str(path))]
 
 
-def show_new_wallet(settings: Settings, info: WalletInfo) -> None:
+def show_wallet_file(settings: Settings, info: WalletInfo) -> None:
     settings.emit(
         {"name": info.name, "address": info.address, "path": str(info.path)},
         _wallet_rows(info.name, info.address, info.path),
     )
 
 
+def warn_secret(what: str, more: str = "") -> None:
+    click.echo(
+        f"warning: {what} controls the wallet's funds; anyone who sees it can spend them{more}",
+        err=True,
+    )
+
+
+def stdin_is_terminal() -> bool:
+    return click.get_text_stream("stdin").isatty()
+
+
+def read_secret(prompt: str) -> str:
+    """A hidden prompt at a terminal, else one line of stdin."""
+    if stdin_is_terminal():
+        return click.prompt(prompt, hide_input=True, err=True)
+    return click.get_text_stream("stdin").readline(MAX_SECRET_LINE)
+
+
+def phrase_grid(phrase: str) -> str:
+    """The words numbered in four columns, down then across, for writing down."""
+    cells = [f"{i:>2} {word}" for i, word in enumerate(phrase.split(), 1)]
+    rows = len(cells) // 4
+    return table([tuple(cells[r::rows]) for r in range(rows)])
+
+
+def confirm_phrase(phrase: str) -> None:
+    """Ask for CONFIRM_WORDS words of the phrase, at random positions, on a cleared screen,
+    until both are right; a wrong answer shows the phrase again. Ctrl-C or Ctrl-D abort."""
+    words = phrase.split()
+    while True:
+        click.prompt(
+            "Press Enter once you have written the words down",
+            default="",
+            show_default=False,
+            err=True,
+        )
+        click.clear()  # only at a terminal: the words should come from the paper
+        positions = sorted(secrets.SystemRandom().sample(range(len(words)), CONFIRM_WORDS))
+        wrong = [
+            p for p in positions if words_of(click.prompt(f"Word #{p + 1}", err=True)) != [words[p]]
+        ]
+        if not wrong:
+            return
+        numbers = " and ".join(f"#{p + 1}" for p in wrong)
+        wrong_words = f"Words {numbers} are" if len(wrong) > 1 else f"Word {numbers} is"
+        click.echo(f"{wrong_words} not right. The recovery phrase again:", err=True)
+        click.echo(phrase_grid(phrase))
+
+
 @wallet.command("create")
 @click.argument("name")
 @pass_settings
 def wallet_create(settings: Settings, name: str) -> None:
-    """Create wallet NAME with a new key, encrypted under a password."""
+    """Create wallet NAME with a new key, encrypted under a password, and show its recovery
+    phrase once. At a terminal, two of its words are asked back before the wallet is saved;
+    until then nothing is written, so an abort leaves no wallet behind."""
     if settings.keystore.exists(name):  # before asking for a password twice
         raise CliError(f"wallet {name!r} already exists in {settings.keystore.directory}")
-    show_new_wallet(settings, settings.keystore.add(name, wallet_password(confirm=True)))
+    password = check_password(wallet_password(confirm=True))
+    key = crypto.KeyPair.generate()
+    phrase = phrase_of(key.seed)
+    # --json output is for a program, which keeps the phrase from it: no one to ask
+    interactive = stdin_is_terminal() and not settings.as_json
+    warn_secret(
+        "this recovery phrase",
+        ".\nIt is shown only this once: write it down and keep it offline.",
+    )
+    if interactive:
+        click.echo(phrase_grid(phrase))
+        confirm_phrase(phrase)
+    info = settings.keystore.add(name, password, key)
+    rows = _wallet_rows(info.name, info.address, info.path)
+    if not interactive:  # at a terminal it was shown above, once
+        rows.append(("phrase", phrase))
+    settings.emit(
+        {"name": info.name, "address": info.address, "path": str(info.path), "phrase": phrase},
+        rows,
+    )
 
 
 @wallet.command("import")
 @click.argument("name")
+@click.option(
+    "--phrase",
+    "from_phrase",
+    is_flag=True,
+    help="From its 24-word recovery phrase (at the prompt, or one line of stdin).",
+)
+@click.option(
+    "--file",
+    "from_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="From a wallet file (wallet export --file, or the web wallet's); asks for its password.",
+)
 @pass_settings
-def wallet_import(settings: Settings, name: str) -> None:
-    """Import wallet NAME from its seed (64 hex characters on stdin)."""
-    stdin = click.get_text_stream("stdin")
-    text = (
-        click.prompt("Seed (hex)", hide_input=True, err=True)
-        if stdin.isatty()
-        else stdin.readline()
-    )
-    try:
-        key = crypto.KeyPair(bytes.fromhex(text.strip()))
-    except ValueError:
-        raise CliError("the seed must be 32 bytes as 64 hex characters") from None
-    show_new_wallet(settings, settings.keystore.add(name, wallet_password(confirm=True), key))
+def wallet_import(settings: Settings, name: str, from_phrase: bool, from_file: Path | None) -> None:
+    """Import wallet NAME from its seed (64 hex characters, at the prompt or one line of
+    stdin), its recovery phrase (--phrase) or a wallet file (--file).
+
+    A wallet file keeps its password: it is opened with it and sealed again under it, with a
+    fresh salt and this keystore's limits, so the stored file is one this program wrote."""
+    if from_phrase and from_file:
+        raise CliError("give --phrase or --file, not both")
+    if settings.keystore.exists(name):  # before asking for anything
+        raise CliError(f"wallet {name!r} already exists in {settings.keystore.directory}")
+    if from_file:
+        doc = read_document(from_file)
+        password = wallet_password()
+        key = unseal(doc, password, f"wallet file {from_file}")
+    else:
+        if from_phrase:
+            key = crypto.KeyPair(seed_of(read_secret("Recovery phrase")))
+        else:
+            try:
+                key = crypto.KeyPair(bytes.fromhex(read_secret("Seed (hex)").strip()))
+            except ValueError:  # not hex, or not 32 bytes (crypto.EncodingError)
+                raise CliError("the seed must be 32 bytes as 64 hex characters") from None
+        password = wallet_password(confirm=True)
+    show_wallet_file(settings, settings.keystore.add(name, password, key))
 
 
 @wallet.command("export")
 @click.argument("name")
+@click.option(
+    "--file",
+    "to_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the wallet's encrypted file to this path instead (0600; never overwrites).",
+)
+@click.option("--phrase", "as_phrase", is_flag=True, help="Print its recovery phrase instead.")
 @pass_settings
-def wallet_export(settings: Settings, name: str) -> None:
-    """Print the seed of wallet NAME (it controls the funds: keep it secret)."""
-    key = settings.keystore.load(name, wallet_password())
-    click.echo(
-        "warning: this seed controls the wallet's funds; anyone who sees it can spend them",
-        err=True,
-    )
+def wallet_export(settings: Settings, name: str, to_file: Path | None, as_phrase: bool) -> None:
+    """Print the seed of wallet NAME (it controls the funds: keep it secret), or its recovery
+    phrase (--phrase), or write its wallet file, encrypted as stored, for `wallet import
+    --file` or the web wallet (--file). Each asks for the wallet's password."""
+    if as_phrase and to_file:
+        raise CliError("give --phrase or --file, not both")
+    password = wallet_password()
+    if to_file:
+        show_wallet_file(settings, settings.keystore.export(name, password, to_file))
+        return
+    key = settings.keystore.load(name, password)
+    what, secret = ("phrase", phrase_of(key.seed)) if as_phrase else ("seed", key.seed.hex())
+    warn_secret(f"this {'recovery phrase' if as_phrase else 'seed'}")
     address = crypto.encode_address(key.address)
-    settings.emit({"name": name, "address": address, "seed": key.seed.hex()}, [(key.seed.hex(),)])
+    settings.emit({"name": name, "address": address, what: secret}, [(secret,)])
 
 
 @wallet.command("list")

@@ -112,10 +112,16 @@ def _derive_key(password: str, salt: bytes, opslimit: int, memlimit: int) -> byt
     )
 
 
-def seal(name: str, key: crypto.KeyPair, password: str) -> dict:
-    """The JSON document of a wallet: the seed encrypted under the password."""
+def check_password(password: str) -> str:
+    """A password a new wallet may be sealed under."""
     if not password:
         raise KeystoreError("the wallet password must not be empty")
+    return password
+
+
+def seal(name: str, key: crypto.KeyPair, password: str) -> dict:
+    """The JSON document of a wallet: the seed encrypted under the password."""
+    check_password(password)
     salt = nacl.utils.random(argon2id.SALTBYTES)
     nonce = nacl.utils.random(nacl.secret.SecretBox.NONCE_SIZE)
     opslimit, memlimit = argon2id.OPSLIMIT_INTERACTIVE, argon2id.MEMLIMIT_INTERACTIVE
