@@ -9,8 +9,9 @@
 qnet-recovery, and a wheelhouse of its dependencies, plus the Debian packages of the
 monitoring roles), writes an inventory of 4 genesis validators in the regions na, eu, ap and
 sa and one monitoring host (which runs qnet-recovery too), runs ``ops/playbooks/testnet.yml``
-against it and prints a status table. Run again, it keeps
-the hosts and the network and runs the playbook again (which then changes nothing). The
+against it and prints a status table with each node's URLs (its API and, on full and super
+nodes, the web wallet and the network status page). Run again, it keeps the hosts and the
+network and runs the playbook again (which then changes nothing). The
 network's keys and genesis live with the testbed's state and go with ``down``.
 """
 
@@ -41,6 +42,8 @@ import testbed as tb  # noqa: E402
 NAME = "qnet"
 REGIONS = ("na", "eu", "ap", "sa")  # one genesis validator in each, in this order
 CHAIN_ID = "qnet-testnet"
+API_PORT = 7370  # the qnet_node role's default qnet_api_port
+PAGE_NODE_TYPES = ("super", "full")  # the node types that serve /wallet and /status
 FAUCET = "faucet"  # the controller's funded wallet, for load campaigns and first steps
 FAUCET_QNC = "100000000"  # enough to activate a population of 10,000 light nodes many times
 FAUCET_PASSWORD = "testnet"  # a throwaway network on one machine, like the devnet's
@@ -290,7 +293,7 @@ def run_playbook(
     return Run(proc.returncode, output, time.monotonic() - started, parse_recap(output))
 
 
-def node_status(address: str, port: int = 7370, timeout: float = 3) -> dict | None:
+def node_status(address: str, port: int = API_PORT, timeout: float = 3) -> dict | None:
     try:
         with urllib.request.urlopen(f"http://{address}:{port}/api/v1/status", timeout=timeout) as r:
             return json.loads(r.read())
@@ -306,8 +309,19 @@ def answers(url: str, timeout: float = 3) -> bool:
         return False
 
 
+def api_port(host_vars: dict, all_vars: dict) -> int:
+    """A node's API port as the qnet_node role picks it: the host's ``qnet_api_port``, else
+    the one set for all hosts, else 7370."""
+    port = host_vars.get("qnet_api_port", all_vars.get("qnet_api_port", API_PORT))
+    if type(port) is not int:
+        raise TestnetError(f"qnet_api_port {port!r} in the inventory is not a port number")
+    return port
+
+
 def status_report(inventory: Path) -> str:
-    """A table of the nodes (host, region, height, peers, version) and the URLs to use."""
+    """A table of the nodes (host, region, height, peers, version) and the URLs to use: each
+    node's API and, on full and super nodes (light nodes serve no pages), its web wallet and
+    network status page."""
     import yaml
 
     everyone = yaml.safe_load(inventory.read_text())["all"]
@@ -317,7 +331,9 @@ def status_report(inventory: Path) -> str:
     for group in ("genesis", "full", "light"):
         for name in groups.get(group, {}).get("hosts", {}):
             address = hosts[name]["ansible_host"]
-            status = node_status(address)
+            port = api_port(hosts[name], everyone.get("vars", {}))
+            api = f"http://{address}:{port}"
+            status = node_status(address, port)
             if status is None:
                 rows.append((name, address, hosts[name].get("qnet_region", "-"), "-", "down"))
                 continue
@@ -332,7 +348,10 @@ def status_report(inventory: Path) -> str:
                     status["version"],
                 )
             )
-            urls.append(f"node API     {name}: http://{address}:7370/api/v1/status")
+            urls.append(f"node API     {name}: {api}/api/v1/status")
+            if status["node_type"] in PAGE_NODE_TYPES:
+                urls.append(f"wallet       {name}: {api}/wallet")
+                urls.append(f"status page  {name}: {api}/status")
     for name in groups.get("monitoring", {}).get("hosts", {}):
         address = hosts[name]["ansible_host"]
         for service, port in (("Prometheus", 9090), ("Alertmanager", 9093)):
