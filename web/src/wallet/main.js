@@ -64,6 +64,12 @@ function replaceKeepingFocus(container, children) {
 
 const qnc = (units) => amounts.formatQnc(units);
 
+/** A message as a sentence: capital first letter, closing full stop. */
+function sentence(text) {
+  const capital = text.charAt(0).toUpperCase() + text.slice(1);
+  return /[.!?]$/.test(capital) ? capital : `${capital}.`;
+}
+
 function errorText(exc) {
   if (exc instanceof api.ApiError && exc.kind === "http") {
     return exc.code ? `the node refused: ${exc.code}: ${exc.message}` : exc.message;
@@ -383,7 +389,7 @@ $("create-form").addEventListener("submit", (event) => {
   try {
     checkNewWallet(name, password, $("create-password2").value);
   } catch (exc) {
-    say("create-error", `${errorText(exc)}.`);
+    say("create-error", sentence(errorText(exc)));
     return;
   }
   const seed = codec.randomSeed();
@@ -713,7 +719,7 @@ async function signAndSend(view, cost, summary, build) {
     account = await api.account(state.wallet.key.address);
   } catch (exc) {
     say(`${view}-status`, "");
-    say(`${view}-error`, `${errorText(exc)}: nothing was signed or sent. Try again when the node answers.`);
+    say(`${view}-error`, `${sentence(errorText(exc))} Nothing was signed or sent: try again when the node answers.`);
     return;
   }
   state.account = account;
@@ -760,7 +766,7 @@ $("send-form").addEventListener("submit", (event) => {
     say("send-status", "");
     let to, amount, fee;
     const fail = (id, exc) => {
-      say("send-error", `${exc.message[0].toUpperCase()}${exc.message.slice(1)}. Nothing was signed.`);
+      say("send-error", `${sentence(exc.message)} Nothing was signed.`);
       $(id).focus();
     };
     try {
@@ -847,8 +853,8 @@ function renderNode(n) {
   const table = element("table", {}, [
     element("caption", { text: "Unclaimed epochs with a heartbeat" }),
     element("thead", {}, [
-      element("tr", {}, ["Epoch", "State", "Eligible nodes", "Reward (QNC)"].map((h) =>
-        element("th", { text: h, attrs: { scope: "col" } }))),
+      element("tr", {}, [["Epoch", "num"], ["State", ""], ["Eligible nodes", "num"], ["Reward (QNC)", "num"]]
+        .map(([h, className]) => element("th", { text: h, className, attrs: { scope: "col" } }))),
     ]),
     element("tbody", {}, rows),
   ]);
