@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +24,6 @@ from qnet import crypto, tx
 from qnet.client import ApiError, Client
 from qnet.localnode import wait_for
 
-pytestmark = pytest.mark.browser
-
 CLI = str(Path(sys.executable).parent / "qnet-cli")
 QNC = 10**9
 FEE = 1_000  # the wallet's default fee: genesis.Params.min_fee
@@ -34,6 +31,8 @@ ALICE_PASSWORD = "alice's long passphrase"
 OPERATOR_PASSWORD = "operator passphrase"
 KEYSTORE_FIELDS = ("version", "name", "address", "kdf", "opslimit", "memlimit", "salt", "nonce",
                    "ciphertext")  # fmt: skip
+DESKTOP = {"width": 1280, "height": 800}
+VECTORS = Path(__file__).parents[1] / "vectors" / "recovery_phrase.json"
 UI_TIMEOUT_MS = 30_000  # a transaction's way to a block, seen through the page's 2 s refresh
 
 # RFC 8032 section 7.1, tests 1, 2, 3 and 1024: secret key, public key, message, signature.
@@ -104,17 +103,13 @@ class Chain:
         self.url = devnet.url
         self.api = Client(devnet.url)
         self.keystore = Path(devnet.keystore)
-        self.faucet = devnet.faucet
-        self.faucet_password = devnet.password
-        self.network = self.api.network()
+        self.faucet = devnet.faucet_name
+        self.env = devnet.env  # QNET_NODE, QNET_KEYSTORE and the faucet's password
+        self.network = devnet.network
 
     def cli(self, *args: str, password: str | None = None, stdin: str = "") -> dict:
-        env = {
-            **os.environ,
-            "QNET_NODE": self.url,
-            "QNET_KEYSTORE": str(self.keystore),
-            "QNET_WALLET_PASSWORD": password or self.faucet_password,
-        }
+        """``qnet-cli --json ARGS``, with ``password`` for the wallets it opens or writes."""
+        env = {**self.env, **({"QNET_WALLET_PASSWORD": password} if password else {})}
         done = subprocess.run(
             [CLI, "--json", *args], env=env, input=stdin, capture_output=True, text=True,
             timeout=120,
@@ -164,9 +159,31 @@ def chain(devnet) -> Chain:
     return Chain(devnet)
 
 
-def open_wallet_page(browser, chain: Chain) -> Page:
-    context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 800})
-    page = context.new_page()
+@pytest.fixture(scope="module")
+def contexts(browser):
+    """``contexts.open()``: a wallet page in a browser context of its own (own storage) that
+    lives for the whole module; an uncaught exception in any of them fails the module."""
+
+    class Contexts:
+        def __init__(self):
+            self.opened, self.errors = [], []
+
+        def open(self) -> Page:
+            context = browser.new_context(accept_downloads=True, viewport=DESKTOP)
+            self.opened.append(context)
+            page = context.new_page()
+            page.on("pageerror", lambda e: self.errors.append(str(e)))
+            return page
+
+    made = Contexts()
+    yield made
+    for context in made.opened:
+        context.close()
+    assert made.errors == [], f"uncaught errors in the wallet pages: {made.errors}"
+
+
+def open_wallet_page(contexts, chain: Chain) -> Page:
+    page = contexts.open()
     page.goto(f"{chain.url}/wallet")
     expect(page.locator("#view-locked")).to_be_visible()
     expect(page.locator("#network")).to_contain_text(chain.network.chain_id)
@@ -227,8 +244,9 @@ def heartbeat(chain: Chain, node_key: crypto.KeyPair) -> None:
 
 @pytest.fixture(scope="module")
 def operator(chain, tmp_path_factory) -> Operator:
-    """A qnet-cli wallet, funded, owner of a light node it activated with qnet-cli; the node
-    has a heartbeat in the current epoch, so once that epoch closes it has a reward."""
+    """A qnet-cli wallet, funded, owner of a light node it activated with qnet-cli, exported
+    to a file with ``qnet-cli wallet export --file``; the node has a heartbeat in the current
+    epoch, so once that epoch closes it has a reward."""
     name = f"w-operator-{os.getpid()}"
     created = chain.cli("wallet", "create", name, password=OPERATOR_PASSWORD)
     chain.fund(created["address"], "500")
@@ -242,7 +260,9 @@ def operator(chain, tmp_path_factory) -> Operator:
     )  # fmt: skip
     assert activated["status"] == "committed", activated
     heartbeat(chain, node_key)
-    return Operator(None, node_key, chain.keystore / f"{name}.json")
+    exported = node_dir / f"{name}.json"
+    chain.cli("wallet", "export", name, "--file", str(exported), password=OPERATOR_PASSWORD)
+    return Operator(None, node_key, exported)
 
 
 @pytest.fixture(scope="module")
@@ -260,17 +280,17 @@ def alice_of(shared: dict) -> Wallet:
 
 
 def test_create_with_phrase_confirmation_fund_send_and_both_balances_update(
-    browser, chain, operator, shared, axe_check, screenshot
+    contexts, chain, operator, shared, assert_accessible, screenshots
 ):
-    page = open_wallet_page(browser, chain)
+    page = open_wallet_page(contexts, chain)
     locked = view(page, "locked")
     expect(locked.get_by_text("No wallet is kept in this browser yet")).to_be_visible()
-    axe_check(page, "wallet: locked, no wallet")
+    assert_accessible(page, "wallet: locked, no wallet")
 
     # Create: the key is made in the page; the phrase is shown once, then words are asked.
     locked.get_by_role("button", name="Create a new wallet").click()
     create = view(page, "create")
-    axe_check(page, "wallet: create")
+    assert_accessible(page, "wallet: create")
     create.get_by_label("Wallet name").fill("alice")
     create.get_by_label("Password", exact=True).fill(ALICE_PASSWORD)
     create.get_by_label("Password again").fill(ALICE_PASSWORD + " typo")
@@ -282,7 +302,7 @@ def test_create_with_phrase_confirmation_fund_send_and_both_balances_update(
     shown = view(page, "phrase")
     words = shown.locator("#phrase-words li").all_inner_texts()
     assert len(words) == 24
-    axe_check(page, "wallet: recovery phrase")
+    assert_accessible(page, "wallet: recovery phrase")
     shown.get_by_role("button", name="Continue").click()
     expect(shown.get_by_role("alert")).to_contain_text("Tick the box")
     shown.get_by_label("I have written down the 24 words in order").check()
@@ -292,7 +312,7 @@ def test_create_with_phrase_confirmation_fund_send_and_both_balances_update(
     labels = confirm.locator("#confirm-fields label").all_inner_texts()
     positions = [int(label.removeprefix("Word ")) for label in labels]
     assert len(positions) == 3 and sorted(set(positions)) == positions
-    axe_check(page, "wallet: confirm the phrase")
+    assert_accessible(page, "wallet: confirm the phrase")
     # A wrong word is refused and nothing is created.
     for i, position in enumerate(positions):
         right = words[position - 1]
@@ -316,7 +336,7 @@ def test_create_with_phrase_confirmation_fund_send_and_both_balances_update(
     stored = page.evaluate("JSON.parse(localStorage.getItem('qnet.wallets.v1'))")
     assert list(stored) == ["alice"] and stored["alice"]["address"] == address
     assert set(stored["alice"]) == set(KEYSTORE_FIELDS)
-    alice = shared["alice"] = Wallet("alice", address, page, ALICE_PASSWORD, words)
+    shared["alice"] = Wallet("alice", address, page, ALICE_PASSWORD, words)
     balance_shown(page, 0)
 
     # Fund from the faucet (qnet-cli): the page shows it without a reload.
@@ -324,14 +344,14 @@ def test_create_with_phrase_confirmation_fund_send_and_both_balances_update(
     balance_shown(page, 100 * QNC)
 
     # The second wallet: the CLI's operator, imported in another context from its file.
-    operator.wallet = import_operator(browser, chain, operator, axe_check)
+    operator.wallet = import_operator(contexts, chain, operator, assert_accessible)
     before = chain.account(operator.wallet.address)[0]
     balance_shown(operator.wallet.page, before)
 
     # Alice sends 2.5 QNC to it; both pages show the new balances.
     main.get_by_role("button", name="Send").click()
     send = view(page, "send")
-    axe_check(page, "wallet: send")
+    assert_accessible(page, "wallet: send")
     send_in_page(page, operator.wallet.address, "2.5")
     expect(send.get_by_role("status")).to_contain_text("committed in block", timeout=UI_TIMEOUT_MS)
     assert chain.account(address) == (100 * QNC - 25 * QNC // 10 - FEE, 1)
@@ -339,16 +359,16 @@ def test_create_with_phrase_confirmation_fund_send_and_both_balances_update(
     view(page, "main")
     balance_shown(page, 100 * QNC - 25 * QNC // 10 - FEE)
     balance_shown(operator.wallet.page, before + 25 * QNC // 10)
-    axe_check(page, "wallet: main")
-    screenshot(page, "wallet")
+    assert_accessible(page, "wallet: main")
+    screenshots(page, "wallet")
 
 
-def import_operator(browser, chain: Chain, operator: Operator, axe_check) -> Wallet:
+def import_operator(contexts, chain: Chain, operator: Operator, assert_accessible) -> Wallet:
     """The operator's CLI keystore file, imported in a new context with its password."""
-    page = open_wallet_page(browser, chain)
+    page = open_wallet_page(contexts, chain)
     view(page, "locked").get_by_role("button", name="Import a wallet").click()
     imported = view(page, "import")
-    axe_check(page, "wallet: import")
+    assert_accessible(page, "wallet: import")
     by_file = imported.locator("#import-file-form")
     by_file.get_by_label("Wallet file").set_input_files(operator.keystore_file)
     by_file.get_by_label("The file's password").fill(OPERATOR_PASSWORD)
@@ -379,8 +399,25 @@ def test_rfc8032_vectors_signed_in_the_page_verify_in_python(shared):
         assert crypto.verify(bytes.fromhex(public), bytes.fromhex(made[2]), bytes.fromhex(message))
 
 
+def test_recovery_phrase_vectors_in_the_page(shared):
+    """BIP-39's 256-bit vectors (tests/vectors, shared with qnet.phrase): seed to words, words
+    to seed, and the qnc address of the seed."""
+    page = alice_of(shared).page
+    vectors = json.loads(VECTORS.read_text())["vectors"]
+    made = page.evaluate(
+        """vectors => vectors.map(({ seed, phrase }) => {
+            const { codec, phrase: words } = window.qnet;
+            return [words.seedToWords(codec.fromHex(seed)).join(" "),
+                    codec.toHex(words.phraseToSeed(phrase)),
+                    codec.keyPair(codec.fromHex(seed)).address];
+        })""",
+        vectors,
+    )
+    assert made == [[v["phrase"], v["seed"], v["address"]] for v in vectors]
+
+
 def test_a_cli_wallet_signs_a_transfer_the_node_accepts_and_claims_its_node_reward(
-    chain, operator, shared, axe_check
+    chain, operator, shared, assert_accessible
 ):
     alice = alice_of(shared)
     wallet = operator.wallet
@@ -408,7 +445,7 @@ def test_a_cli_wallet_signs_a_transfer_the_node_accepts_and_claims_its_node_rewa
     claim = card.get_by_role("button", name="Claim")
     expect(claim).to_be_enabled(timeout=UI_TIMEOUT_MS)
     expect(card.get_by_role("table")).to_contain_text("closed")
-    axe_check(page, "wallet: rewards")
+    assert_accessible(page, "wallet: rewards")
     balance, nonce = chain.account(wallet.address)
     claim.click()
     status = rewards.get_by_role("status")
@@ -439,15 +476,15 @@ def test_a_wallet_made_in_the_page_imports_in_the_cli_by_file_and_by_phrase(
     )  # fmt: skip
     assert by_file["address"] == alice.address
     by_phrase = chain.cli(
-        "wallet", "import", f"w-alice-phrase-{os.getpid()}", "--phrase", " ".join(alice.words),
-        password=ALICE_PASSWORD,
+        "wallet", "import", f"w-alice-phrase-{os.getpid()}", "--phrase",
+        password=ALICE_PASSWORD, stdin=" ".join(alice.words) + "\n",
     )  # fmt: skip
     assert by_phrase["address"] == alice.address
 
 
-def test_a_phrase_imports_in_another_browser_to_the_same_address(browser, chain, shared):
+def test_a_phrase_imports_in_another_browser_to_the_same_address(contexts, chain, shared):
     alice = alice_of(shared)
-    page = open_wallet_page(browser, chain)
+    page = open_wallet_page(contexts, chain)
     view(page, "locked").get_by_role("button", name="Import a wallet").click()
     form = view(page, "import").locator("#import-phrase-form")
     form.get_by_label("Wallet name").fill("alice-again")
@@ -474,7 +511,6 @@ def test_a_phrase_imports_in_another_browser_to_the_same_address(browser, chain,
     main = view(page, "main")
     assert main.get_by_label("Address").input_value() == alice.address
     assert kdf_calls(page) == 1
-    page.context.close()
 
 
 def other_network_address(address: str) -> str:
