@@ -34,6 +34,7 @@ KEYSTORE_FIELDS = ("version", "name", "address", "kdf", "opslimit", "memlimit", 
 DESKTOP = {"width": 1280, "height": 800}
 VECTORS = Path(__file__).parents[1] / "vectors" / "recovery_phrase.json"
 UI_TIMEOUT_MS = 30_000  # a transaction's way to a block, seen through the page's 2 s refresh
+MINUS = "\N{MINUS SIGN}"  # how the page signs what left the wallet
 
 # RFC 8032 section 7.1, tests 1, 2, 3 and 1024: secret key, public key, message, signature.
 RFC8032_MESSAGE_1024 = (
@@ -104,6 +105,7 @@ class Chain:
         self.api = Client(devnet.url)
         self.keystore = Path(devnet.keystore)
         self.faucet = devnet.faucet_name
+        self.faucet_address = crypto.encode_address(devnet.faucet.address)
         self.env = devnet.env  # QNET_NODE, QNET_KEYSTORE and the faucet's password
         self.network = devnet.network
 
@@ -457,6 +459,35 @@ def test_a_cli_wallet_signs_a_transfer_the_node_accepts_and_claims_its_node_rewa
     expect(status).to_contain_text(
         page.evaluate("u => window.qnet.amounts.formatQnc(BigInt(u))", str(credited))
     )
+
+
+def test_recent_transactions_newest_first_in_both_wallets(operator, shared, chain):
+    alice = alice_of(shared)
+    wallet = operator.wallet
+    node_id = operator.node_key.node_id
+    view(wallet.page, "rewards", arrived=False).get_by_role(
+        "button", name="Back to the wallet"
+    ).click()
+    expected = [
+        (alice, [
+            (f"Received from {wallet.address}", "+1.000000001"),
+            (f"Sent to {wallet.address}", f"{MINUS}2.5"),
+            (f"Received from {chain.faucet_address}", "+100"),
+        ]),
+        (wallet, [
+            (f"Claimed the rewards of node {node_id}", "—"),
+            (f"Sent to {alice.address}", f"{MINUS}1.000000001"),
+            (f"Activated light node {node_id} (burned)", MINUS),
+            (f"Received from {chain.faucet_address}", "+500"),
+        ]),
+    ]  # fmt: skip
+    for who, rows in expected:
+        table = view(who.page, "main", arrived=False).get_by_role("table")
+        # one row per transaction, newest first (the page refreshes them by itself)
+        expect(table.locator("tbody tr")).to_have_count(len(rows), timeout=UI_TIMEOUT_MS)
+        for row, (what, amount) in zip(table.locator("tbody tr").all(), rows, strict=True):
+            expect(row.locator("td.what")).to_have_text(what)
+            expect(row.locator("td").nth(2)).to_contain_text(amount)
 
 
 def test_a_wallet_made_in_the_page_imports_in_the_cli_by_file_and_by_phrase(

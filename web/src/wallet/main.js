@@ -297,7 +297,11 @@ function renderOutbox() {
     }
     items.push(li);
   }
-  for (const result of state.results.filter((r) => r.address === mine)) {
+  // What committed is in the history below, unless this node keeps none.
+  const shown = state.results.filter(
+    (r) => r.address === mine && (!r.outcome.committed || state.history.missing),
+  );
+  for (const result of shown) {
     items.push(element("li", { text: `${result.summary}: ${result.text}` }));
   }
   $("outbox").hidden = items.length === 0;
