@@ -6,8 +6,8 @@ The node and the browser are package-scoped (this directory is a package for tha
 test files share one of each, and both are gone before the rest of the suite runs.
 
 The address is the bridge end of ``tests/netns.py``'s Bridge, with no host on it (the node
-and the browser both run in the root namespace); it needs root, so these tests skip without
-it, except under CI=true where they fail.
+and the browser both run in the root namespace), in the first free /24 of ``SUBNETS``; it
+needs root, so these tests skip without it, except under CI=true where they fail.
 """
 
 import os
@@ -37,7 +37,9 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-gpu",
 ]
-SUBNET = "10.79.3"  # netns tests use 10.78.0, testbeds 10.77.x, testnets 10.79.1-2
+# The first of these /24s that is free (another run of these tests may hold one): netns tests
+# use 10.78.0, testbeds 10.77.x, testnets 10.79.1-2.
+SUBNETS = [f"10.79.{i}" for i in range(3, 10)]
 SCREENSHOTS = Path(__file__).parents[2] / "docs" / "screenshots"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
@@ -107,10 +109,21 @@ class Devnet:
         self.node.start()
 
 
+def _free_bridge() -> Bridge:
+    prefix = f"qw{os.getpid() % 100000:05d}"
+    taken = []
+    for subnet in SUBNETS:
+        try:
+            return Bridge(0, subnet, prefix)
+        except RuntimeError as exc:  # taken: by name or by subnet
+            taken.append(str(exc))
+    raise RuntimeError("no free subnet for the browser tests' bridge:\n" + "\n".join(taken))
+
+
 @pytest.fixture(scope="package")
 def bridge_address():
     _needs_root()
-    bridge = Bridge(0, SUBNET, prefix=f"qw{os.getpid() % 100000:05d}")
+    bridge = _free_bridge()
     try:
         yield bridge.gateway
     finally:
