@@ -354,6 +354,9 @@ def status_report(inventory: Path) -> str:
                 )
             )
             urls.append(f"node API     {name}: http://{address}:7370/api/v1/status")
+            if status["node_type"] != "light":  # full and super nodes serve the pages
+                urls.append(f"wallet       {name}: http://{address}:7370/wallet")
+                urls.append(f"status page  {name}: http://{address}:7370/status")
     for name in groups.get("monitoring", {}).get("hosts", {}):
         address = hosts[name]["ansible_host"]
         for service, port in (("Prometheus", 9090), ("Alertmanager", 9093)):
