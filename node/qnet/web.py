@@ -89,18 +89,18 @@ class Built:
 
 
 def load(root: Path) -> Built:
-    """The pages and static files under ``root``, checked against its manifest."""
-    manifest_path = root / "manifest.json"
+    """The pages and static files under ``root``, checked against its manifest. What goes
+    wrong is said of ``webroot/...``: a stranger learns nothing of the node's file system."""
     try:
-        manifest = json.loads(manifest_path.read_bytes())
+        manifest = json.loads((root / "manifest.json").read_bytes())
     except FileNotFoundError:
         raise Unavailable(
-            f"this node's package has no built web pages ({manifest_path} is missing): "
+            "this node's package has no built web pages (webroot/manifest.json is missing): "
             "build them with `make web` in a checkout, or install a wheel built by "
             "`make artifacts`"
         ) from None
     except (OSError, ValueError) as exc:
-        raise Unavailable(f"{manifest_path} does not read as JSON: {exc}") from None
+        raise Unavailable(f"webroot/manifest.json does not read as JSON: {exc}") from None
     try:
         if manifest.get("version") != MANIFEST_VERSION:
             raise Unavailable(f"manifest version {manifest.get('version')!r}, not 1")
@@ -120,8 +120,13 @@ def load(root: Path) -> Built:
             page: _asset((root / f"{page}.html").read_bytes(), ".html", PAGE_CACHE, CSP[page])
             for page in PAGES
         }
-    except (OSError, AttributeError, KeyError, TypeError) as exc:
-        raise Unavailable(f"{root} does not match its manifest: {exc!r}") from None
+    except OSError as exc:
+        missing = Path(exc.filename or "?").name
+        raise Unavailable(
+            f"webroot does not match its manifest: {missing}: {exc.strerror}"
+        ) from None
+    except (AttributeError, KeyError, TypeError) as exc:
+        raise Unavailable(f"webroot/manifest.json is not a manifest: {exc!r}") from None
     return Built(pages, static)
 
 
@@ -143,7 +148,7 @@ class WebPages:
             except Unavailable as exc:
                 if str(exc) != self._reported:
                     self._reported = str(exc)
-                    log.warning("web pages unavailable: %s", exc)
+                    log.warning("web pages in %s unavailable: %s", self.root, exc)
                 raise
         return self._built
 

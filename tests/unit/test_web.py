@@ -246,12 +246,13 @@ def test_a_node_without_its_built_pages_answers_503_and_says_why(
     expected = {
         "missing": "build them with `make web`",
         "altered": "does not match its hash in the manifest",
-        "unlisted page": "does not match its manifest",
+        "unlisted page": "does not match its manifest: status.html: No such file",
     }[damage]
     for path, status, body in answers:
         assert status == 503, path
         assert body["error"]["code"] == "unavailable"
         assert expected in body["error"]["message"], body
+        assert str(tmp_path) not in body["error"]["message"]  # nothing of the file system
 
 
 def test_a_light_node_serves_no_pages(tmp_path, webroot):
