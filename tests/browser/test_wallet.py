@@ -282,7 +282,7 @@ def alice_of(shared: dict) -> Wallet:
 
 
 def test_create_with_phrase_confirmation_fund_send_and_both_balances_update(
-    contexts, chain, operator, shared, assert_accessible, screenshots
+    contexts, chain, operator, shared, assert_accessible
 ):
     page = open_wallet_page(contexts, chain)
     locked = view(page, "locked")
@@ -362,7 +362,6 @@ def test_create_with_phrase_confirmation_fund_send_and_both_balances_update(
     balance_shown(page, 100 * QNC - 25 * QNC // 10 - FEE)
     balance_shown(operator.wallet.page, before + 25 * QNC // 10)
     assert_accessible(page, "wallet: main")
-    screenshots(page, "wallet")
 
 
 def import_operator(contexts, chain: Chain, operator: Operator, assert_accessible) -> Wallet:
@@ -461,7 +460,9 @@ def test_a_cli_wallet_signs_a_transfer_the_node_accepts_and_claims_its_node_rewa
     )
 
 
-def test_recent_transactions_newest_first_in_both_wallets(operator, shared, chain):
+def test_recent_transactions_newest_first_in_both_wallets(
+    operator, shared, chain, assert_accessible, screenshots
+):
     alice = alice_of(shared)
     wallet = operator.wallet
     node_id = operator.node_key.node_id
@@ -477,6 +478,7 @@ def test_recent_transactions_newest_first_in_both_wallets(operator, shared, chai
         (wallet, [
             (f"Claimed the rewards of node {node_id}", "—"),
             (f"Sent to {alice.address}", f"{MINUS}1.000000001"),
+            (f"Received from {alice.address}", "+2.5"),
             (f"Activated light node {node_id} (burned)", MINUS),
             (f"Received from {chain.faucet_address}", "+500"),
         ]),
@@ -488,6 +490,8 @@ def test_recent_transactions_newest_first_in_both_wallets(operator, shared, chai
         for row, (what, amount) in zip(table.locator("tbody tr").all(), rows, strict=True):
             expect(row.locator("td.what")).to_have_text(what)
             expect(row.locator("td").nth(2)).to_contain_text(amount)
+    assert_accessible(alice.page, "wallet: main, with its history")
+    screenshots(alice.page, "wallet")
 
 
 def test_a_wallet_made_in_the_page_imports_in_the_cli_by_file_and_by_phrase(
