@@ -11,6 +11,7 @@ derives as few keys as the flows need (counted in ``window.qnet.keystore.kdfCall
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -517,7 +518,9 @@ def test_a_wallet_made_in_the_page_imports_in_the_cli_by_file_and_by_phrase(
     assert by_phrase["address"] == alice.address
 
 
-def test_a_phrase_imports_in_another_browser_to_the_same_address(contexts, chain, shared):
+def test_a_phrase_imports_in_another_browser_to_the_same_address(
+    contexts, chain, shared, assert_accessible
+):
     alice = alice_of(shared)
     page = open_wallet_page(contexts, chain)
     view(page, "locked").get_by_role("button", name="Import a wallet").click()
@@ -547,13 +550,40 @@ def test_a_phrase_imports_in_another_browser_to_the_same_address(contexts, chain
     assert main.get_by_label("Address").input_value() == alice.address
     assert kdf_calls(page) == 1
 
+    # Forgetting it here asks first, then keeps nothing of it in this browser.
+    main.get_by_role("button", name="Forget").click()
+    forget = view(page, "forget")
+    assert_accessible(page, "wallet: forget")
+    forget.get_by_role("button", name="Forget the wallet").click()
+    expect(forget.get_by_role("alert")).to_contain_text("Tick the box")
+    forget.get_by_label("I have its recovery phrase or an exported wallet file").check()
+    forget.get_by_role("button", name="Forget the wallet").click()
+    locked = view(page, "locked")
+    expect(locked.get_by_role("status")).to_have_text(
+        'Wallet "alice-again" is no longer kept in this browser.'
+    )
+    expect(locked.get_by_text("No wallet is kept in this browser yet")).to_be_visible()
+    assert page.evaluate("localStorage.getItem('qnet.wallets.v1')") == "{}"
+
+
+def test_the_status_page_is_one_link_away(contexts, chain):
+    page = open_wallet_page(contexts, chain)
+    page.get_by_role("link", name="Network status").click()
+    page.wait_for_url(f"{chain.url}/status")
+    height = chain.api.status()["height"]
+    expect(page.locator("#chain")).to_contain_text(chain.network.chain_id)
+    expect(page.locator("#height")).to_have_text(re.compile(r"^\d[\d,]*$"))
+    assert int(page.locator("#height").inner_text().replace(",", "")) >= height
+
 
 def other_network_address(address: str) -> str:
     """The same 20 bytes under another network's prefix (a valid bech32 string)."""
     return bech32.bech32_encode("tqnc", bech32.convertbits(crypto.decode_address(address), 8, 5))
 
 
-def test_bad_input_shows_a_clear_message_and_changes_nothing_on_chain(chain, operator, shared):
+def test_bad_input_shows_a_clear_message_and_changes_nothing_on_chain(
+    chain, operator, shared, assert_accessible
+):
     alice = alice_of(shared)
     page = alice.page
     before = chain.account(alice.address)
@@ -562,6 +592,7 @@ def test_bad_input_shows_a_clear_message_and_changes_nothing_on_chain(chain, ope
     main = view(page, "main", arrived=False)
     main.get_by_role("button", name="Lock").click()
     locked = view(page, "locked")
+    assert_accessible(page, "wallet: locked")
     calls = kdf_calls(page)
     locked.get_by_label("Password").fill("not " + ALICE_PASSWORD)
     locked.get_by_role("button", name="Unlock").click()

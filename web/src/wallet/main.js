@@ -14,6 +14,8 @@ import { Outbox, advance, entryFor } from "./outbox.js";
 import * as phrase from "./phrase.js";
 
 const REFRESH_MS = 2_000;
+// While a transaction of this browser is on its way, it is followed more closely.
+const FOLLOW_MS = 500;
 // The chain's default minimum fee (genesis.Params.min_fee, the CLI's --fee default); the
 // node refuses less with fee_too_low, which the page shows.
 const DEFAULT_FEE = 1_000n;
@@ -328,7 +330,7 @@ async function resend(id) {
 
 // ---- unlock, create, import -------------------------------------------------------------
 
-function open(doc, seed) {
+function openWallet(doc, seed) {
   state.wallet = { name: doc.name, doc, key: codec.keyPair(seed) };
   state.account = null;
   state.history = { rows: [], cursor: null, extended: false, missing: false, shown: "" };
@@ -364,7 +366,7 @@ $("unlock-form").addEventListener("submit", (event) => {
       const doc = wallets.get(name);
       const seed = await keystore.unseal(doc, password);
       say("unlock-status", "");
-      open(doc, seed);
+      openWallet(doc, seed);
     } catch (exc) {
       say("unlock-status", "");
       const text = exc instanceof keystore.WrongPassword
@@ -464,7 +466,7 @@ $("confirm-form").addEventListener("submit", (event) => {
       const doc = await keystore.seal(draft.name, draft.seed, draft.password);
       wallets.add(doc);
       const seed = draft.seed.slice();
-      open(doc, seed);
+      openWallet(doc, seed);
     } catch (exc) {
       say("confirm-status", "");
       say("confirm-error", `The wallet was not created: ${errorText(exc)}`);
@@ -494,7 +496,7 @@ $("import-file-form").addEventListener("submit", (event) => {
       const seed = await keystore.unseal(doc, password);
       wallets.add(doc);
       say("import-file-status", "");
-      open(doc, seed);
+      openWallet(doc, seed);
     } catch (exc) {
       say("import-file-status", "");
       const text = exc instanceof keystore.WrongPassword
@@ -524,7 +526,7 @@ $("import-phrase-form").addEventListener("submit", (event) => {
       const doc = await keystore.seal(name, seed, $("import-phrase-password").value);
       wallets.add(doc);
       say("import-phrase-status", "");
-      open(doc, seed);
+      openWallet(doc, seed);
     } catch (exc) {
       seed.fill(0);
       say("import-phrase-status", "");
@@ -915,6 +917,14 @@ window.qnet = Object.freeze({
   }),
 });
 
+async function refreshForever() {
+  try {
+    await tick();
+  } finally {
+    const waiting = outbox.entries().some((e) => e.genesis === state.genesis);
+    setTimeout(refreshForever, waiting ? FOLLOW_MS : REFRESH_MS);
+  }
+}
+
 show("locked");
-tick();
-setInterval(tick, REFRESH_MS);
+refreshForever();
