@@ -36,7 +36,7 @@ const state = {
   history: { rows: [], cursor: null, extended: false, missing: false, shown: "" },
   rewards: "",
   draft: null, // a wallet being created: {name, password, seed, words, asked}
-  results: [], // what became of this session's transactions: {id, address, summary, text}
+  results: [], // what became of this session's transactions: {id, address, summary, text, outcome}
   following: "", // the id the send view reports on
   busy: false,
 };
@@ -56,8 +56,15 @@ function element(tag, { text, className, attrs } = {}, children = []) {
   return node;
 }
 
-/** Replace `container`'s children, keeping keyboard focus on the element of the same id. */
+/**
+ * Replace `container`'s children, unless they read the same as before (a refresh that
+ * changed nothing moves nobody's reading position), keeping keyboard focus on the element
+ * of the same id.
+ */
 function replaceKeepingFocus(container, children) {
+  const now = children.map((c) => c.textContent).join("\n");
+  if (container.childElementCount === children.length && container.dataset.shown === now) return;
+  container.dataset.shown = now;
   const focused = document.activeElement;
   const focusedId = focused && container.contains(focused) ? focused.id : "";
   container.replaceChildren(...children);
@@ -286,7 +293,7 @@ function renderOutbox() {
     const li = element("li", {}, [
       element("span", { text: `${entry.summary}: ${describeEntry(entry)}${other}` }),
     ]);
-    if (entry.state === "unsent") {
+    if (entry.state === "unsent" || other) {
       const retry = element("button", { text: "Send now", attrs: { type: "button", id: `retry-${entry.id}` } });
       retry.addEventListener("click", () => busy(() => resend(entry.id)));
       const discard = element("button", { text: "Discard", attrs: { type: "button", id: `discard-${entry.id}` } });
@@ -295,7 +302,7 @@ function renderOutbox() {
         renderOutbox();
         $("outbox-title").focus();
       });
-      li.append(" ", retry, " ", discard);
+      li.append(" ", ...(other ? [] : [retry, " "]), discard);
     }
     items.push(li);
   }
@@ -313,8 +320,9 @@ function renderOutbox() {
 function renderLockedOutbox() {
   const waiting = outbox.entries();
   $("outbox-locked").hidden = waiting.length === 0;
-  $("outbox-locked-list").replaceChildren(
-    ...waiting.map((e) => element("li", { text: `${e.summary} (from ${e.address}): ${describeEntry(e)}` })),
+  replaceKeepingFocus(
+    $("outbox-locked-list"),
+    waiting.map((e) => element("li", { text: `${e.summary} (from ${e.address}): ${describeEntry(e)}` })),
   );
 }
 
