@@ -3,11 +3,11 @@ non-loopback address (so the page is not a secure context and has no crypto.subt
 
 Two browser contexts hold two wallets side by side, each with its own localStorage: "alice",
 created in the page (phrase shown once, confirmed by chosen words), and "operator", made with
-qnet-cli, funded by the faucet, owner of a light node it activated with qnet-cli, and imported
-into the page from its keystore file. The tests share them (module scope) and run in file
-order; each argon2id key derivation in the page costs about half a second, so the page
-derives as few keys as the flows need (counted in ``window.qnet.keystore.kdfCalls``).
-"""
+qnet-cli, funded by the faucet, owner of a light node it activated with qnet-cli, exported with
+``qnet-cli wallet export --file`` and imported into the page. The tests share them (module
+scope) and run in file order. Each argon2id key derivation in the page costs 0.2-0.5 s, so
+the page derives as few keys as the flows need, five in all (counted in
+``window.qnet.keystore.kdfCalls``)."""
 
 import json
 import os
