@@ -8,7 +8,7 @@ DEVNET_DIR ?= .devnet
 VALIDATORS ?= 4
 HOSTS ?= 5
 
-.PHONY: help system-deps venv tools test unit integration lint bench bench-network loadtest drill devnet \
+.PHONY: help system-deps venv tools web test unit integration lint bench bench-network loadtest drill devnet \
 	devnet-down testbed-up testbed-down artifacts testnet testnet-down clean
 
 help:
@@ -16,6 +16,7 @@ help:
 	@echo "make testnet-down  stop and remove the testnet's hosts"
 	@echo "make artifacts     the qnet wheel and its wheelhouse (build/artifacts/VERSION/)"
 	@echo "make test     install what is needed and run the whole test suite"
+	@echo "make web      build the wallet and status pages the nodes serve (node/qnet/webroot/)"
 	@echo "make devnet   VALIDATORS (default 4) local validators with a funded faucet wallet"
 	@echo "make bench    throughput benchmark (prints figures, writes bench-results/)"
 	@echo "make bench-network  100 node processes: block propagation and memory per node type"
@@ -27,10 +28,18 @@ help:
 	@echo "make testbed-up    HOSTS (default 5) Debian hosts with systemd and sshd on 10.77.0.0/24"
 	@echo "make testbed-down  stop them and remove everything testbed-up made"
 
-# System packages the tests use: iproute2 (network namespaces for partition tests).
+# System packages the tests use: iproute2 (network namespaces for partition tests), Node.js
+# and npm (the web pages' build), Chromium (the browser tests). Installed as root when missing.
+SYSTEM_PACKAGES := ip:iproute2 node:nodejs npm:npm chromium:chromium
 system-deps:
-	@command -v ip >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2; }
+	@missing=$$(for pair in $(SYSTEM_PACKAGES); do command -v $${pair%%:*} >/dev/null || \
+		echo $${pair#*:}; done); [ -z "$$missing" ] || [ "$$(id -u)" != 0 ] || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; }
+
+# The wallet and status pages: web/build.mjs runs npm ci when web/package-lock.json changed,
+# then bundles web/src with esbuild into node/qnet/webroot/ (git-ignored; the wheel ships it).
+web: system-deps
+	node web/build.mjs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,13 +62,13 @@ $(TOOLS)/.unpacked:
 	touch $@
 tools: $(TOOLS)/.unpacked
 
-test: system-deps $(STAMP) $(TOOLS)/.unpacked
+test: system-deps $(STAMP) $(TOOLS)/.unpacked web
 	$(BIN)/python -m pytest -p no:cacheprovider --durations=30 tests
 
-unit: $(STAMP)
+unit: $(STAMP) web
 	$(BIN)/python -m pytest -p no:cacheprovider tests/unit
 
-integration: $(STAMP)
+integration: $(STAMP) web
 	$(BIN)/python -m pytest -p no:cacheprovider tests/integration
 
 # ruff finds Python files by their suffix; the alert log program has none.
@@ -77,7 +86,7 @@ lint: $(STAMP) $(TOOLS)/.unpacked
 		-i ops/inventory/example ops/playbooks/render-monitoring.yml \
 		-e monitoring_render_dir=$(abspath build/monitoring)
 
-bench: $(STAMP)
+bench: $(STAMP) web
 	$(BIN)/python loadtest/bench.py --validators 1 --rate 12000 --target 10000
 	$(BIN)/python loadtest/bench.py --validators 4 --rate 5000 --target 4000
 
@@ -91,7 +100,7 @@ loadtest: $(STAMP)
 	QNET_WALLET_PASSWORD=$${QNET_WALLET_PASSWORD:-devnet} \
 		$(BIN)/python loadtest/campaign.py run $(CAMPAIGN) $(LOADTEST_ARGS)
 
-bench-network: $(STAMP)
+bench-network: $(STAMP) web
 	$(BIN)/python loadtest/network.py --nodes 100 --seconds 30
 
 # Its own testnet (testbed hosts qt-*, test intervals): UPGRADES rolling upgrades in a row
@@ -103,7 +112,7 @@ UPGRADES ?= 10
 drill: system-deps $(STAMP)
 	$(BIN)/python tests/drills.py --drills $(DRILLS) --upgrades $(UPGRADES) --out drill-results
 
-devnet: $(STAMP)
+devnet: $(STAMP) web
 	$(BIN)/python -m qnet.devnet up --data-dir $(DEVNET_DIR) --validators $(VALIDATORS)
 
 devnet-down: $(STAMP)
@@ -118,7 +127,7 @@ ANSIBLE_LINT := $(ANSIBLE_EXAMPLE) $(BIN)/ansible-lint --offline --profile produ
 # The wheel and wheelhouse Ansible ships (ARTIFACTS=DIR, SOURCE=TREE to build elsewhere).
 ARTIFACTS ?= build/artifacts
 SOURCE ?= .
-artifacts: $(STAMP)
+artifacts: system-deps $(STAMP)
 	$(BIN)/python ops/testnet.py artifacts --out $(ARTIFACTS) --source $(SOURCE)
 
 # Testbed hosts, artifacts, inventory, ops/playbooks/testnet.yml, a status table; all in
@@ -136,4 +145,4 @@ testbed-down: $(STAMP)
 	$(BIN)/python tests/testbed.py down
 
 clean:
-	rm -rf $(VENV) $(DEVNET_DIR) bench-results drill-results reports
+	rm -rf $(VENV) $(DEVNET_DIR) bench-results drill-results reports node/qnet/webroot web/node_modules

@@ -50,6 +50,9 @@ FAUCET_PASSWORD = "testnet"  # a throwaway network on one machine, like the devn
 # What the wheel is built from: a copy of these, so stale files of an earlier build
 # (setuptools' build/ directory) never end up in it.
 SOURCES = ("pyproject.toml", "README.md", "node", "recovery")
+# The web pages' sources: built into the copy's qnet/webroot/, which the wheel ships.
+WEB_SOURCES = "web"
+WEBROOT = Path("node", "qnet", "webroot")
 # Wheels record their files' times; a fixed one makes a rebuild of the same source
 # byte-identical, so Ansible ships nothing when nothing changed.
 SOURCE_DATE_EPOCH = "315532800"  # 1980-01-01, the earliest time a zip file can hold
@@ -78,8 +81,9 @@ def build_artifacts(out: Path = ARTIFACTS, source: Path = REPO, extra: str = "")
     ``extra`` (pyproject's optional dependencies, e.g. ``load``), ``out/<extra>/<version>/``
     with the wheels of ``qnet[extra]`` (the locust role ships ``load``).
 
-    The wheelhouse is built aside and then put in place whole, so a failed build leaves the
-    previous one as it was."""
+    The web pages are built from ``source``'s web/ (``web/build.mjs``) into the copy, never
+    taken from an earlier build. The wheelhouse is built aside and then put in place whole, so
+    a failed build leaves the previous one as it was."""
     version = project_version(source)
     if extra:
         out = out / extra
@@ -90,10 +94,13 @@ def build_artifacts(out: Path = ARTIFACTS, source: Path = REPO, extra: str = "")
         for name in SOURCES:
             path = source / name
             if path.is_dir():
-                ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
+                ignore = shutil.ignore_patterns(
+                    "__pycache__", "*.egg-info", "*.pyc", f"{WEBROOT.name}*"
+                )
                 shutil.copytree(path, tree / name, ignore=ignore)
             else:
                 shutil.copy2(path, tree / name)
+        build_web(source, tree / WEBROOT)
         wheels = Path(scratch) / "wheels"
         env = {**os.environ, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH}
         pip = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check"]
@@ -114,6 +121,20 @@ def build_artifacts(out: Path = ARTIFACTS, source: Path = REPO, extra: str = "")
             shutil.rmtree(final)
         wheels.rename(final)
     return final
+
+
+def build_web(source: Path, out: Path) -> None:
+    """The wallet and status pages of ``source`` into ``out`` (web/build.mjs: npm ci when the
+    lockfile changed, then esbuild)."""
+    build = source / WEB_SOURCES / "build.mjs"
+    try:
+        done = subprocess.run(
+            ["node", str(build), "--out", str(out)], capture_output=True, text=True, cwd=source
+        )
+    except FileNotFoundError:
+        raise TestnetError("Node.js (node) is not installed: make system-deps") from None
+    if done.returncode != 0:
+        raise TestnetError(f"the web build failed:\n{(done.stderr or done.stdout)[-3000:]}")
 
 
 def pack_wheelhouse(wheels: Path) -> Path:

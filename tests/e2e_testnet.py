@@ -207,8 +207,9 @@ def next_versions(version: str) -> tuple[str, str]:
 
 
 def release_tree(target: Path, version: str, broken: bool = False) -> Path:
-    """A copy of the repository's files (git ls-files: tracked and new, not ignored) with
-    ``version`` in pyproject.toml; ``broken``: its qnet-node exits 3 at start."""
+    """A copy of the repository's files that make the wheel and its web pages (git ls-files:
+    tracked and new, not ignored) with ``version`` in pyproject.toml; ``broken``: its
+    qnet-node exits 3 at start."""
     listed = subprocess.run(
         [
             "git",
@@ -219,6 +220,7 @@ def release_tree(target: Path, version: str, broken: bool = False) -> Path:
             "--exclude-standard",
             "--",
             *testnet.SOURCES,
+            testnet.WEB_SOURCES,
         ],
         cwd=ROOT,
         capture_output=True,

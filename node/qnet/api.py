@@ -32,6 +32,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import crypto
+from . import web as web_pages
 from .amounts import format_qnc
 from .discovery import ScrapeTargets
 from .errors import Rejected
@@ -650,6 +651,7 @@ def create_app(node, targets: ScrapeTargets | None) -> web.Application:
         ("GET", "/api/v1/network/peers", network_peers),
         ("GET", "/api/v1/network/arrivals", arrivals),
         ("GET", "/api/v1/network/sd", scrape_targets),
+        *web_pages.routes(),
     ):
         served = not light or path in LIGHT_ROUTES
         app.router.add_route(method, path, handler if served else not_served)

@@ -20,7 +20,7 @@ import testinfra
 import e2e_testnet
 import testbed as tb
 from e2e_testnet import NAME, REGIONS, Testnet, testnet
-from qnet.localnode import wait_for
+from qnet.localnode import http, wait_for
 
 VALIDATORS = [f"{NAME}-{i + 1}" for i in range(len(REGIONS))]
 HARDENING = {
@@ -118,6 +118,11 @@ def test_rollout_brings_up_validators_that_commit_and_peer(network):
     for name, region in zip(VALIDATORS, REGIONS, strict=True):
         row = rf"^{name}\s+{re.escape(network.host(name).address)}\s+{region}\s+super\s+\d+\s+3\s"
         assert re.search(row, report, re.MULTILINE), report
+        api = e2e_testnet.api(network.host(name))
+        for page in ("wallet", "status"):  # the wheel carries the built pages
+            assert f"{name}: {api}/{page}\n" in report, report
+            code, html = http("GET", f"{api}/{page}")
+            assert code == 200 and "/static/" in html, (page, code, html[:300])
 
 
 @pytest.mark.parametrize("name", VALIDATORS)

@@ -21,11 +21,13 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from qnet import crypto, tx
+from qnet import web as web_pages
 from qnet.api import create_app
 from qnet.config import NodeConfig, load_config
 from qnet.discovery import ScrapeTargets
 from qnet.errors import Rejected
 from qnet.genesis import Params, make_genesis
+from qnet.light import LightNode
 from qnet.localnode import CHAIN_ID, NO_EMPTY_BLOCKS, LocalNode
 from qnet.node import Node
 
@@ -46,6 +48,7 @@ REQUEST_CODES = {
     "rate_limited",
     "too_many_connections",
     "timeout",
+    "unavailable",
 }
 FUNDS = 1_000 * 10**9
 FEE = Params().min_fee
@@ -345,7 +348,12 @@ class Api:
     ran: set[str] = field(default_factory=set)
 
     def call(
-        self, method: str, target: str, body: bytes | None = None, content_type: str | None = None
+        self,
+        method: str,
+        target: str,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        headers: dict | None = None,
     ) -> Answer:
         conn = http.client.HTTPConnection("127.0.0.1", self.node.port, timeout=30)
         try:
@@ -353,7 +361,10 @@ class Api:
                 method,
                 target,
                 body=body,
-                headers={"Content-Type": content_type} if content_type else {},
+                headers={
+                    **({"Content-Type": content_type} if content_type else {}),
+                    **(headers or {}),
+                },
             )
             resp = conn.getresponse()
             raw = resp.read()
@@ -387,6 +398,9 @@ class Api:
             except KeyError:
                 pytest.fail(f"{where}: status not documented for {method} {template}")
         response = _follow(pointer)[1]
+        if "content" not in response:  # 304
+            assert answer.body == "", where
+            return
         assert answer.content_type in response["content"], where
         if answer.content_type == "application/json" and answer.body is not None:
             errors = [
@@ -713,6 +727,50 @@ def test_op_network_arrivals(exercise):
     assert times == sorted(times) and times[-1] <= time.time() * 1000
 
 
+def test_op_web_pages(exercise, tmp_path, monkeypatch):
+    """The pages and their files with their cache validators; 404 for a file the build did
+    not make and on a light node, 503 where the package has no built pages."""
+    api = exercise
+    for page in ("/wallet", "/status"):
+        answer = api.call("GET", page)
+        assert answer.status == 200 and "<html" in answer.body
+        for url in re.findall(r'(?:src|href)="(/static/[^"]+)"', answer.body):
+            loaded = api.call("GET", url)
+            assert loaded.status == 200 and loaded.body
+            etag = {"If-None-Match": loaded.headers["ETag"]}
+            assert api.call("GET", url, headers=etag).status == 304
+        etag = {"If-None-Match": answer.headers["ETag"]}
+        assert api.call("GET", page, headers=etag).status == 304
+    assert api.call("GET", "/static/wallet.js").status == 404
+
+    async def exchange(app: web.Application) -> list[tuple[str, Answer]]:
+        async with TestClient(TestServer(app)) as client:
+            answers = []
+            for path in ("/wallet", "/status", "/static/x.js"):
+                resp = await client.get(path)
+                body = await resp.json()
+                answers.append((path, Answer(resp.status, resp.content_type, resp.headers, body)))
+            return answers
+
+    light_dir, full_dir = tmp_path / "light", tmp_path / "full"
+    light_dir.mkdir()
+    full_dir.mkdir()
+    light_config = load_config(light_dir, node_type="light", region="eu")
+    light = LightNode(light_config, api.node.genesis, crypto.KeyPair.generate())
+    for path, answer in asyncio.run(exchange(create_app(light, None))):
+        api._check("GET", path, answer)
+        assert (answer.status, answer.body["error"]["code"]) == (404, "not_found"), path
+    monkeypatch.setattr(web_pages, "WEBROOT", tmp_path / "no-webroot")
+    node = _limited_node(full_dir)
+    try:
+        answers = asyncio.run(exchange(app_of(node)))
+    finally:
+        node.close()
+    for path, answer in answers:
+        api._check("GET", path, answer)
+        assert (answer.status, answer.body["error"]["code"]) == (503, "unavailable"), path
+
+
 def test_op_a_stopping_node_admits_nothing(exercise, in_process_node):
     """Once a graceful stop begins, both submit operations answer 503 stopping (checked on an
     in-process node: a stopping server closes its listening socket first)."""
@@ -749,6 +807,7 @@ def _example_target(template: str, api: Api) -> str:
         "address": crypto.encode_address(api.wallets[0].address),
         "height": "1",
         "node_id": api.node.key.node_id,
+        "name": "x.js",
     }
     return re.sub(r"\{(\w+)\}", lambda m: examples[m[1]], template)
 

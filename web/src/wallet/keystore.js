@@ -1,0 +1,220 @@
+// Wallet files in the CLI keystore's format (node/qnet/keystore.py), so one file moves both
+// ways between `qnet-cli wallet export/import` and the browser:
+//
+//   {"version": 1, "name", "address", "kdf": "argon2id", "opslimit", "memlimit",
+//    "salt": hex(16), "nonce": hex(24), "ciphertext": hex(16-byte MAC || sealed 32-byte seed)}
+//
+// The key is libsodium's crypto_pwhash argon2id (t_cost = opslimit, m_cost = memlimit / 1024
+// KiB, one lane, 32 bytes) computed by hash-wasm; the box is NaCl's secretbox
+// (XSalsa20-Poly1305, MAC first) from @noble/ciphers. The browser keeps these documents,
+// never a bare seed, in localStorage.
+
+import { xsalsa20poly1305 } from "@noble/ciphers/salsa.js";
+import { argon2id } from "hash-wasm";
+import { decodeAddress } from "./address.js";
+import { fromHex, keyPair, toHex } from "./codec.js";
+
+export const VERSION = 1;
+export const KDF = "argon2id";
+// libsodium's limits (nacl.pwhash.argon2id): a file's limits must lie within MIN..SENSITIVE,
+// as keystore.unseal checks, so a crafted file cannot make the page allocate without bound.
+export const OPSLIMIT_MIN = 1;
+export const OPSLIMIT_INTERACTIVE = 2;
+export const OPSLIMIT_SENSITIVE = 4;
+export const MEMLIMIT_MIN = 8192;
+export const MEMLIMIT_INTERACTIVE = 67108864;
+export const MEMLIMIT_SENSITIVE = 1073741824;
+const SALT_LEN = 16;
+const NONCE_LEN = 24;
+const KEY_LEN = 32;
+const SEALED_LEN = 16 + 32;
+const NAME_RE = /^[A-Za-z0-9_-]{1,64}$/;
+const MAX_FILE_BYTES = 64 * 1024;
+const STORAGE_KEY = "qnet.wallets.v1";
+
+export class KeystoreError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "KeystoreError";
+  }
+}
+
+export class WrongPassword extends KeystoreError {
+  constructor(message) {
+    super(message);
+    this.name = "WrongPassword";
+  }
+}
+
+export function checkName(name) {
+  if (typeof name !== "string" || !NAME_RE.test(name)) {
+    throw new KeystoreError("a wallet name is 1-64 characters of A-Z a-z 0-9 _ -");
+  }
+  return name;
+}
+
+// Counted so tests can tell how many key derivations a step cost (each takes ~0.5 s).
+export const kdfCalls = { count: 0 };
+
+async function deriveKey(password, salt, opslimit, memlimit) {
+  kdfCalls.count += 1;
+  return argon2id({
+    password: new TextEncoder().encode(password),
+    salt,
+    iterations: opslimit,
+    parallelism: 1,
+    memorySize: Math.floor(memlimit / 1024),
+    hashLength: KEY_LEN,
+    outputType: "binary",
+  });
+}
+
+function randomBytes(n) {
+  return crypto.getRandomValues(new Uint8Array(n));
+}
+
+/** The wallet document of `seed` under `password`, with libsodium's interactive limits. */
+export async function seal(name, seed, password) {
+  checkName(name);
+  if (!password) throw new KeystoreError("the wallet password must not be empty");
+  const key = keyPair(seed);
+  const salt = randomBytes(SALT_LEN);
+  const nonce = randomBytes(NONCE_LEN);
+  const boxKey = await deriveKey(password, salt, OPSLIMIT_INTERACTIVE, MEMLIMIT_INTERACTIVE);
+  const ciphertext = xsalsa20poly1305(boxKey, nonce).encrypt(seed);
+  return {
+    version: VERSION,
+    name,
+    address: key.address,
+    kdf: KDF,
+    opslimit: OPSLIMIT_INTERACTIVE,
+    memlimit: MEMLIMIT_INTERACTIVE,
+    salt: toHex(salt),
+    nonce: toHex(nonce),
+    ciphertext: toHex(ciphertext),
+  };
+}
+
+function limit(doc, field, low, high) {
+  const value = doc[field];
+  if (!Number.isSafeInteger(value) || value < low || value > high) {
+    throw new KeystoreError(`wallet "${doc.name}": kdf limits out of range (${field})`);
+  }
+  return value;
+}
+
+/** Check a document's shape (before any key derivation); returns it, or KeystoreError. */
+export function checkDocument(doc) {
+  if (doc === null || typeof doc !== "object" || Array.isArray(doc)) {
+    throw new KeystoreError("a wallet file is a JSON object");
+  }
+  const name = typeof doc.name === "string" ? doc.name : "?";
+  if (doc.version !== VERSION || doc.kdf !== KDF) {
+    throw new KeystoreError(`wallet "${name}": unsupported version or kdf`);
+  }
+  try {
+    checkName(doc.name);
+    decodeAddress(doc.address);
+    fromHex(doc.salt, SALT_LEN, "salt");
+    fromHex(doc.nonce, NONCE_LEN, "nonce");
+    fromHex(doc.ciphertext, SEALED_LEN, "ciphertext");
+  } catch (exc) {
+    throw new KeystoreError(`wallet "${name}" is malformed: ${exc.message}`);
+  }
+  limit(doc, "opslimit", OPSLIMIT_MIN, OPSLIMIT_SENSITIVE);
+  limit(doc, "memlimit", MEMLIMIT_MIN, MEMLIMIT_SENSITIVE);
+  return doc;
+}
+
+/** The seed in `doc`; WrongPassword if `password` does not open it. */
+export async function unseal(doc, password) {
+  checkDocument(doc);
+  const salt = fromHex(doc.salt, SALT_LEN);
+  const nonce = fromHex(doc.nonce, NONCE_LEN);
+  const boxKey = await deriveKey(password, salt, doc.opslimit, doc.memlimit);
+  let seed;
+  try {
+    seed = xsalsa20poly1305(boxKey, nonce).decrypt(fromHex(doc.ciphertext, SEALED_LEN));
+  } catch {
+    throw new WrongPassword(`wrong password for wallet "${doc.name}"`);
+  }
+  if (keyPair(seed).address !== doc.address) {
+    throw new KeystoreError(`wallet "${doc.name}": stored address does not match its key`);
+  }
+  return seed;
+}
+
+/** A wallet file's text (as `qnet-cli wallet export --file` writes it) to its document. */
+export function parseFile(text) {
+  if (typeof text !== "string" || text.length > MAX_FILE_BYTES) {
+    throw new KeystoreError(`a wallet file is a JSON document of at most ${MAX_FILE_BYTES} bytes`);
+  }
+  let doc;
+  try {
+    doc = JSON.parse(text);
+  } catch (exc) {
+    throw new KeystoreError(`the file is not JSON: ${exc.message}`);
+  }
+  return checkDocument(doc);
+}
+
+/** The file text of a document, as the CLI keystore writes it. */
+export function fileText(doc) {
+  return JSON.stringify(doc, null, 2) + "\n";
+}
+
+/**
+ * The wallets this browser keeps, by name, in `storage` (window.localStorage): encrypted
+ * documents only. A name is never silently replaced: a lost seed is lost money.
+ */
+export class WalletStore {
+  constructor(storage) {
+    this.storage = storage;
+  }
+
+  _all() {
+    const text = this.storage.getItem(STORAGE_KEY);
+    if (text === null) return {};
+    let all;
+    try {
+      all = JSON.parse(text);
+    } catch {
+      throw new KeystoreError("the wallets kept in this browser are unreadable (storage corrupted)");
+    }
+    return all !== null && typeof all === "object" ? all : {};
+  }
+
+  names() {
+    return Object.keys(this._all()).sort();
+  }
+
+  get(name) {
+    const doc = this._all()[name];
+    if (doc === undefined) throw new KeystoreError(`no wallet named "${name}" in this browser`);
+    return checkDocument(doc);
+  }
+
+  has(name) {
+    return Object.hasOwn(this._all(), name);
+  }
+
+  add(doc) {
+    checkDocument(doc);
+    const all = this._all();
+    if (Object.hasOwn(all, doc.name)) {
+      throw new KeystoreError(`a wallet named "${doc.name}" is already kept in this browser`);
+    }
+    const sameKey = Object.values(all).find((d) => d.address === doc.address);
+    if (sameKey) {
+      throw new KeystoreError(`this wallet is already kept in this browser as "${sameKey.name}"`);
+    }
+    all[doc.name] = doc;
+    this.storage.setItem(STORAGE_KEY, JSON.stringify(all));
+  }
+
+  remove(name) {
+    const all = this._all();
+    delete all[name];
+    this.storage.setItem(STORAGE_KEY, JSON.stringify(all));
+  }
+}

@@ -1,0 +1,63 @@
+// The recovery phrase: BIP-39 English words over the wallet's 32-byte Ed25519 seed taken as
+// the entropy (24 words: 256 bits and an 8-bit checksum). No BIP-39 passphrase or PBKDF2
+// seed stretching: the words are the seed itself, so `qnet-cli wallet import --phrase`
+// gives the same key and address.
+
+import { entropyToMnemonic, mnemonicToEntropy } from "@scure/bip39";
+import { wordlist } from "@scure/bip39/wordlists/english.js";
+import { SEED_LEN } from "./codec.js";
+
+export const WORDS = 24;
+const MAX_TEXT_LEN = 1000;
+const known = new Set(wordlist);
+
+export class PhraseError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "PhraseError";
+  }
+}
+
+/** The 24 words of `seed`, as an array. */
+export function seedToWords(seed) {
+  if (!(seed instanceof Uint8Array) || seed.length !== SEED_LEN) {
+    throw new PhraseError(`a seed is ${SEED_LEN} bytes`);
+  }
+  return entropyToMnemonic(seed, wordlist).split(" ");
+}
+
+/** The words a user typed or pasted, normalised: lowercase, single spaces, numbering dropped. */
+export function splitWords(text) {
+  if (typeof text !== "string" || text.length > MAX_TEXT_LEN) {
+    throw new PhraseError(`a recovery phrase is ${WORDS} words`);
+  }
+  // "1. abandon 2. ability" as copied from a numbered list reads as the words alone.
+  return text
+    .normalize("NFKD")
+    .toLowerCase()
+    .split(/[\s,]+/)
+    .filter((w) => w !== "" && !/^\d+[.)]?$/.test(w));
+}
+
+/** The seed of a 24-word phrase; PhraseError says which word or why. */
+export function phraseToSeed(text) {
+  const words = splitWords(text);
+  if (words.length !== WORDS) {
+    throw new PhraseError(`a recovery phrase is ${WORDS} words; this has ${words.length}`);
+  }
+  const unknown = words.findIndex((w) => !known.has(w));
+  if (unknown >= 0) {
+    throw new PhraseError(
+      `word ${unknown + 1} ("${words[unknown]}") is not in the BIP-39 English word list`,
+    );
+  }
+  let seed;
+  try {
+    seed = mnemonicToEntropy(words.join(" "), wordlist);
+  } catch {
+    throw new PhraseError(
+      "the words do not fit together (checksum): a word is wrong or two are swapped",
+    );
+  }
+  return Uint8Array.from(seed);
+}
