@@ -11,8 +11,10 @@ is not reported to the handler by aiohttp's parser: that body times out, 408.)
 Strangers can reach the API, so what one client can take is bounded: per-client token buckets
 on transaction submission (counted in transactions) and on the reads that touch the chain
 database (counted in requests), a cap on open connections in all and per client, a time
-limit on request headers (aiohttp's keep-alive timer) and bodies. Committed blocks never
-change: they are read off the event loop once and kept encoded in a bounded cache.
+limit on request headers (aiohttp's keep-alive timer) and bodies. Committed blocks and
+transactions never change: they are read off the event loop once and kept encoded in a
+bounded cache. A page of an account's history is read off the loop too; it costs a read of
+each of its transactions (at most ``MAX_HISTORY_PAGE``), not of their blocks.
 """
 
 import asyncio
@@ -39,6 +41,7 @@ from .errors import Rejected
 from .genesis import NODE_TYPES, REGIONS
 from .httpserver import MALFORMED, Runner, error, printable
 from .node import Node
+from .storage import Storage
 from .topology import address_group
 from .tx import DecodeError, from_json, split_batch
 
@@ -53,6 +56,10 @@ MAX_CLIENTS = 16_384
 BLOCK_CACHE_BYTES = 32 * 1024 * 1024  # encoded committed blocks and header pages
 BLOCK_READ_THREADS = 1  # the storage serialises its reads; one thread keeps them in order
 TX_ID = re.compile(r"[0-9a-fA-F]{64}")
+HISTORY_PAGE = 20  # transactions in a page of an account's history, unless the client asks
+MAX_HISTORY_PAGE = 100
+# Where a page of history ends: height (u64) and index in its block (u32), 24 hex digits.
+CURSOR = re.compile(r"[0-9a-fA-F]{24}")
 
 STATUS_FOR = {"malformed": 400, "duplicate": 409, "mempool_full": 503}
 CODE_FOR = {
@@ -292,7 +299,7 @@ def _take(request: web.Request, buckets: TokenBuckets, cost: int, what: str) -> 
 
 
 def _take_read(request: web.Request) -> None:
-    _take(request, request.app[GUARDS].reads, 1, "block and node reads")
+    _take(request, request.app[GUARDS].reads, 1, "reads of the chain database")
 
 
 def _take_submissions(request: web.Request, count: int) -> None:
@@ -354,13 +361,19 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 
 
 async def _committed(
-    request: web.Request, key: Hashable, encode: Callable[[], bytes | None]
+    request: web.Request,
+    key: Hashable,
+    encode: Callable[[], bytes | None],
+    before_read: Callable[[web.Request], None] | None = None,
 ) -> bytes | None:
     """The encoded answer about committed blocks under ``key``: from the cache, or made by
-    ``encode`` on the block reader thread and kept (``None``, not found, is not kept)."""
+    ``encode`` on the block reader thread and kept (``None``, not found, is not kept); a read
+    is preceded by ``before_read``, which may refuse it."""
     guards = request.app[GUARDS]
     found = guards.blocks.get(key)
     if found is None:
+        if before_read is not None:
+            before_read(request)
         found = await asyncio.get_running_loop().run_in_executor(guards.reader, encode)
         if found is not None:
             guards.blocks.put(key, found)
@@ -462,23 +475,88 @@ def _hex_id(text: str) -> bytes:
     return bytes.fromhex(text)
 
 
+def _encode_committed_tx(node: Node, tx_id: bytes) -> bytes | None:
+    found = node.storage.committed_tx(tx_id)
+    return None if found is None else json.dumps(found.to_json()).encode()
+
+
 async def transaction(request: web.Request) -> web.Response:
+    """Pending (from the mempool), else committed (from the chain database, where a
+    transaction is before it leaves the mempool), else recently rejected. Only a look in the
+    database takes a read token: polling a pending transaction, or a committed one read
+    before, costs none."""
     node = request.app[NODE]
     tx_id = _hex_id(request.match_info["tx_id"])
-    found = node.tx_status(tx_id)
-    if found is None:
+    known = node.tx_status(tx_id)
+    if known is None or known["status"] != "pending":
+        committed = await _committed(
+            request, ("tx", tx_id), lambda: _encode_committed_tx(node, tx_id), _take_read
+        )
+        if committed is not None:
+            return _json_body(committed)
+    if known is None:
         return error(
             404, "not_found", "no pending, committed or recently rejected transaction has this id"
         )
-    return web.json_response(found)
+    return web.json_response(known)
+
+
+def _address_param(request: web.Request) -> bytes:
+    try:
+        return crypto.decode_address(request.match_info["address"])
+    except crypto.EncodingError as exc:
+        raise _Refusal(400, "malformed", str(exc)) from None
+
+
+def _cursor_param(request: web.Request) -> tuple[int, int] | None:
+    """The position a page of history starts below, from a ``next_cursor`` given back."""
+    text = request.query.get("cursor")
+    if text is None:
+        return None
+    if not CURSOR.fullmatch(text):
+        raise _Refusal(
+            400,
+            "malformed",
+            f"cursor must be a next_cursor this API returned (24 hex digits), not {text[:40]!r}",
+        )
+    return int(text[:16], 16), int(text[16:], 16)
+
+
+def history_page(storage: Storage, address: bytes, before: tuple[int, int], limit: int) -> dict:
+    """A page of ``address``'s history: ``limit`` transactions below ``before`` and the
+    cursor of the next page (one more is read to know whether there is one)."""
+    found = storage.account_txs(address, before, limit + 1)
+    page = found[:limit]
+    last = page[-1] if len(found) > limit else None
+    return {
+        "address": crypto.encode_address(address),
+        "transactions": [t.to_json() for t in page],
+        "next_cursor": None if last is None else f"{last.height:016x}{last.index:08x}",
+    }
+
+
+async def account_transactions(request: web.Request) -> web.Response:
+    """The committed transactions that touch an address, newest first, a page at a time."""
+    node = request.app[NODE]
+    _take_read(request)
+    address = _address_param(request)
+    limit = _int_param(request.query.get("limit", str(HISTORY_PAGE)), "limit")
+    if not 1 <= limit <= MAX_HISTORY_PAGE:
+        return error(400, "malformed", f"limit must be 1 to {MAX_HISTORY_PAGE}, not {limit}")
+    # Up to the head this node has merged (what its balances show); a cursor from a node
+    # further ahead starts there too.
+    top = (node.state.height + 1, 0)
+    before = min(_cursor_param(request) or top, top)
+    body = await asyncio.get_running_loop().run_in_executor(
+        request.app[GUARDS].reader,
+        lambda: json.dumps(history_page(node.storage, address, before, limit)).encode(),
+    )
+    return _json_body(body)
 
 
 async def account(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    try:
-        address = crypto.decode_address(request.match_info["address"])
-    except crypto.EncodingError as exc:
-        return error(400, "malformed", str(exc))
+    address = _address_param(request)
     balance, nonce = node.state.account(address)
     pending = node.mempool.pending_count(address)
     return web.json_response(
@@ -643,6 +721,7 @@ def create_app(node, targets: ScrapeTargets | None) -> web.Application:
         ("POST", "/api/v1/transactions/batch", submit_batch),
         ("GET", "/api/v1/transactions/{tx_id}", transaction),
         ("GET", "/api/v1/accounts/{address}", account),
+        ("GET", "/api/v1/accounts/{address}/transactions", account_transactions),
         ("GET", "/api/v1/blocks", blocks),
         ("GET", "/api/v1/blocks/{height}", block),
         ("GET", "/api/v1/nodes", nodes),

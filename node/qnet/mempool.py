@@ -148,6 +148,10 @@ class Mempool:
     def __contains__(self, tx_id: bytes) -> bool:
         return tx_id in self.by_id
 
+    def get(self, tx_id: bytes) -> Transaction | None:
+        entry = self.by_id.get(tx_id)
+        return None if entry is None else entry.tx
+
     def shard_index(self, sender: bytes) -> int:
         number = self._shard_numbers.get(sender)
         if number is None:

@@ -508,11 +508,13 @@ class Node:
 
     # ---- queries -----------------------------------------------------------------------
     def tx_status(self, tx_id: bytes) -> dict | None:
-        if tx_id in self.mempool:
-            return {"id": tx_id.hex(), "status": "pending"}
-        loc = self.storage.tx_location(tx_id)
-        if loc is not None:
-            return {"id": tx_id.hex(), "status": "committed", "height": loc[0], "index": loc[1]}
+        """What this node holds of a transaction in memory: pending in the mempool, with its
+        content, or recently rejected. A committed one is in the chain database
+        (``Storage.committed_tx``), and wins over a rejection remembered here (refused by
+        this node, committed by another's block)."""
+        pending = self.mempool.get(tx_id)
+        if pending is not None:
+            return {"id": tx_id.hex(), "status": "pending", **pending.to_json()}
         refused = self.rejected.get(tx_id)
         if refused is not None:
             return {

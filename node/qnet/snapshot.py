@@ -16,12 +16,12 @@ A snapshot may come from anywhere, so restore trusts nothing in it. The genesis 
 of is the data dir's own, or, for a data dir without one, the one the operator names (a
 genesis file or its hash); a snapshot of any other is refused. Restore then checks the
 archive against its manifest, replays every block of the copy from that genesis
-(certificates and state digests) to the state it stores, and only then swaps it in; the
-node must be stopped. Until the swap nothing in the data dir changes. The node key and
-signing state already in the data dir stay. It never opens the chain it replaces, so it also
-repairs a damaged one; with ``aside=True`` that chain (``chain.db`` with its WAL files, and
-``consensus.wal``) is moved into ``<data_dir>/aside/<UTC time>/`` rather than deleted, for a
-later look.
+(certificates and state digests) to the state it stores, rebuilds the copy's account index
+from those blocks, and only then swaps it in; the node must be stopped. Until the swap
+nothing in the data dir changes. The node key and signing state already in the data dir
+stay. It never opens the chain it replaces, so it also repairs a damaged one; with
+``aside=True`` that chain (``chain.db`` with its WAL files, and ``consensus.wal``) is moved
+into ``<data_dir>/aside/<UTC time>/`` rather than deleted, for a later look.
 """
 
 import io
@@ -287,8 +287,10 @@ def _verify(db: Path, genesis: Genesis, manifest: dict) -> None:
     """The staged chain replays from ``genesis`` (every certificate and state digest) to the
     state it stores, at the height and state digest of the manifest."""
     try:
-        storage = Storage(db)
-    except (StorageError, sqlite3.Error) as exc:
+        # Its account index is derived data a crafted database could fake: made anew from
+        # the blocks, which the replay below checks.
+        storage = Storage(db, rebuild_index=True)
+    except (StorageError, sqlite3.Error, struct.error, ValueError) as exc:
         raise SnapshotError(f"the snapshot's chain database cannot be opened: {exc}") from None
     try:
         if storage.get_meta("genesis_hash") != genesis.hash.hex():

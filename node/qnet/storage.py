@@ -1,20 +1,32 @@
 """Durable chain storage in SQLite (WAL, synchronous=FULL).
 
-A committed block, its transaction index, its commit certificate and the state change it
-makes (accounts, node and epoch records, counters) are written in one SQLite transaction:
-after a crash the database holds either all of a block or none of it, and restart resumes
-at the last committed block.
+A committed block, its indexes (transactions by id, the transactions of each account,
+heartbeats), its commit certificate and the state change it makes (accounts, node and epoch
+records, counters) are written in one SQLite transaction: after a crash the database holds
+either all of a block or none of it, and restart resumes at the last committed block.
+
+The account index came after the first release: a database that lacks some of it (made by an
+earlier version, or by one a rolling upgrade rolled back to) gets the missing blocks indexed
+when it is opened, in one transaction with the height it is complete to (meta ``INDEXED``).
 """
 
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
-from dataclasses import asdict
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .block import Block, CommitCertificate, Header
 from .ledger import EMPTY, Diff, EpochClock, EpochRecord, NodeRecord, State, Supply
+from .tx import KIND_TRANSFER, Transaction, decode, framed_size, read_frame, split_batch
+
+log = logging.getLogger("qnet.storage")
+
+INDEXED = "account_txs_height"  # meta: account_txs holds every block up to this height
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -31,7 +43,46 @@ CREATE TABLE IF NOT EXISTS epochs (epoch INTEGER PRIMARY KEY, record BLOB NOT NU
 -- the blocks; the ledger itself needs only the node and epoch records.
 CREATE TABLE IF NOT EXISTS heartbeats (
     node_key BLOB NOT NULL, epoch INTEGER NOT NULL, PRIMARY KEY (node_key, epoch)) WITHOUT ROWID;
+-- The transactions that touch each account (``account_rows``), for the API's account
+-- history; ``pos`` is where the transaction's frame starts in its block's body, so a page of
+-- history reads its own transactions and not their blocks.
+CREATE TABLE IF NOT EXISTS account_txs (
+    address BLOB NOT NULL, height INTEGER NOT NULL, idx INTEGER NOT NULL, pos INTEGER NOT NULL,
+    PRIMARY KEY (address, height, idx)) WITHOUT ROWID;
 """
+
+
+def account_rows(height: int, txs: Iterable[Transaction]) -> list[tuple[bytes, int, int, int]]:
+    """The ``account_txs`` rows of a block's transactions: one for each sender, and one for
+    the recipient of a transfer to another address; (address, height, index, pos)."""
+    rows = []
+    pos = 0
+    for idx, t in enumerate(txs):
+        rows.append((t.sender, height, idx, pos))
+        if t.kind == KIND_TRANSFER and t.to != t.sender:
+            rows.append((t.to, height, idx, pos))
+        pos += framed_size(t)
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedTx:
+    """A committed transaction with where it is: its block's height and time, its index."""
+
+    height: int
+    index: int
+    time_ms: int
+    tx: Transaction
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.tx.id.hex(),
+            "status": "committed",
+            "height": self.height,
+            "index": self.index,
+            "time_ms": self.time_ms,
+            **self.tx.to_json(),
+        }
 
 
 class StorageError(RuntimeError):
@@ -74,14 +125,61 @@ def _connect(path: Path) -> sqlite3.Connection:
 class Storage:
     """One writer connection (used from one thread at a time) and one reader connection."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, rebuild_index: bool = False):
+        """Open (or create) the database at ``path`` and complete its account index; with
+        ``rebuild_index``, that index is made anew from the blocks (whatever a database of
+        unknown origin holds in it)."""
         self.path = Path(path)
         with _damage_reported(self.path):
             self._writer = _connect(self.path)
             self._check_integrity()
             self._writer.executescript(SCHEMA)
+            self._index_accounts(rebuild_index)
             self._reader = _connect(self.path)
         self._read_lock = threading.Lock()
+
+    def _index_accounts(self, rebuild: bool) -> None:
+        """Index the blocks above the height meta ``INDEXED`` records (all of them if there is
+        none, or with ``rebuild``), in one transaction that records the head."""
+        if self._index_gap(self._writer, rebuild) is None:
+            return
+        started, rows = time.monotonic(), 0
+        with self._transaction(self._writer) as cur:
+            gap = self._index_gap(cur, rebuild)  # again, now that no one else writes
+            if gap is None:
+                return
+            first, head = gap
+            if first == 1:
+                cur.execute("DELETE FROM account_txs")
+            for height in range(first, head + 1):
+                row = cur.execute("SELECT body FROM blocks WHERE height=?", (height,)).fetchone()
+                if row is None:
+                    raise DamagedStorage(
+                        f"chain database {self.path} is damaged: no block {height} below its "
+                        f"head {head}"
+                    )
+                found = account_rows(height, map(decode, split_batch(row[0])))
+                cur.executemany("INSERT INTO account_txs VALUES (?,?,?,?)", found)
+                rows += len(found)
+            self._put_meta(cur, {INDEXED: str(head)})
+        if first <= head:
+            log.info(
+                "account index: blocks %d to %d indexed (%d rows) in %.1f s",
+                first,
+                head,
+                rows,
+                time.monotonic() - started,
+            )
+
+    def _index_gap(self, cur, rebuild: bool) -> tuple[int, int] | None:
+        """The first and last height the account index lacks; None if it lacks none or the
+        database holds no chain yet (``initialise`` records the empty index)."""
+        head = self._meta(cur, "height")
+        if head is None:
+            return None
+        done = None if rebuild else self._meta(cur, INDEXED)
+        first = 1 if done is None else int(done) + 1
+        return (first, int(head)) if done is None or first <= int(head) else None
 
     def _check_integrity(self) -> None:
         """SQLite's quick check of every page at open: damage found now stops the node
@@ -98,7 +196,11 @@ class Storage:
     # ---- meta --------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
         with _damage_reported(self.path):
-            row = self._writer.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            return self._meta(self._writer, key)
+
+    @staticmethod
+    def _meta(cur, key: str) -> str | None:
+        row = cur.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else None
 
     def initialise(self, chain_id: str, genesis_hash: bytes, state: State) -> None:
@@ -174,6 +276,9 @@ class Storage:
                 "INSERT INTO tx_index VALUES (?,?,?)",
                 [(t.id, h.height, i) for i, t in enumerate(block.txs)],
             )
+            cur.executemany(
+                "INSERT INTO account_txs VALUES (?,?,?,?)", account_rows(h.height, block.txs)
+            )
             gone = [(a,) for a, acc in diff.accounts.items() if acc == EMPTY]
             cur.executemany("DELETE FROM accounts WHERE address=?", gone)
             cur.executemany(
@@ -207,6 +312,7 @@ class Storage:
                 "supply": json.dumps(asdict(supply)),
                 "clock": json.dumps(asdict(clock)),
                 "accumulator": str(accumulator),
+                INDEXED: str(height),  # its rows are written with the block's
             },
         )
 
@@ -271,6 +377,42 @@ class Storage:
     def tx_location(self, tx_id: bytes) -> tuple[int, int] | None:
         rows = self._read("SELECT height, idx FROM tx_index WHERE id=?", (tx_id,))
         return rows[0] if rows else None
+
+    def committed_tx(self, tx_id: bytes) -> CommittedTx | None:
+        """A committed transaction by its id (its block's body is read whole: the id index
+        does not say where in it the transaction is)."""
+        rows = self._read(
+            "SELECT t.height, t.idx, b.header, b.body FROM tx_index t "
+            "JOIN blocks b ON b.height = t.height WHERE t.id=?",
+            (tx_id,),
+        )
+        if not rows:
+            return None
+        height, idx, header, body = rows[0]
+        return CommittedTx(
+            height, idx, Header.decode(header).time_ms, decode(split_batch(body)[idx])
+        )
+
+    def account_txs(self, address: bytes, before: tuple[int, int], limit: int) -> list[CommittedTx]:
+        """Up to ``limit`` committed transactions that touch ``address``, newest first, among
+        those before ``before`` (a height and an index in its block)."""
+        with self._read_lock, _damage_reported(self.path):
+            rows = self._reader.execute(
+                "SELECT a.height, a.idx, a.pos, b.header FROM account_txs a "
+                "JOIN blocks b ON b.height = a.height "
+                "WHERE a.address=? AND (a.height, a.idx) < (?, ?) "
+                "ORDER BY a.height DESC, a.idx DESC LIMIT ?",
+                (address, *before, limit),
+            ).fetchall()
+            raws = []
+            for height, _, pos, _ in rows:  # blocks never change: no need of one snapshot
+                with self._reader.blobopen("blocks", "body", height, readonly=True) as body:
+                    body.seek(pos)
+                    raws.append(read_frame(body.read))
+        return [
+            CommittedTx(height, idx, Header.decode(header).time_ms, decode(raw))
+            for (height, idx, _, header), raw in zip(rows, raws, strict=True)
+        ]
 
     def iter_blocks(self):
         """Every stored block with its certificate, in height order (for replay)."""

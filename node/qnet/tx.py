@@ -26,6 +26,7 @@ ledger admits one per activated node and epoch. ``claim`` is signed by the owner
 
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import crypto
@@ -525,6 +526,13 @@ def framed_size(t: Transaction) -> int:
 def frame_batch(raws: list[bytes]) -> bytes:
     """A batch body of transactions already encoded (``split_batch`` cuts it again)."""
     return b"".join(_FRAME.pack(len(raw)) + raw for raw in raws)
+
+
+def read_frame(read: Callable[[int], bytes]) -> bytes:
+    """The raw transaction of the batch frame that ``read`` (a file's or SQLite blob's read,
+    at the frame's first byte) returns next."""
+    (length,) = _FRAME.unpack(read(_FRAME.size))
+    return read(length)
 
 
 def split_batch(data: bytes, limit: int | None = None) -> list[bytes]:

@@ -274,6 +274,29 @@ def test_schemas_are_valid_and_closed():
         )
 
 
+def _examples() -> list[tuple[str, object]]:
+    """Every example of a documented answer, with the pointer of the schema it illustrates."""
+    found = []
+    for method, template in spec_operations():
+        for status in SPEC["paths"][template][method.lower()]["responses"]:
+            pointer = _response_pointer(method, template, int(status))
+            for media_type, content in _follow(pointer)[1]["content"].items():
+                schema = f"{_follow(pointer)[0]}/content/{_escape(media_type)}/schema"
+                if "example" in content:
+                    found.append((schema, content["example"]))
+                for example in content.get("examples", {}).values():
+                    found.append((schema, example["value"]))
+    return found
+
+
+def test_examples_are_valid_answers():
+    examples = _examples()
+    assert len(examples) >= 4  # the transaction's three states, a page of history
+    for pointer, example in examples:
+        errors = [e.message for e in schema_validator(pointer).iter_errors(example)]
+        assert errors == [], f"{pointer}: {errors}"
+
+
 def test_error_codes_are_the_servers():
     schemas = SPEC["components"]["schemas"]
     assert set(schemas["ErrorCode"]["enum"]) == set(Rejected.CODES) | REQUEST_CODES
@@ -492,7 +515,8 @@ def test_op_submit_transaction(exercise):
     # the next block is at least 2.5 s away: ``second`` stays pending while we look at it
     second = api.transfer(alice)
     assert api.submit(second.to_json()).status == 202
-    assert api.call("GET", f"/api/v1/transactions/{second.id.hex()}").body["status"] == "pending"
+    pending = api.call("GET", f"/api/v1/transactions/{second.id.hex()}").body
+    assert pending == {"status": "pending", **second.to_json()}
     assert api.submit(second.to_json()).body["error"]["code"] == "duplicate"
     outbid = api.submit(api.transfer(bob).to_json())  # same fee, mempool holds one
     assert (outbid.status, outbid.body["error"]["code"]) == (503, "mempool_full")
@@ -586,7 +610,12 @@ def test_op_nodes_and_epochs(exercise):
     proof = tx.prove_node(node, network, owner.address)
     activate = activation(proof, _next_nonce(api, owner))
     assert api.submit(activate.to_json()).status == 202
-    api.wait(activate.id)
+    activated = api.wait(activate.id)
+    assert (activated["kind"], activated["node_id"], activated["amount"]) == (
+        "activate",
+        node.node_id,
+        str(burn),
+    )
     again = activation(proof, _next_nonce(api, owner))
     assert _refusal(api.submit(again.to_json())) == (422, "already_active")
 
@@ -594,7 +623,9 @@ def test_op_nodes_and_epochs(exercise):
     late = tx.make_heartbeat(node, network, 0, epoch["epoch"] - 1)
     assert _refusal(api.submit(late.to_json())) == (422, "wrong_epoch")
     assert api.submit(heartbeat.to_json()).status == 202
-    api.wait(heartbeat.id)
+    beat = api.wait(heartbeat.id)
+    assert (beat["kind"], beat["epoch"], beat["fee"]) == ("heartbeat", epoch["epoch"], "0")
+    assert beat["from"] == crypto.encode_address(node.address)
     twice = tx.make_heartbeat(node, network, 1, epoch["epoch"])
     assert _refusal(api.submit(twice.to_json())) == (422, "heartbeat_done")
     outsider = tx.make_heartbeat(stranger, network, _next_nonce(api, stranger), epoch["epoch"])
@@ -650,10 +681,21 @@ def test_op_submit_batch(exercise):
 def test_op_get_transaction(exercise):
     api = exercise
     api.settle()
-    committed = api.transfer(api.wallets[0])
+    committed = api.transfer(api.wallets[0], amount=1_234_567_890)
     assert api.submit(committed.to_json()).status == 202
     found = api.wait(committed.id)
-    assert found["height"] >= 1
+    block = api.call("GET", f"/api/v1/blocks/{found['height']}").body
+    assert block["transactions"][found["index"]] == committed.id.hex()
+    assert found == {
+        "status": "committed",
+        "height": block["header"]["height"],
+        "index": found["index"],
+        "time_ms": block["header"]["time_ms"],
+        **committed.to_json(),
+    }
+    assert (found["kind"], found["amount"], found["fee"]) == ("transfer", "1234567890", str(FEE))
+    assert found["from"] == crypto.encode_address(api.wallets[0].address)
+    assert found["to"] == crypto.encode_address(api.wallets[-1].address)
     stale = api.transfer(api.wallets[0], amount=7, nonce=0)  # not the committed nonce-0 one
     assert api.submit(stale.to_json()).status == 422
     rejected = api.call("GET", f"/api/v1/transactions/{stale.id.hex()}").body
@@ -678,6 +720,66 @@ def test_op_get_account(exercise):
     assert api.call("GET", f"/api/v1/accounts/{broken}").status == 400
     assert api.call("GET", f"/api/v1/accounts/{api.node.key.node_id}").status == 400
     assert api.call("POST", f"/api/v1/accounts/{text}", b"{}", "application/json").status == 405
+
+
+def _history(api: Api, address: str, limit: int) -> list[dict]:
+    """The whole history of ``address``, a page of ``limit`` at a time."""
+    rows, query = [], f"limit={limit}"
+    while True:
+        page = api.call("GET", f"/api/v1/accounts/{address}/transactions?{query}").body
+        assert page["address"] == address and len(page["transactions"]) <= limit
+        rows += page["transactions"]
+        if page["next_cursor"] is None:
+            return rows
+        query = f"limit={limit}&cursor={page['next_cursor']}"
+
+
+def test_op_account_transactions(exercise):
+    api = exercise
+    api.settle()
+    sender, sink = api.wallets[1], api.wallets[-1]
+    for amount in (1, 2):  # one at a time: the mempool holds one
+        sent = api.transfer(sender, amount=amount)
+        assert api.submit(sent.to_json()).status == 202
+        committed = api.wait(sent.id)
+    mine = crypto.encode_address(sender.address)
+    newest = api.call("GET", f"/api/v1/accounts/{mine}/transactions?limit=1").body
+    assert newest["transactions"] == [committed] and newest["next_cursor"] is not None
+    everything = _history(api, mine, 100)
+    assert _history(api, mine, 1) == everything  # pages join up, one at a time too
+    places = [(t["height"], t["index"]) for t in everything]
+    assert places == sorted(places, reverse=True) and len(set(places)) == len(places)
+    assert all(mine in (t["from"], t.get("to")) for t in everything)
+    assert [t["amount"] for t in everything[:2]] == ["2", "1"]
+    received = _history(api, crypto.encode_address(sink.address), 100)
+    assert received[0] == committed and all(t["kind"] == "transfer" for t in received)
+    own = _history(api, crypto.encode_address(api.node.key.address), 100)
+    assert own and all(t["kind"] == "heartbeat" for t in own)  # the validator's heartbeats
+    upper = api.call("GET", f"/api/v1/accounts/{mine.upper()}/transactions?limit=1").body
+    assert upper == newest
+
+    stranger = crypto.encode_address(bytes(range(20)))
+    assert api.call("GET", f"/api/v1/accounts/{stranger}/transactions").body == {
+        "address": stranger,
+        "transactions": [],
+        "next_cursor": None,
+    }
+    bottom = api.call("GET", f"/api/v1/accounts/{mine}/transactions?cursor={'0' * 24}").body
+    assert (bottom["transactions"], bottom["next_cursor"]) == ([], None)
+    ahead = api.call("GET", f"/api/v1/accounts/{mine}/transactions?cursor={'f' * 24}").body
+    assert ahead["transactions"] == everything[:20]  # from a node further ahead: from the top
+    for query, words in (
+        ("limit=0", "limit must be 1 to 100"),
+        ("limit=101", "limit must be 1 to 100"),
+        ("limit=ten", "limit must be a non-negative integer"),
+        ("cursor=abc", "cursor must be a next_cursor"),
+        (f"cursor={'g' * 24}", "cursor must be a next_cursor"),
+    ):
+        refused = api.call("GET", f"/api/v1/accounts/{mine}/transactions?{query}")
+        assert refused.status == 400 and words in refused.body["error"]["message"], query
+    assert api.call("GET", "/api/v1/accounts/qnc1nope/transactions").status == 400
+    target = f"/api/v1/accounts/{mine}/transactions"
+    assert api.call("POST", target, b"{}", "application/json").status == 405
 
 
 def test_op_list_blocks(exercise):
@@ -866,7 +968,10 @@ def test_op_rate_limited_reads_and_submissions_are_429_with_retry_after(exercise
     )
     sender = crypto.KeyPair.generate()
     transfer = tx.make_transfer(sender, node.network, 0, FEE, sender.address, 1)
+    address = crypto.encode_address(sender.address)
     limited = [
+        ("GET", f"/api/v1/transactions/{transfer.id.hex()}", None, None),
+        ("GET", f"/api/v1/accounts/{address}/transactions", None, None),
         ("GET", "/api/v1/blocks", None, None),
         ("GET", "/api/v1/blocks/1", None, None),
         ("GET", "/api/v1/nodes", None, None),

@@ -61,6 +61,14 @@ def test_a_light_node_heartbeats_and_fails_over(network):
         20, "the light node's heartbeat on chain",
     )  # fmt: skip
     assert (record["node_type"], record["region"]) == ("light", "ap")
+    # Transactions and histories are ledger state, which a light node does not keep.
+    owned = crypto.encode_address(owner.address)
+    for path in (
+        f"/api/v1/transactions/{activate.id.hex()}",
+        f"/api/v1/accounts/{owned}/transactions",
+    ):
+        status, body = light.get(path)
+        assert status == 404 and "light node" in body["error"]["message"], path
 
     # Kill every node it is attached to: it reattaches and keeps following the head.
     ids = {p["node_id"] for p in attached}

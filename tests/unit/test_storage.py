@@ -1,14 +1,18 @@
 """Durable storage: committed blocks survive a reopen, replay reproduces them, a failed commit
-leaves nothing behind."""
+leaves nothing behind; the account index lists what each account sent and received, is
+completed at open for a database an earlier version left, and is made anew on restore."""
 
+import re
 import sqlite3
 from dataclasses import replace
 
 import pytest
 
-from qnet import crypto, ledger, tx
+from qnet import crypto, ledger, snapshot, tx
 from qnet import genesis as genesis_mod
+from qnet import storage as storage_mod
 from qnet.amounts import MAX_AMOUNT
+from qnet.api import history_page
 from qnet.block import Block, CommitCertificate, Header, precommit_message, tx_root
 from qnet.genesis import GenesisError, Params
 from qnet.node import StateDivergence, replay
@@ -298,6 +302,9 @@ def nothing_of(storage: Storage, block: Block, before: ledger.State) -> None:
     assert storage.block(block.header.height) is None
     assert storage.headers(block.header.height, block.header.height) == []
     assert all(storage.tx_location(t.id) is None for t in block.txs)
+    for t in block.txs:
+        assert all(h < block.header.height for h, _, _ in history(storage, t.sender))
+    assert storage.get_meta("account_txs_height") == str(before.height)
 
 
 def test_a_commit_failing_at_its_last_step_is_rolled_back(chain, monkeypatch):
@@ -328,3 +335,206 @@ def test_a_commit_failing_in_the_middle_is_rolled_back(chain):
     with pytest.raises(sqlite3.IntegrityError):
         chain.storage.commit_block(twice, cert, diff)
     nothing_of(chain.reopen(), block, before)
+
+
+# ---- the account index ---------------------------------------------------------------------
+
+TOP = (2**62, 0)  # before every position: the whole history
+
+
+def expected_history(chain: Chain, address: bytes) -> list[tuple[int, int, bytes]]:
+    """(height, index, raw) of the chain's transactions that touch ``address``, newest first."""
+    return [
+        (block.header.height, index, t.raw)
+        for block in reversed(chain.blocks)
+        for index, t in reversed(list(enumerate(block.txs)))
+        if address in (t.sender, t.to)
+    ]
+
+
+def history(storage: Storage, address: bytes, before=TOP, limit=100) -> list[tuple]:
+    return [(c.height, c.index, c.tx.raw) for c in storage.account_txs(address, before, limit)]
+
+
+def index_rows(path) -> list[tuple]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT * FROM account_txs ORDER BY address, height, idx").fetchall()
+
+
+ACCOUNTS = [*(w.address for w in WALLETS), FRESH, OUTSIDER.address]
+
+
+def test_each_account_lists_the_transactions_it_sends_or_receives_newest_first(chain):
+    storage = chain.reopen()
+    a, b = WALLETS[:2]
+    assert [(h, i) for h, i, _ in history(storage, a.address)] == [(2, 1), (2, 0), (1, 0)]
+    assert [(h, i) for h, i, _ in history(storage, FRESH)] == [
+        *((4, i) for i in range(4, -1, -1)),
+        (2, 1),
+        (1, 2),
+    ]
+    for address in ACCOUNTS:
+        assert history(storage, address) == expected_history(chain, address)
+    assert history(storage, OUTSIDER.address) == []
+    times = {b.header.height: b.header.time_ms for b in chain.blocks}
+    for found in storage.account_txs(b.address, TOP, 100):
+        assert found.time_ms == times[found.height]
+        assert found.to_json()["id"] == found.tx.id.hex()
+
+
+def test_a_transfer_to_oneself_is_listed_once(chain):
+    a = WALLETS[0]
+    own = [(h, i) for h, i, raw in history(chain.reopen(), a.address) if (h, i) == (2, 0)]
+    assert own == [(2, 0)] and chain.blocks[1].txs[0].to == a.address
+
+
+def test_pages_end_where_asked(chain):
+    storage = chain.reopen()
+    everything = history(storage, FRESH)
+    assert len(everything) == 7
+    assert history(storage, FRESH, limit=7) == everything  # exactly the limit
+    assert history(storage, FRESH, limit=3) == everything[:3]
+    after = everything[2][:2]  # the position of the third
+    assert history(storage, FRESH, before=after, limit=3) == everything[3:6]
+    assert history(storage, FRESH, before=everything[-1][:2]) == []  # below the oldest
+    assert history(storage, FRESH, before=(1, 0)) == []  # before the first block
+    assert history(storage, FRESH, before=(4, 2)) == everything[3:]  # within a block
+
+
+def test_committed_transactions_are_read_back_by_id_with_their_place(chain):
+    storage = chain.reopen()
+    for block in chain.blocks:
+        for index, t in enumerate(block.txs):
+            found = storage.committed_tx(t.id)
+            assert (found.height, found.index, found.time_ms, found.tx.raw) == (
+                block.header.height,
+                index,
+                block.header.time_ms,
+                t.raw,
+            )
+    assert storage.committed_tx(pay(WALLETS[1], 5, WALLETS[0].address).id) is None
+
+
+def forget_index(path, down_to: int | None) -> None:
+    """Make the database look as an earlier version left it: no account index at all
+    (``down_to`` None), or one an upgraded node kept to ``down_to`` before a rollback to such
+    a version committed the blocks above it."""
+    with sqlite3.connect(path) as conn:
+        if down_to is None:
+            conn.execute("DROP TABLE account_txs")
+            conn.execute("DELETE FROM meta WHERE key = 'account_txs_height'")
+        else:
+            conn.execute("DELETE FROM account_txs WHERE height > ?", (down_to,))
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'account_txs_height'", (down_to,))
+
+
+@pytest.mark.parametrize("down_to", [None, 0, 2])
+def test_a_database_of_an_earlier_version_gets_its_index_at_open(chain, down_to):
+    chain.storage.close()
+    complete = index_rows(chain.path)
+    assert len(complete) == 11 + 10  # a row per transaction, and per transfer to another
+    forget_index(chain.path, down_to)
+    assert len(index_rows(chain.path) if down_to is not None else []) < len(complete)
+    chain.storage = Storage(chain.path)
+    assert index_rows(chain.path) == complete
+    assert chain.storage.get_meta("account_txs_height") == "4"
+    for address in ACCOUNTS:
+        assert history(chain.storage, address) == expected_history(chain, address)
+    chain.commit([pay(WALLETS[0], 3, FRESH)])  # and it goes on from there
+    assert history(chain.reopen(), FRESH)[0][:2] == (5, 0)
+
+
+def test_an_index_interrupted_at_open_is_done_whole_at_the_next(chain, monkeypatch):
+    chain.storage.close()
+    complete = index_rows(chain.path)
+    forget_index(chain.path, None)
+    rows_of = storage_mod.account_rows
+    calls = []
+
+    def crash_on_the_third_block(height, txs):
+        calls.append(height)
+        if len(calls) == 3:
+            raise OSError("power cut")
+        return rows_of(height, txs)
+
+    monkeypatch.setattr(storage_mod, "account_rows", crash_on_the_third_block)
+    with pytest.raises(OSError):
+        Storage(chain.path)
+    assert index_rows(chain.path) == []  # the two blocks before the crash are not there
+    with sqlite3.connect(chain.path) as conn:
+        assert (
+            conn.execute("SELECT value FROM meta WHERE key = 'account_txs_height'").fetchall() == []
+        )
+    monkeypatch.setattr(storage_mod, "account_rows", rows_of)
+    chain.storage = Storage(chain.path)
+    assert index_rows(chain.path) == complete
+
+
+def test_rebuild_replaces_an_index_it_cannot_trust(chain):
+    chain.storage.close()
+    complete = index_rows(chain.path)
+    with sqlite3.connect(chain.path) as conn:  # what a crafted snapshot could hold
+        conn.execute("DELETE FROM account_txs WHERE height = 3")
+        conn.execute("INSERT INTO account_txs VALUES (?, 2, 0, 0)", (OUTSIDER.address,))
+    chain.storage = Storage(chain.path)
+    assert index_rows(chain.path) != complete  # complete by its record: trusted as it is
+    chain.storage.close()
+    chain.storage = Storage(chain.path, rebuild_index=True)
+    assert index_rows(chain.path) == complete
+
+
+def test_a_restored_snapshot_has_the_index_of_its_blocks_whatever_it_held(tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    chain = Chain(source / "chain.db")
+    four_blocks(chain)
+    chain.storage.close()
+    chain.genesis.save(source / "genesis.json")
+    (source / "node_key").write_text(VALIDATOR.seed.hex())
+    complete = index_rows(chain.path)
+    with sqlite3.connect(chain.path) as conn:
+        conn.execute("DELETE FROM account_txs WHERE address = ?", (FRESH,))
+    snapshot.create(source, tmp_path / "snap.tar.gz")
+    snapshot.restore(tmp_path / "snap.tar.gz", tmp_path / "restored", genesis=chain.genesis)
+    assert index_rows(tmp_path / "restored" / "chain.db") == complete
+
+
+# ---- pages of history, as the API gives them -------------------------------------------------
+
+
+def test_history_pages_walk_the_whole_history_by_cursor(chain):
+    storage = chain.reopen()
+    everything = [
+        (c.height, c.index) for c in storage.account_txs(FRESH, TOP, 100)
+    ]  # 7, newest first
+    pages, cursor_before = [], TOP
+    while True:
+        page = history_page(storage, FRESH, cursor_before, 3)
+        assert page["address"] == crypto.encode_address(FRESH)
+        pages.append([(t["height"], t["index"]) for t in page["transactions"]])
+        if page["next_cursor"] is None:
+            break
+        cursor = page["next_cursor"]
+        assert re.fullmatch("[0-9a-f]{24}", cursor)
+        cursor_before = (int(cursor[:16], 16), int(cursor[16:], 16))
+        assert cursor_before == pages[-1][-1]
+    assert pages == [everything[:3], everything[3:6], everything[6:]]
+    first = history_page(storage, FRESH, TOP, 3)["transactions"][0]
+    assert first == storage.committed_tx(chain.blocks[-1].txs[-1].id).to_json()
+    assert (first["status"], first["kind"], first["to"]) == (
+        "committed",
+        "transfer",
+        crypto.encode_address(FRESH),
+    )
+
+
+def test_history_pages_at_their_boundaries(chain):
+    storage = chain.reopen()
+    exact = history_page(storage, FRESH, TOP, 7)  # exactly the limit: no next page
+    assert len(exact["transactions"]) == 7 and exact["next_cursor"] is None
+    one_short = history_page(storage, FRESH, TOP, 6)
+    assert len(one_short["transactions"]) == 6 and one_short["next_cursor"] is not None
+    empty = history_page(storage, OUTSIDER.address, TOP, 20)
+    assert (empty["transactions"], empty["next_cursor"]) == ([], None)
+    past_the_end = history_page(storage, FRESH, (1, 2), 20)  # at the oldest: nothing below
+    assert (past_the_end["transactions"], past_the_end["next_cursor"]) == ([], None)
