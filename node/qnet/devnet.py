@@ -112,6 +112,8 @@ def up(data_dir: Path, validators: int) -> None:
     qnet_cli = venv_bin("qnet-cli")
     click.echo(f"""
 faucet wallet: {keystore.info(FAUCET).address}
+web wallet:    {api_url}/wallet  (import {keystore.path(FAUCET)} with the faucet password)
+status page:   {api_url}/status
 
 Try it:
   export QNET_NODE={api_url} QNET_KEYSTORE={keystore.directory}
