@@ -5,36 +5,49 @@ heartbeats), its commit certificate and the state change it makes (accounts, nod
 records, counters) are written in one SQLite transaction: after a crash the database holds
 either all of a block or none of it, and restart resumes at the last committed block.
 
-The account index came after the first release: a database that lacks some of it (made by an
-earlier version, or by one a rolling upgrade rolled back to) gets the missing blocks indexed
-when it is opened, in one transaction with the height it is complete to (meta ``INDEXED``).
+The account index and the frame positions in the id index came after the first release: a
+database that lacks some of them (made by an earlier version, or by one a rolling upgrade rolled
+back to) gets the missing blocks indexed when it is opened, in one transaction with the height
+it is complete to (meta ``INDEXED``).
 """
 
 import contextlib
 import json
 import logging
 import sqlite3
+import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .block import Block, CommitCertificate, Header
 from .ledger import EMPTY, Diff, EpochClock, EpochRecord, NodeRecord, State, Supply
-from .tx import KIND_TRANSFER, Transaction, decode, framed_size, read_frame, split_batch
+from .tx import (
+    KIND_TRANSFER,
+    DecodeError,
+    Transaction,
+    decode,
+    framed_size,
+    read_frame,
+    split_batch,
+)
 
 log = logging.getLogger("qnet.storage")
 
-INDEXED = "account_txs_height"  # meta: account_txs holds every block up to this height
+INDEXED = "account_txs_height"  # meta: account_txs and tx_index.pos hold every block to it
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (
     height INTEGER PRIMARY KEY, hash BLOB NOT NULL, header BLOB NOT NULL,
     signature BLOB NOT NULL, body BLOB NOT NULL, certificate BLOB NOT NULL);
+-- ``pos`` is where the transaction's frame starts in its block's body (as in account_txs);
+-- NULL in the rows of an earlier version until the index is completed at open.
 CREATE TABLE IF NOT EXISTS tx_index (
-    id BLOB PRIMARY KEY, height INTEGER NOT NULL, idx INTEGER NOT NULL) WITHOUT ROWID;
+    id BLOB PRIMARY KEY, height INTEGER NOT NULL, idx INTEGER NOT NULL, pos INTEGER)
+    WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS accounts (
     address BLOB PRIMARY KEY, balance INTEGER NOT NULL, nonce INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nodes (node_key BLOB PRIMARY KEY, record BLOB NOT NULL) WITHOUT ROWID;
@@ -43,7 +56,7 @@ CREATE TABLE IF NOT EXISTS epochs (epoch INTEGER PRIMARY KEY, record BLOB NOT NU
 -- the blocks; the ledger itself needs only the node and epoch records.
 CREATE TABLE IF NOT EXISTS heartbeats (
     node_key BLOB NOT NULL, epoch INTEGER NOT NULL, PRIMARY KEY (node_key, epoch)) WITHOUT ROWID;
--- The transactions that touch each account (``account_rows``), for the API's account
+-- The transactions that touch each account (``index_rows``), for the API's account
 -- history; ``pos`` is where the transaction's frame starts in its block's body, so a page of
 -- history reads its own transactions and not their blocks.
 CREATE TABLE IF NOT EXISTS account_txs (
@@ -52,17 +65,22 @@ CREATE TABLE IF NOT EXISTS account_txs (
 """
 
 
-def account_rows(height: int, txs: Iterable[Transaction]) -> list[tuple[bytes, int, int, int]]:
-    """The ``account_txs`` rows of a block's transactions: one for each sender, and one for
-    the recipient of a transfer to another address; (address, height, index, pos)."""
-    rows = []
+Rows = list[tuple[bytes, int, int, int]]
+
+
+def index_rows(height: int, txs: Sequence[Transaction]) -> tuple[Rows, Rows]:
+    """The rows a block's transactions add to ``tx_index``, (id, height, index, pos), and to
+    ``account_txs``, (address, height, index, pos): one for each sender, and one for the
+    recipient of a transfer to another address."""
+    ids, accounts = [], []
     pos = 0
     for idx, t in enumerate(txs):
-        rows.append((t.sender, height, idx, pos))
+        ids.append((t.id, height, idx, pos))
+        accounts.append((t.sender, height, idx, pos))
         if t.kind == KIND_TRANSFER and t.to != t.sender:
-            rows.append((t.to, height, idx, pos))
+            accounts.append((t.to, height, idx, pos))
         pos += framed_size(t)
-    return rows
+    return ids, accounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,51 +134,61 @@ def _damage_reported(path: Path):
 
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=5000")
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
 class Storage:
     """One writer connection (used from one thread at a time) and one reader connection."""
 
-    def __init__(self, path: Path, rebuild_index: bool = False):
-        """Open (or create) the database at ``path`` and complete its account index; with
-        ``rebuild_index``, that index is made anew from the blocks (whatever a database of
-        unknown origin holds in it)."""
+    def __init__(self, path: Path, rebuild_index: bool = False, index: bool = True):
+        """Open (or create) the database at ``path`` and complete its indexes; with
+        ``rebuild_index``, they are made anew from the blocks (whatever a database of unknown
+        origin holds in them). Without ``index``, an existing database is opened as it is and
+        nothing is written (for reading beside a running node; its indexes may be incomplete)."""
         self.path = Path(path)
         with _damage_reported(self.path):
             self._writer = _connect(self.path)
-            self._check_integrity()
-            self._writer.executescript(SCHEMA)
-            self._index_accounts(rebuild_index)
-            self._reader = _connect(self.path)
+            try:
+                self._check_integrity()
+                if index:
+                    self._writer.executescript(SCHEMA)
+                    self._index_accounts(rebuild_index)
+                self._reader = _connect(self.path)
+            except BaseException:
+                self._writer.close()
+                raise
         self._read_lock = threading.Lock()
 
     def _index_accounts(self, rebuild: bool) -> None:
         """Index the blocks above the height meta ``INDEXED`` records (all of them if there is
-        none, or with ``rebuild``), in one transaction that records the head."""
-        if self._index_gap(self._writer, rebuild) is None:
+        none, with ``rebuild``, or if ``tx_index`` has no ``pos`` yet), in one transaction that
+        records the head."""
+        add_pos = not self._has_pos()
+        if not add_pos and self._index_gap(self._writer, rebuild) is None:
             return
         started, rows = time.monotonic(), 0
         with self._transaction(self._writer) as cur:
-            gap = self._index_gap(cur, rebuild)  # again, now that no one else writes
+            if add_pos := not self._has_pos():  # again, now that no one else writes
+                cur.execute("ALTER TABLE tx_index ADD COLUMN pos INTEGER")
+            gap = self._index_gap(cur, rebuild or add_pos)
             if gap is None:
                 return
             first, head = gap
             if first == 1:
                 cur.execute("DELETE FROM account_txs")
+                cur.execute("DELETE FROM tx_index")
             for height in range(first, head + 1):
-                row = cur.execute("SELECT body FROM blocks WHERE height=?", (height,)).fetchone()
-                if row is None:
-                    raise DamagedStorage(
-                        f"chain database {self.path} is damaged: no block {height} below its "
-                        f"head {head}"
-                    )
-                found = account_rows(height, map(decode, split_batch(row[0])))
-                cur.executemany("INSERT INTO account_txs VALUES (?,?,?,?)", found)
-                rows += len(found)
+                ids, accounts = index_rows(height, self._backfill_txs(cur, height, head))
+                cur.executemany("INSERT OR REPLACE INTO tx_index VALUES (?,?,?,?)", ids)
+                cur.executemany("INSERT INTO account_txs VALUES (?,?,?,?)", accounts)
+                rows += len(ids) + len(accounts)
             self._put_meta(cur, {INDEXED: str(head)})
         if first <= head:
             log.info(
@@ -170,6 +198,26 @@ class Storage:
                 rows,
                 time.monotonic() - started,
             )
+
+    def _has_pos(self) -> bool:
+        columns = self._writer.execute("PRAGMA table_info(tx_index)").fetchall()
+        return any(c[1] == "pos" for c in columns)
+
+    def _backfill_txs(self, cur, height: int, head: int) -> list[Transaction]:
+        """The transactions of stored block ``height``; a block missing or unreadable below
+        the head is damage."""
+        row = cur.execute("SELECT body FROM blocks WHERE height=?", (height,)).fetchone()
+        if row is None:
+            raise DamagedStorage(
+                f"chain database {self.path} is damaged: no block {height} below its head {head}"
+            )
+        try:
+            return [decode(raw) for raw in split_batch(row[0])]
+        except (DecodeError, ValueError, struct.error) as exc:
+            raise DamagedStorage(
+                f"chain database {self.path} is damaged: the body of block {height} is not "
+                f"readable ({exc})"
+            ) from None
 
     def _index_gap(self, cur, rebuild: bool) -> tuple[int, int] | None:
         """The first and last height the account index lacks; None if it lacks none or the
@@ -186,7 +234,6 @@ class Storage:
         before it builds on it."""
         problems = [row[0] for row in self._writer.execute("PRAGMA quick_check(5)")]
         if problems != ["ok"]:
-            self._writer.close()
             raise DamagedStorage(f"chain database {self.path} is damaged: {_one_line(problems)}")
 
     def close(self) -> None:
@@ -272,13 +319,9 @@ class Storage:
                 "INSERT INTO blocks VALUES (?,?,?,?,?,?)",
                 (h.height, block.hash, h.encode(), block.signature, block.body(), cert.encode()),
             )
-            cur.executemany(
-                "INSERT INTO tx_index VALUES (?,?,?)",
-                [(t.id, h.height, i) for i, t in enumerate(block.txs)],
-            )
-            cur.executemany(
-                "INSERT INTO account_txs VALUES (?,?,?,?)", account_rows(h.height, block.txs)
-            )
+            ids, accounts = index_rows(h.height, block.txs)
+            cur.executemany("INSERT INTO tx_index VALUES (?,?,?,?)", ids)
+            cur.executemany("INSERT INTO account_txs VALUES (?,?,?,?)", accounts)
             gone = [(a,) for a, acc in diff.accounts.items() if acc == EMPTY]
             cur.executemany("DELETE FROM accounts WHERE address=?", gone)
             cur.executemany(
@@ -379,31 +422,30 @@ class Storage:
         return rows[0] if rows else None
 
     def committed_tx(self, tx_id: bytes) -> CommittedTx | None:
-        """A committed transaction by its id (its block's body is read whole: the id index
-        does not say where in it the transaction is)."""
-        rows = self._read(
-            "SELECT t.height, t.idx, b.header, b.body FROM tx_index t "
+        """A committed transaction by its id (its frame alone is read from its block)."""
+        found = self._committed(
+            "SELECT t.height, t.idx, t.pos, b.header FROM tx_index t "
             "JOIN blocks b ON b.height = t.height WHERE t.id=?",
             (tx_id,),
         )
-        if not rows:
-            return None
-        height, idx, header, body = rows[0]
-        return CommittedTx(
-            height, idx, Header.decode(header).time_ms, decode(split_batch(body)[idx])
-        )
+        return found[0] if found else None
 
     def account_txs(self, address: bytes, before: tuple[int, int], limit: int) -> list[CommittedTx]:
         """Up to ``limit`` committed transactions that touch ``address``, newest first, among
         those before ``before`` (a height and an index in its block)."""
+        return self._committed(
+            "SELECT a.height, a.idx, a.pos, b.header FROM account_txs a "
+            "JOIN blocks b ON b.height = a.height "
+            "WHERE a.address=? AND (a.height, a.idx) < (?, ?) "
+            "ORDER BY a.height DESC, a.idx DESC LIMIT ?",
+            (address, *before, limit),
+        )
+
+    def _committed(self, sql: str, args: tuple) -> list[CommittedTx]:
+        """The transactions of the (height, index, pos, header) rows ``sql`` selects, each
+        read as its one frame of its block's body."""
         with self._read_lock, _damage_reported(self.path):
-            rows = self._reader.execute(
-                "SELECT a.height, a.idx, a.pos, b.header FROM account_txs a "
-                "JOIN blocks b ON b.height = a.height "
-                "WHERE a.address=? AND (a.height, a.idx) < (?, ?) "
-                "ORDER BY a.height DESC, a.idx DESC LIMIT ?",
-                (address, *before, limit),
-            ).fetchall()
+            rows = self._reader.execute(sql, args).fetchall()
             raws = []
             for height, _, pos, _ in rows:  # blocks never change: no need of one snapshot
                 with self._reader.blobopen("blocks", "body", height, readonly=True) as body:

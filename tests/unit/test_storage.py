@@ -16,7 +16,7 @@ from qnet.api import history_page
 from qnet.block import Block, CommitCertificate, Header, precommit_message, tx_root
 from qnet.genesis import GenesisError, Params
 from qnet.node import StateDivergence, replay
-from qnet.storage import Storage, StorageError
+from qnet.storage import DamagedStorage, Storage, StorageError
 
 CHAIN = "qnet-test"
 MIN_FEE = 1_000
@@ -415,14 +415,26 @@ def test_committed_transactions_are_read_back_by_id_with_their_place(chain):
     assert storage.committed_tx(pay(WALLETS[1], 5, WALLETS[0].address).id) is None
 
 
+def id_rows(path) -> list[tuple]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT * FROM tx_index ORDER BY height, idx").fetchall()
+
+
 def forget_index(path, down_to: int | None) -> None:
-    """Make the database look as an earlier version left it: no account index at all
-    (``down_to`` None), or one an upgraded node kept to ``down_to`` before a rollback to such
-    a version committed the blocks above it."""
+    """Make the database look as an earlier version left it: no account index at all and an
+    id index without frame positions (``down_to`` None), or an account index an upgraded node
+    kept to ``down_to`` before a rollback to such a version committed the blocks above it."""
     with sqlite3.connect(path) as conn:
         if down_to is None:
             conn.execute("DROP TABLE account_txs")
             conn.execute("DELETE FROM meta WHERE key = 'account_txs_height'")
+            conn.execute(
+                "CREATE TABLE old_ids (id BLOB PRIMARY KEY, height INTEGER NOT NULL, "
+                "idx INTEGER NOT NULL) WITHOUT ROWID"
+            )
+            conn.execute("INSERT INTO old_ids SELECT id, height, idx FROM tx_index")
+            conn.execute("DROP TABLE tx_index")
+            conn.execute("ALTER TABLE old_ids RENAME TO tx_index")
         else:
             conn.execute("DELETE FROM account_txs WHERE height > ?", (down_to,))
             conn.execute("UPDATE meta SET value = ? WHERE key = 'account_txs_height'", (down_to,))
@@ -431,24 +443,31 @@ def forget_index(path, down_to: int | None) -> None:
 @pytest.mark.parametrize("down_to", [None, 0, 2])
 def test_a_database_of_an_earlier_version_gets_its_index_at_open(chain, down_to):
     chain.storage.close()
-    complete = index_rows(chain.path)
+    complete, ids = index_rows(chain.path), id_rows(chain.path)
     assert len(complete) == 11 + 10  # a row per transaction, and per transfer to another
+    assert len(ids) == 11 and all(pos is not None for *_, pos in ids)
     forget_index(chain.path, down_to)
     assert len(index_rows(chain.path) if down_to is not None else []) < len(complete)
     chain.storage = Storage(chain.path)
     assert index_rows(chain.path) == complete
+    assert id_rows(chain.path) == ids
     assert chain.storage.get_meta("account_txs_height") == "4"
     for address in ACCOUNTS:
         assert history(chain.storage, address) == expected_history(chain, address)
+    for block in chain.blocks:
+        for t in block.txs:
+            assert chain.storage.committed_tx(t.id).tx.raw == t.raw
     chain.commit([pay(WALLETS[0], 3, FRESH)])  # and it goes on from there
-    assert history(chain.reopen(), FRESH)[0][:2] == (5, 0)
+    storage = chain.reopen()
+    assert history(storage, FRESH)[0][:2] == (5, 0)
+    assert storage.committed_tx(chain.blocks[-1].txs[0].id).height == 5
 
 
 def test_an_index_interrupted_at_open_is_done_whole_at_the_next(chain, monkeypatch):
     chain.storage.close()
     complete = index_rows(chain.path)
     forget_index(chain.path, None)
-    rows_of = storage_mod.account_rows
+    rows_of = storage_mod.index_rows
     calls = []
 
     def crash_on_the_third_block(height, txs):
@@ -457,17 +476,60 @@ def test_an_index_interrupted_at_open_is_done_whole_at_the_next(chain, monkeypat
             raise OSError("power cut")
         return rows_of(height, txs)
 
-    monkeypatch.setattr(storage_mod, "account_rows", crash_on_the_third_block)
+    monkeypatch.setattr(storage_mod, "index_rows", crash_on_the_third_block)
     with pytest.raises(OSError):
         Storage(chain.path)
     assert index_rows(chain.path) == []  # the two blocks before the crash are not there
+    assert [len(r) for r in id_rows(chain.path)] == [3] * 11  # nor the positions' column
     with sqlite3.connect(chain.path) as conn:
         assert (
             conn.execute("SELECT value FROM meta WHERE key = 'account_txs_height'").fetchall() == []
         )
-    monkeypatch.setattr(storage_mod, "account_rows", rows_of)
+    monkeypatch.setattr(storage_mod, "index_rows", rows_of)
     chain.storage = Storage(chain.path)
     assert index_rows(chain.path) == complete
+
+
+@pytest.mark.parametrize("damage", ["framing", "transaction"])
+def test_a_block_body_the_index_cannot_read_is_reported_as_damage(chain, damage, monkeypatch):
+    chain.storage.close()
+    forget_index(chain.path, None)
+    with sqlite3.connect(chain.path) as conn:
+        (body,) = conn.execute("SELECT body FROM blocks WHERE height = 2").fetchone()
+        broken = body[:-1] if damage == "framing" else body[:4] + b"\xff" * (len(body) - 4)
+        conn.execute("UPDATE blocks SET body = ? WHERE height = 2", (broken,))
+    closed = []
+    connect = storage_mod._connect
+
+    def tracked(path):
+        conn = connect(path)
+        closed.append(conn)
+        return conn
+
+    monkeypatch.setattr(storage_mod, "_connect", tracked)
+    with pytest.raises(DamagedStorage, match="damaged: the body of block 2 is not readable"):
+        Storage(chain.path)
+    monkeypatch.setattr(storage_mod, "_connect", connect)
+    assert len(closed) == 1
+    with pytest.raises(sqlite3.ProgrammingError):  # closed, not left open
+        closed[0].execute("SELECT 1")
+    assert index_rows(chain.path) == []  # and nothing written
+    chain.storage = Storage(chain.path, index=False)  # as it is, for a look
+
+
+def test_opened_without_indexing_it_writes_nothing(chain):
+    chain.storage.close()
+    forget_index(chain.path, None)
+    before = chain.path.read_bytes()
+    storage = Storage(chain.path, index=False)
+    try:
+        assert storage.load_state().height == 4
+    finally:
+        storage.close()
+    assert chain.path.read_bytes() == before
+    with sqlite3.connect(chain.path) as conn:
+        assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'account_txs'").fetchall()
+    chain.storage = Storage(chain.path)
 
 
 def test_rebuild_replaces_an_index_it_cannot_trust(chain):
