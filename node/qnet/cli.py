@@ -510,7 +510,7 @@ def verify_chain(data_dir: Path) -> tuple[int, bytes]:
     genesis = Genesis.load(config.genesis_path)
     if not config.db_path.exists():
         raise CliError(f"no chain database at {config.db_path}")
-    storage = Storage(config.db_path)
+    storage = Storage(config.db_path, index=False)  # beside a running node: no writes
     try:
         if storage.get_meta("genesis_hash") != genesis.hash.hex():
             raise CliError(f"{config.db_path} belongs to another genesis")

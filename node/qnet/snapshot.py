@@ -77,7 +77,7 @@ def _copy_database(source: Path, target: Path) -> None:
 
 
 def _head(db: Path) -> tuple[int, str, str]:
-    storage = Storage(db)
+    storage = Storage(db, index=False)  # the copy as it is: a restore rebuilds its indexes
     try:
         state = storage.load_state()
         return state.height, state.block_hash.hex(), state.digest.hex()
