@@ -7,7 +7,7 @@ and each static file with its sha384 (the subresource-integrity hash the pages c
 it is read into memory (a few hundred KB) on the first request that needs it and checked
 against the manifest; after that no request touches the file system, so no path a client
 sends can reach it: a name is looked up in the manifest's list, or it is 404. A rebuild is
-served after a restart.
+served after a restart, and so is one that fixes a failed load (which is not tried again).
 
 Every answer carries a strict Content-Security-Policy (no inline script or style, no eval;
 the wallet alone may compile WebAssembly, for hash-wasm's argon2id), ``nosniff`` and
@@ -99,7 +99,9 @@ def load(root: Path) -> Built:
             "build them with `make web` in a checkout, or install a wheel built by "
             "`make artifacts`"
         ) from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise Unavailable(f"webroot/manifest.json cannot be read: {exc.strerror}") from None
+    except ValueError as exc:
         raise Unavailable(f"webroot/manifest.json does not read as JSON: {exc}") from None
     try:
         if manifest.get("version") != MANIFEST_VERSION:
@@ -134,21 +136,23 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class WebPages:
-    """The handlers of the pages under ``root``, loaded on first use."""
+    """The handlers of the pages under ``root``, loaded on first use, once: a failure too is
+    kept, so requests do not make the node read and hash the webroot again and again."""
 
     def __init__(self, root: Path):
         self.root = root
         self._built: Built | None = None
-        self._reported: str | None = None  # the last reason logged, so it is logged once
+        self._failed: str | None = None  # why the load failed
 
     def built(self) -> Built:
+        if self._failed is not None:
+            raise Unavailable(self._failed)
         if self._built is None:
             try:
                 self._built = load(self.root)
             except Unavailable as exc:
-                if str(exc) != self._reported:
-                    self._reported = str(exc)
-                    log.warning("web pages in %s unavailable: %s", self.root, exc)
+                self._failed = str(exc)
+                log.warning("web pages in %s unavailable: %s", self.root, exc)
                 raise
         return self._built
 

@@ -217,12 +217,14 @@ def test_pages_answer_get_only(node):
     assert head_status == 405
 
 
-@pytest.mark.parametrize("damage", ["missing", "altered", "unlisted page"])
+@pytest.mark.parametrize("damage", ["missing", "unreadable", "altered", "unlisted page"])
 def test_a_node_without_its_built_pages_answers_503_and_says_why(
     tmp_path, webroot, monkeypatch, damage
 ):
     root = tmp_path / "webroot"
-    if damage != "missing":
+    if damage == "unreadable":
+        (root / "manifest.json").mkdir(parents=True)
+    elif damage != "missing":
         shutil.copytree(webroot, root)
         if damage == "altered":
             target = root / next(iter(json.loads((root / "manifest.json").read_text())["files"]))
@@ -230,6 +232,9 @@ def test_a_node_without_its_built_pages_answers_503_and_says_why(
         else:
             (root / "status.html").unlink()
     monkeypatch.setattr(web_pages, "WEBROOT", root)
+    loads = []
+    load = web_pages.load
+    monkeypatch.setattr(web_pages, "load", lambda root: loads.append(root) or load(root))
     node = make_node(tmp_path / "node")
 
     async def exchange(client):
@@ -245,6 +250,7 @@ def test_a_node_without_its_built_pages_answers_503_and_says_why(
         node.close()
     expected = {
         "missing": "build them with `make web`",
+        "unreadable": "webroot/manifest.json cannot be read: Is a directory",
         "altered": "does not match its hash in the manifest",
         "unlisted page": "does not match its manifest: status.html: No such file",
     }[damage]
@@ -253,6 +259,7 @@ def test_a_node_without_its_built_pages_answers_503_and_says_why(
         assert body["error"]["code"] == "unavailable"
         assert expected in body["error"]["message"], body
         assert str(tmp_path) not in body["error"]["message"]  # nothing of the file system
+    assert loads == [root]  # a failed load is not tried again on each request
 
 
 def test_a_light_node_serves_no_pages(tmp_path, webroot):
