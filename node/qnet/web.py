@@ -50,7 +50,7 @@ def content_security_policy(wasm: bool = False) -> str:
     script = "'self' 'wasm-unsafe-eval'" if wasm else "'self'"
     return (
         f"default-src 'none'; script-src {script}; style-src 'self'; connect-src 'self'; "
-        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
 
 

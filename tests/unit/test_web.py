@@ -23,7 +23,7 @@ from qnet.node import Node
 
 BASE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 WALLET_CSP = BASE_CSP.replace("script-src 'self';", "script-src 'self' 'wasm-unsafe-eval';")
 LOADED = re.compile(r"<(script|link)\b[^>]*>", re.IGNORECASE)
