@@ -637,8 +637,9 @@ class Node:
 
 
 def status_document(node, head: tuple[int, bytes, int, bytes], mempool: int, network: dict):
-    """What ``/api/v1/status`` says of a node with state or a light one: identity, the head
-    (height, hash, time, state digest), how the region was chosen, and the network's view."""
+    """What ``/api/v1/status`` says of a node with state or a light one: identity, the chain's
+    minimum fee, the head (height, hash, time, state digest), how the region was chosen, and
+    the network's view."""
     height, block_hash, block_time_ms, digest = head
     rtts = node.region_rtt_ms
     return {
@@ -651,6 +652,7 @@ def status_document(node, head: tuple[int, bytes, int, bytes], mempool: int, net
         "version": __version__,
         "chain_id": node.chain_id,
         "genesis_hash": node.genesis.hash.hex(),
+        "min_fee": str(node.genesis.params.min_fee),
         "height": height,
         "block_hash": block_hash.hex(),
         "block_time_ms": block_time_ms,

@@ -497,7 +497,8 @@ def test_op_operations(exercise):
     assert api.call("GET", "/health").body["status"] == "ok"
     metrics = api.call("GET", "/metrics")
     assert metrics.status == 200 and "qnet_" in metrics.body
-    assert api.call("GET", "/api/v1/status").body["chain_id"] == CHAIN_ID
+    status = api.call("GET", "/api/v1/status").body
+    assert (status["chain_id"], status["min_fee"]) == (CHAIN_ID, str(FEE))
     assert api.call("POST", "/health", b"{}", "application/json").status == 405
     assert api.call("HEAD", "/health").status == 405
     assert api.call("DELETE", "/api/v1/status").status == 405

@@ -11,9 +11,9 @@ import pytest
 from qnet import crypto, tx
 from qnet.block import CommitCertificate, Header, precommit_message
 from qnet.config import load_config
-from qnet.genesis import make_genesis
+from qnet.genesis import Params, make_genesis
 from qnet.light import KIND_GET_NODE, KIND_NODE, KIND_TXS, Fork, LightNode
-from qnet.node import HeartbeatView, InvalidBlock
+from qnet.node import HeartbeatView, InvalidBlock, Node
 from qnet.p2p import PeerInfo
 
 CHAIN = "qnet-light-test"
@@ -71,6 +71,24 @@ def test_follows_certified_headers_in_order_and_by_jumps(light):
     assert (status["height"], status["block_hash"]) == (10, headers[9].hash.hex())
     assert status["state_digest"] == headers[9].state_digest.hex()
     assert [h for h, _ in node.arrivals] == [1, 2, 10]
+
+
+def test_its_status_says_the_chain_minimum_fee_as_a_full_node_does(tmp_path):
+    (tmp_path / "light").mkdir()
+    (tmp_path / "full").mkdir()
+    genesis = make_genesis(
+        CHAIN, [(k.node_id, "eu") for k in VALIDATORS], {}, Params(min_fee=12_345)
+    )
+    light = LightNode(
+        load_config(tmp_path / "light", node_type="light", region="eu"),
+        genesis,
+        crypto.KeyPair.generate(),
+    )
+    full = Node(load_config(tmp_path / "full", region="eu"), genesis, VALIDATORS[0])
+    try:
+        assert light.status()["min_fee"] == full.status()["min_fee"] == "12345"
+    finally:
+        full.close()
 
 
 @pytest.mark.parametrize(
