@@ -280,7 +280,7 @@ def _examples() -> list[tuple[str, object]]:
     for method, template in spec_operations():
         for status in SPEC["paths"][template][method.lower()]["responses"]:
             pointer = _response_pointer(method, template, int(status))
-            for media_type, content in _follow(pointer)[1]["content"].items():
+            for media_type, content in _follow(pointer)[1].get("content", {}).items():
                 schema = f"{_follow(pointer)[0]}/content/{_escape(media_type)}/schema"
                 if "example" in content:
                     found.append((schema, content["example"]))
