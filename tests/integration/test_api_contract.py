@@ -327,6 +327,7 @@ def test_validation_fails_on_an_extra_or_a_missing_field():
         "version": "0.1.0",
         "chain_id": CHAIN_ID,
         "genesis_hash": "00" * 32,
+        "min_fee": "1000",
         "height": 0,
         "block_hash": "00" * 32,
         "block_time_ms": 0,
