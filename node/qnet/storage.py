@@ -36,18 +36,17 @@ from .tx import (
 
 log = logging.getLogger("qnet.storage")
 
-INDEXED = "account_txs_height"  # meta: account_txs and tx_index.pos hold every block to it
+INDEXED = "account_txs_height"  # meta: account_txs and frame_offsets hold every block to it
+OFFSET = struct.Struct(">I")  # a frame's offset in its block's body, in ``frame_offsets``
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (
     height INTEGER PRIMARY KEY, hash BLOB NOT NULL, header BLOB NOT NULL,
     signature BLOB NOT NULL, body BLOB NOT NULL, certificate BLOB NOT NULL);
--- ``pos`` is where the transaction's frame starts in its block's body (as in account_txs);
--- NULL in the rows of an earlier version until the index is completed at open.
+-- tx_index is as the first release wrote it, so that a node rolled back to it still commits.
 CREATE TABLE IF NOT EXISTS tx_index (
-    id BLOB PRIMARY KEY, height INTEGER NOT NULL, idx INTEGER NOT NULL, pos INTEGER)
-    WITHOUT ROWID;
+    id BLOB PRIMARY KEY, height INTEGER NOT NULL, idx INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS accounts (
     address BLOB PRIMARY KEY, balance INTEGER NOT NULL, nonce INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nodes (node_key BLOB PRIMARY KEY, record BLOB NOT NULL) WITHOUT ROWID;
@@ -62,25 +61,40 @@ CREATE TABLE IF NOT EXISTS heartbeats (
 CREATE TABLE IF NOT EXISTS account_txs (
     address BLOB NOT NULL, height INTEGER NOT NULL, idx INTEGER NOT NULL, pos INTEGER NOT NULL,
     PRIMARY KEY (address, height, idx)) WITHOUT ROWID;
+-- Where each transaction's frame starts in its block's body (``OFFSET`` each, in block
+-- order), so that a transaction found by id in tx_index is read alone, not its whole block.
+CREATE TABLE IF NOT EXISTS frame_offsets (height INTEGER PRIMARY KEY, offsets BLOB NOT NULL);
 """
 
 
-Rows = list[tuple[bytes, int, int, int]]
+@dataclass(frozen=True, slots=True)
+class BlockIndex:
+    """What a block adds to the indexes: ``tx_index`` rows (id, height, index),
+    ``account_txs`` rows (address, height, index, pos) — one for each sender and one for the
+    recipient of a transfer to another address — and its ``frame_offsets`` row."""
 
+    ids: list[tuple[bytes, int, int]]
+    accounts: list[tuple[bytes, int, int, int]]
+    offsets: tuple[int, bytes]
 
-def index_rows(height: int, txs: Sequence[Transaction]) -> tuple[Rows, Rows]:
-    """The rows a block's transactions add to ``tx_index``, (id, height, index, pos), and to
-    ``account_txs``, (address, height, index, pos): one for each sender, and one for the
-    recipient of a transfer to another address."""
-    ids, accounts = [], []
-    pos = 0
-    for idx, t in enumerate(txs):
-        ids.append((t.id, height, idx, pos))
-        accounts.append((t.sender, height, idx, pos))
-        if t.kind == KIND_TRANSFER and t.to != t.sender:
-            accounts.append((t.to, height, idx, pos))
-        pos += framed_size(t)
-    return ids, accounts
+    @classmethod
+    def of(cls, height: int, txs: Sequence[Transaction]) -> "BlockIndex":
+        ids, accounts, offsets = [], [], []
+        pos = 0
+        for idx, t in enumerate(txs):
+            ids.append((t.id, height, idx))
+            accounts.append((t.sender, height, idx, pos))
+            if t.kind == KIND_TRANSFER and t.to != t.sender:
+                accounts.append((t.to, height, idx, pos))
+            offsets.append(pos)
+            pos += framed_size(t)
+        return cls(ids, accounts, (height, struct.pack(f">{len(offsets)}I", *offsets)))
+
+    def write(self, cur, replace_ids: bool = False) -> None:
+        verb = "INSERT OR REPLACE" if replace_ids else "INSERT"
+        cur.executemany(f"{verb} INTO tx_index VALUES (?,?,?)", self.ids)
+        cur.executemany("INSERT INTO account_txs VALUES (?,?,?,?)", self.accounts)
+        cur.execute("INSERT OR REPLACE INTO frame_offsets VALUES (?,?)", self.offsets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,27 +182,24 @@ class Storage:
 
     def _index_accounts(self, rebuild: bool) -> None:
         """Index the blocks above the height meta ``INDEXED`` records (all of them if there is
-        none, with ``rebuild``, or if ``tx_index`` has no ``pos`` yet), in one transaction that
-        records the head."""
-        add_pos = not self._has_pos()
-        if not add_pos and self._index_gap(self._writer, rebuild) is None:
+        none, or with ``rebuild``), in one transaction that records the head. A node rolled
+        back to the first release writes tx_index and not the rest, and leaves ``INDEXED``
+        behind: the blocks it committed are indexed here when a later version opens them."""
+        if self._index_gap(self._writer, rebuild) is None:
             return
         started, rows = time.monotonic(), 0
         with self._transaction(self._writer) as cur:
-            if add_pos := not self._has_pos():  # again, now that no one else writes
-                cur.execute("ALTER TABLE tx_index ADD COLUMN pos INTEGER")
-            gap = self._index_gap(cur, rebuild or add_pos)
+            gap = self._index_gap(cur, rebuild)  # again, now that no one else writes
             if gap is None:
                 return
             first, head = gap
             if first == 1:
-                cur.execute("DELETE FROM account_txs")
-                cur.execute("DELETE FROM tx_index")
+                for table in ("account_txs", "frame_offsets", "tx_index"):
+                    cur.execute(f"DELETE FROM {table}")
             for height in range(first, head + 1):
-                ids, accounts = index_rows(height, self._backfill_txs(cur, height, head))
-                cur.executemany("INSERT OR REPLACE INTO tx_index VALUES (?,?,?,?)", ids)
-                cur.executemany("INSERT INTO account_txs VALUES (?,?,?,?)", accounts)
-                rows += len(ids) + len(accounts)
+                index = BlockIndex.of(height, self._backfill_txs(cur, height, head))
+                index.write(cur, replace_ids=True)
+                rows += len(index.ids) + len(index.accounts)
             self._put_meta(cur, {INDEXED: str(head)})
         if first <= head:
             log.info(
@@ -198,10 +209,6 @@ class Storage:
                 rows,
                 time.monotonic() - started,
             )
-
-    def _has_pos(self) -> bool:
-        columns = self._writer.execute("PRAGMA table_info(tx_index)").fetchall()
-        return any(c[1] == "pos" for c in columns)
 
     def _backfill_txs(self, cur, height: int, head: int) -> list[Transaction]:
         """The transactions of stored block ``height``; a block missing or unreadable below
@@ -319,9 +326,7 @@ class Storage:
                 "INSERT INTO blocks VALUES (?,?,?,?,?,?)",
                 (h.height, block.hash, h.encode(), block.signature, block.body(), cert.encode()),
             )
-            ids, accounts = index_rows(h.height, block.txs)
-            cur.executemany("INSERT INTO tx_index VALUES (?,?,?,?)", ids)
-            cur.executemany("INSERT INTO account_txs VALUES (?,?,?,?)", accounts)
+            BlockIndex.of(h.height, block.txs).write(cur)
             gone = [(a,) for a, acc in diff.accounts.items() if acc == EMPTY]
             cur.executemany("DELETE FROM accounts WHERE address=?", gone)
             cur.executemany(
@@ -424,9 +429,10 @@ class Storage:
     def committed_tx(self, tx_id: bytes) -> CommittedTx | None:
         """A committed transaction by its id (its frame alone is read from its block)."""
         found = self._committed(
-            "SELECT t.height, t.idx, t.pos, b.header FROM tx_index t "
+            "SELECT t.height, t.idx, substr(o.offsets, t.idx * ? + 1, ?), b.header "
+            "FROM tx_index t JOIN frame_offsets o ON o.height = t.height "
             "JOIN blocks b ON b.height = t.height WHERE t.id=?",
-            (tx_id,),
+            (OFFSET.size, OFFSET.size, tx_id),
         )
         return found[0] if found else None
 
@@ -442,12 +448,14 @@ class Storage:
         )
 
     def _committed(self, sql: str, args: tuple) -> list[CommittedTx]:
-        """The transactions of the (height, index, pos, header) rows ``sql`` selects, each
-        read as its one frame of its block's body."""
+        """The transactions of the (height, index, pos, header) rows ``sql`` selects (pos an
+        integer or an ``OFFSET``), each read as its one frame of its block's body."""
         with self._read_lock, _damage_reported(self.path):
             rows = self._reader.execute(sql, args).fetchall()
             raws = []
             for height, _, pos, _ in rows:  # blocks never change: no need of one snapshot
+                if isinstance(pos, bytes):  # an OFFSET from frame_offsets
+                    (pos,) = OFFSET.unpack(pos)
                 with self._reader.blobopen("blocks", "body", height, readonly=True) as body:
                     body.seek(pos)
                     raws.append(read_frame(body.read))

@@ -10,7 +10,7 @@ from qnet import crypto, loadgen
 from qnet.genesis import Genesis
 from qnet.localnode import NO_EMPTY_BLOCKS, LocalNode, http
 from qnet.node import replay
-from qnet.storage import Storage, index_rows
+from qnet.storage import BlockIndex, Storage
 from qnet.tx import encode_batch
 
 SENDERS = 64
@@ -116,17 +116,19 @@ def test_sigkill_under_load_keeps_every_committed_transaction(tmp_path):
         with sqlite3.connect(node.data_dir / "chain.db") as conn:
             indexed = conn.execute("SELECT * FROM account_txs").fetchall()
             ids = conn.execute("SELECT * FROM tx_index").fetchall()
+            offsets = conn.execute("SELECT * FROM frame_offsets").fetchall()
             (head,) = conn.execute("SELECT value FROM meta WHERE key = 'height'").fetchone()
             (done,) = conn.execute(
                 "SELECT value FROM meta WHERE key = 'account_txs_height'"
             ).fetchone()
         storage = Storage(node.data_dir / "chain.db", index=False)
         try:
-            derived = [index_rows(b.header.height, b.txs) for b, _ in storage.iter_blocks()]
+            derived = [BlockIndex.of(b.header.height, b.txs) for b, _ in storage.iter_blocks()]
         finally:
             storage.close()
         assert done == head
-        assert sorted(ids) == sorted(r for d, _ in derived for r in d)
-        assert sorted(indexed) == sorted(r for _, a in derived for r in a)
+        assert sorted(ids) == sorted(r for d in derived for r in d.ids)
+        assert sorted(indexed) == sorted(r for d in derived for r in d.accounts)
+        assert sorted(offsets) == sorted(d.offsets for d in derived)
     finally:
         node.stop()

@@ -420,37 +420,40 @@ def id_rows(path) -> list[tuple]:
         return conn.execute("SELECT * FROM tx_index ORDER BY height, idx").fetchall()
 
 
+def offset_rows(path) -> list[tuple]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT * FROM frame_offsets ORDER BY height").fetchall()
+
+
 def forget_index(path, down_to: int | None) -> None:
-    """Make the database look as an earlier version left it: no account index at all and an
-    id index without frame positions (``down_to`` None), or an account index an upgraded node
-    kept to ``down_to`` before a rollback to such a version committed the blocks above it."""
+    """Make the database look as an earlier version left it: no account index or frame
+    offsets at all (``down_to`` None), or those an upgraded node kept to ``down_to`` before a
+    rollback to such a version committed the blocks above it (tx_index, which that version
+    writes too, complete)."""
     with sqlite3.connect(path) as conn:
         if down_to is None:
             conn.execute("DROP TABLE account_txs")
+            conn.execute("DROP TABLE frame_offsets")
             conn.execute("DELETE FROM meta WHERE key = 'account_txs_height'")
-            conn.execute(
-                "CREATE TABLE old_ids (id BLOB PRIMARY KEY, height INTEGER NOT NULL, "
-                "idx INTEGER NOT NULL) WITHOUT ROWID"
-            )
-            conn.execute("INSERT INTO old_ids SELECT id, height, idx FROM tx_index")
-            conn.execute("DROP TABLE tx_index")
-            conn.execute("ALTER TABLE old_ids RENAME TO tx_index")
         else:
             conn.execute("DELETE FROM account_txs WHERE height > ?", (down_to,))
+            conn.execute("DELETE FROM frame_offsets WHERE height > ?", (down_to,))
             conn.execute("UPDATE meta SET value = ? WHERE key = 'account_txs_height'", (down_to,))
 
 
 @pytest.mark.parametrize("down_to", [None, 0, 2])
 def test_a_database_of_an_earlier_version_gets_its_index_at_open(chain, down_to):
     chain.storage.close()
-    complete, ids = index_rows(chain.path), id_rows(chain.path)
+    complete, ids, offsets = index_rows(chain.path), id_rows(chain.path), offset_rows(chain.path)
     assert len(complete) == 11 + 10  # a row per transaction, and per transfer to another
-    assert len(ids) == 11 and all(pos is not None for *_, pos in ids)
+    assert len(ids) == 11 and all(len(row) == 3 for row in ids)  # as the first release's
+    assert len(offsets) == 4
     forget_index(chain.path, down_to)
     assert len(index_rows(chain.path) if down_to is not None else []) < len(complete)
     chain.storage = Storage(chain.path)
     assert index_rows(chain.path) == complete
     assert id_rows(chain.path) == ids
+    assert offset_rows(chain.path) == offsets
     assert chain.storage.get_meta("account_txs_height") == "4"
     for address in ACCOUNTS:
         assert history(chain.storage, address) == expected_history(chain, address)
@@ -467,7 +470,7 @@ def test_an_index_interrupted_at_open_is_done_whole_at_the_next(chain, monkeypat
     chain.storage.close()
     complete = index_rows(chain.path)
     forget_index(chain.path, None)
-    rows_of = storage_mod.index_rows
+    rows_of = storage_mod.BlockIndex.of
     calls = []
 
     def crash_on_the_third_block(height, txs):
@@ -476,16 +479,16 @@ def test_an_index_interrupted_at_open_is_done_whole_at_the_next(chain, monkeypat
             raise OSError("power cut")
         return rows_of(height, txs)
 
-    monkeypatch.setattr(storage_mod, "index_rows", crash_on_the_third_block)
+    monkeypatch.setattr(storage_mod.BlockIndex, "of", crash_on_the_third_block)
     with pytest.raises(OSError):
         Storage(chain.path)
     assert index_rows(chain.path) == []  # the two blocks before the crash are not there
-    assert [len(r) for r in id_rows(chain.path)] == [3] * 11  # nor the positions' column
+    assert len(id_rows(chain.path)) == 11  # the first release's index is left as it was
     with sqlite3.connect(chain.path) as conn:
         assert (
             conn.execute("SELECT value FROM meta WHERE key = 'account_txs_height'").fetchall() == []
         )
-    monkeypatch.setattr(storage_mod, "index_rows", rows_of)
+    monkeypatch.setattr(storage_mod.BlockIndex, "of", rows_of)
     chain.storage = Storage(chain.path)
     assert index_rows(chain.path) == complete
 
@@ -600,3 +603,17 @@ def test_history_pages_at_their_boundaries(chain):
     assert (empty["transactions"], empty["next_cursor"]) == ([], None)
     past_the_end = history_page(storage, FRESH, (1, 2), 20)  # at the oldest: nothing below
     assert (past_the_end["transactions"], past_the_end["next_cursor"]) == ([], None)
+
+
+def test_the_first_release_still_commits_on_a_database_this_one_opened(chain):
+    """A rolling upgrade rolls a broken release back: the first release's own inserts (the
+    tables it knows, as it wrote them) must still fit, and what it commits is indexed when a
+    later version opens the database again."""
+    chain.storage.close()
+    complete = index_rows(chain.path)
+    forget_index(chain.path, 2)  # an upgraded node indexed to block 2, then was rolled back
+    with sqlite3.connect(chain.path) as conn:
+        conn.execute("INSERT INTO tx_index VALUES (?,?,?)", (b"\x01" * 32, 99, 0))
+        conn.execute("DELETE FROM tx_index WHERE height = 99")
+    chain.storage = Storage(chain.path)
+    assert index_rows(chain.path) == complete
