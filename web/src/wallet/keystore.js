@@ -28,7 +28,8 @@ const SALT_LEN = 16;
 const NONCE_LEN = 24;
 const KEY_LEN = 32;
 const SEALED_LEN = 16 + 32;
-const NAME_RE = /^[A-Za-z0-9_-]{1,64}$/;
+// keystore.NAME_RE: the names JavaScript objects hold specially are no wallet's name.
+const NAME_RE = /^(?!(?:__proto__|constructor|prototype)$)[A-Za-z0-9_-]{1,64}$/;
 const MAX_FILE_BYTES = 64 * 1024;
 const STORAGE_KEY = "qnet.wallets.v1";
 
@@ -48,7 +49,10 @@ export class WrongPassword extends KeystoreError {
 
 export function checkName(name) {
   if (typeof name !== "string" || !NAME_RE.test(name)) {
-    throw new KeystoreError("a wallet name is 1-64 characters of A-Z a-z 0-9 _ -");
+    throw new KeystoreError(
+      "a wallet name is 1-64 characters of A-Z a-z 0-9 _ -, other than __proto__, " +
+        "constructor and prototype",
+    );
   }
   return name;
 }
@@ -172,49 +176,56 @@ export class WalletStore {
     this.storage = storage;
   }
 
+  /** The kept documents by name (a Map: no name can reach an object's prototype). */
   _all() {
     const text = this.storage.getItem(STORAGE_KEY);
-    if (text === null) return {};
+    if (text === null) return new Map();
     let all;
     try {
       all = JSON.parse(text);
     } catch {
       throw new KeystoreError("the wallets kept in this browser are unreadable (storage corrupted)");
     }
-    return all !== null && typeof all === "object" ? all : {};
+    return all !== null && typeof all === "object" && !Array.isArray(all)
+      ? new Map(Object.entries(all))
+      : new Map();
+  }
+
+  _save(all) {
+    this.storage.setItem(STORAGE_KEY, JSON.stringify(Object.fromEntries(all)));
   }
 
   names() {
-    return Object.keys(this._all()).sort();
+    return [...this._all().keys()].sort();
   }
 
   get(name) {
-    const doc = this._all()[name];
+    const doc = this._all().get(name);
     if (doc === undefined) throw new KeystoreError(`no wallet named "${name}" in this browser`);
     return checkDocument(doc);
   }
 
   has(name) {
-    return Object.hasOwn(this._all(), name);
+    return this._all().has(name);
   }
 
   add(doc) {
     checkDocument(doc);
     const all = this._all();
-    if (Object.hasOwn(all, doc.name)) {
+    if (all.has(doc.name)) {
       throw new KeystoreError(`a wallet named "${doc.name}" is already kept in this browser`);
     }
-    const sameKey = Object.values(all).find((d) => d.address === doc.address);
+    const sameKey = [...all.values()].find((d) => d.address === doc.address);
     if (sameKey) {
       throw new KeystoreError(`this wallet is already kept in this browser as "${sameKey.name}"`);
     }
-    all[doc.name] = doc;
-    this.storage.setItem(STORAGE_KEY, JSON.stringify(all));
+    all.set(doc.name, doc);
+    this._save(all);
   }
 
   remove(name) {
     const all = this._all();
-    delete all[name];
-    this.storage.setItem(STORAGE_KEY, JSON.stringify(all));
+    all.delete(name);
+    this._save(all);
   }
 }
