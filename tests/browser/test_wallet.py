@@ -35,6 +35,9 @@ KEYSTORE_FIELDS = ("version", "name", "address", "kdf", "opslimit", "memlimit", 
 DESKTOP = {"width": 1280, "height": 800}
 VECTORS = Path(__file__).parents[1] / "vectors" / "recovery_phrase.json"
 UI_TIMEOUT_MS = 30_000  # a transaction's way to a block, seen through the page's 2 s refresh
+# What follows an argon2id key derivation in the page (0.2-0.5 s alone; more on a loaded
+# 2-core machine than Playwright's 5 s default allows for).
+ARGON2_TIMEOUT_MS = 20_000
 MINUS = "\N{MINUS SIGN}"  # how the page signs what left the wallet
 
 # RFC 8032 section 7.1, tests 1, 2, 3 and 1024: secret key, public key, message, signature.
@@ -711,3 +714,98 @@ def test_bad_input_shows_a_clear_message_and_changes_nothing_on_chain(
     wait_for(lambda: chain.committed(kept[0]["id"]), 30, "the kept transfer on chain")
     expect(locked.locator("#outbox-locked")).to_be_hidden(timeout=UI_TIMEOUT_MS)
     assert chain.account(alice.address) == (before[0] - QNC // 4 - FEE, before[1] + 1)
+
+
+def outbox_of(page: Page) -> list[dict]:
+    return json.loads(page.evaluate("localStorage.getItem('qnet.outbox.v1') ?? '[]'"))
+
+
+def test_a_transfer_whose_answer_was_lost_and_that_committed_is_reported_committed(chain, operator):
+    """The node admits the transfer but its answer never reaches the page (a timeout, a
+    reload); the page sends it again only once it is committed, when the node answers
+    stale_nonce: the page asks about the id and reports the commit, never a refusal."""
+    page = operator.wallet.page
+    view(page, "main", arrived=False).get_by_role("button", name="Send").click()
+    send = view(page, "send")
+    page.evaluate(
+        """() => { window.errorsShown = [];
+        new MutationObserver(() => window.errorsShown.push(
+            document.getElementById("send-error").textContent))
+            .observe(document.getElementById("send-error"), {childList: true, subtree: true,
+                                                            characterData: true}); }"""
+    )
+    admitted = {}
+
+    def lose_answers(route):
+        if route.request.method != "POST":
+            route.continue_()
+        elif not admitted:
+            admitted["id"] = route.fetch().json()["id"]  # the node has it ...
+            route.abort("connectionreset")  # ... the page never hears so
+        elif chain.committed(admitted["id"]):
+            route.continue_()  # the node answers stale_nonce
+        else:
+            route.abort("connectionreset")
+
+    page.route("**/api/v1/transactions", lose_answers)
+    try:
+        send_in_page(page, chain.faucet_address, "0.5")
+        expect(send.get_by_role("status")).to_contain_text(
+            "committed in block", timeout=UI_TIMEOUT_MS
+        )
+    finally:
+        page.unroute("**/api/v1/transactions")
+    height = chain.api.tx_status(admitted["id"])["height"]
+    expect(send.get_by_role("status")).to_contain_text(f"committed in block {height}.")
+    expect(page.locator("#send-error")).to_be_empty()
+    assert not [t for t in page.evaluate("window.errorsShown") if "refused" in t]
+    assert any(t.startswith("Signed but not sent") for t in page.evaluate("window.errorsShown"))
+    assert outbox_of(page) == []
+    send.get_by_role("button", name="Back to the wallet").click()
+
+
+def test_kept_transactions_go_in_nonce_order_and_a_refusal_stays_until_dismissed(chain, operator):
+    """Two transfers signed while the node is out of reach, stored out of nonce order: both
+    commit (nonce n first). A refused one (fee 0: fee_too_low) is kept, shown after a reload
+    and an unlock, until dismissed."""
+    wallet = operator.wallet
+    page = wallet.page
+    main = view(page, "main", arrived=False)
+    main.get_by_role("button", name="Send").click()
+    send = view(page, "send")
+    page.route(
+        "**/api/v1/transactions",
+        lambda route: (
+            route.abort("connectionrefused")
+            if route.request.method == "POST"
+            else route.continue_()
+        ),
+    )
+    for count, amount in enumerate(("0.125", "0.25"), 1):
+        send_in_page(page, chain.faucet_address, amount)
+        expect(page.locator("#outbox-list li")).to_have_count(count)
+        expect(send.get_by_role("alert")).to_contain_text("Signed but not sent")
+    kept = sorted(outbox_of(page), key=lambda e: e["nonce"])
+    assert [e["nonce"] - kept[0]["nonce"] for e in kept] == [0, 1]
+    # the higher nonce first in storage, as a resend of the lower one leaves it
+    page.evaluate("es => localStorage.setItem('qnet.outbox.v1', JSON.stringify(es))", kept[::-1])
+    page.unroute("**/api/v1/transactions")
+    for entry in kept:
+        wait_for(lambda e=entry: chain.committed(e["id"]), 30, "the kept transfers on chain")
+    expect(page.locator("#outbox-list li")).to_have_count(0, timeout=UI_TIMEOUT_MS)
+    assert outbox_of(page) == []  # both committed, none refused
+
+    send_in_page(page, chain.faucet_address, "0.5", fee="0")
+    expect(send.get_by_role("alert")).to_contain_text("the node refused it: fee_too_low")
+    (refused,) = outbox_of(page)
+    assert (refused["state"], refused["code"]) == ("refused", "fee_too_low")
+    page.reload()
+    locked = view(page, "locked")
+    locked.get_by_label("Password").fill(wallet.password)
+    locked.get_by_role("button", name="Unlock").click()
+    outbox = view(page, "main", arrived=False).locator("#outbox")
+    entry = outbox.get_by_role("listitem").filter(has_text="Send 0.5 QNC")
+    expect(entry).to_contain_text("refused by the node: fee_too_low", timeout=ARGON2_TIMEOUT_MS)
+    entry.get_by_role("button", name="Dismiss").click()
+    expect(outbox).to_be_hidden()
+    assert outbox_of(page) == []

@@ -36,7 +36,7 @@ const state = {
   history: { rows: [], cursor: null, extended: false, missing: false, shown: "" },
   rewards: "",
   draft: null, // a wallet being created: {name, password, seed, words, asked}
-  results: [], // what became of this session's transactions: {id, address, summary, text, outcome}
+  committed: [], // this session's committed transactions: {id, address, summary, height}
   following: "", // the id the send view reports on
   busy: false,
 };
@@ -203,19 +203,23 @@ async function step(entry) {
   }
 }
 
-/** Move every transaction of this network's outbox on by one step. */
+/**
+ * Move every transaction of this network's outbox on by one step, each account's in nonce
+ * order (nonce n+1 reaches the node after n, or it would be refused with nonce_gap).
+ */
 async function advanceOutbox() {
-  for (const entry of outbox.entries().filter((e) => e.genesis === state.genesis)) {
+  for (const entry of outbox.waiting().filter((e) => e.genesis === state.genesis)) {
     await step(entry);
   }
 }
 
 function record(entry, outcome) {
-  const text = outcome.committed
-    ? `committed in block ${outcome.height}`
-    : `refused by the node: ${outcome.code}: ${outcome.message}`;
-  state.results.unshift({ id: entry.id, address: entry.address, summary: entry.summary, text, outcome });
-  state.results.length = Math.min(state.results.length, 10);
+  if (outcome.committed) {
+    // Refusals stay in the outbox until dismissed; what committed is in the history.
+    const { id, address, summary } = entry;
+    state.committed.unshift({ id, address, summary, height: outcome.height });
+    state.committed.length = Math.min(state.committed.length, 10);
+  }
   if (state.following === entry.id) reportFollowed(entry, outcome);
 }
 
@@ -223,6 +227,7 @@ function reportFollowed(entry, outcome) {
   state.following = "";
   const view = entry.json.kind === "claim" ? "rewards" : "send";
   if (outcome.committed) {
+    say(`${view}-error`, ""); // "signed but not sent", if its first answer was lost
     say(`${view}-status`, `${entry.summary}: committed in block ${outcome.height}.`);
     if (view === "rewards") reportClaim(entry.json.node_id, outcome.height);
   } else {
@@ -266,6 +271,9 @@ async function refreshWallet() {
 // ---- outbox display ------------------------------------------------------------------------
 
 function describeEntry(entry) {
+  if (entry.state === "refused") {
+    return `refused by the node: ${entry.code}: ${entry.message}. Nothing changed on chain`;
+  }
   if (entry.state === "sent") return "admitted by the node, waiting for a block";
   return `waiting to be sent${entry.note ? ` (${entry.note})` : ""}`;
 }
@@ -293,32 +301,38 @@ function renderOutbox() {
     const li = element("li", {}, [
       element("span", { text: `${entry.summary}: ${describeEntry(entry)}${other}` }),
     ]);
-    if (entry.state === "unsent" || other) {
+    if (entry.state === "refused") {
+      li.append(" ", removeButton(entry, "Dismiss", "dismiss"));
+    } else if (entry.state === "unsent" || other) {
       const retry = element("button", { text: "Send now", attrs: { type: "button", id: `retry-${entry.id}` } });
       retry.addEventListener("click", () => busy(() => resend(entry.id)));
-      const discard = element("button", { text: "Discard", attrs: { type: "button", id: `discard-${entry.id}` } });
-      discard.addEventListener("click", () => {
-        outbox.remove(entry.id);
-        renderOutbox();
-        $("outbox-title").focus();
-      });
-      li.append(" ", ...(other ? [] : [retry, " "]), discard);
+      li.append(" ", ...(other ? [] : [retry, " "]), removeButton(entry, "Discard", "discard"));
     }
     items.push(li);
   }
   // What committed is in the history below, unless this node keeps none.
-  const shown = state.results.filter(
-    (r) => r.address === mine && (!r.outcome.committed || state.history.missing),
-  );
-  for (const result of shown) {
-    items.push(element("li", { text: `${result.summary}: ${result.text}` }));
+  if (state.history.missing) {
+    for (const c of state.committed.filter((c) => c.address === mine)) {
+      items.push(element("li", { text: `${c.summary}: committed in block ${c.height}` }));
+    }
   }
   $("outbox").hidden = items.length === 0;
   replaceKeepingFocus($("outbox-list"), items);
 }
 
+/** A button that takes `entry` out of the outbox (kept nowhere else). */
+function removeButton(entry, text, idPrefix) {
+  const button = element("button", { text, attrs: { type: "button", id: `${idPrefix}-${entry.id}` } });
+  button.addEventListener("click", () => {
+    outbox.remove(entry.id);
+    renderOutbox();
+    $("outbox-title").focus();
+  });
+  return button;
+}
+
 function renderLockedOutbox() {
-  const waiting = outbox.entries();
+  const waiting = outbox.waiting();
   $("outbox-locked").hidden = waiting.length === 0;
   replaceKeepingFocus(
     $("outbox-locked-list"),
@@ -327,7 +341,7 @@ function renderLockedOutbox() {
 }
 
 async function resend(id) {
-  const entry = outbox.entries().find((e) => e.id === id);
+  const entry = outbox.waiting().find((e) => e.id === id);
   if (!entry) return;
   const outcome = await step(entry);
   if (outcome && !outcome.done && outcome.entry.state === "unsent") {
@@ -929,7 +943,7 @@ async function refreshForever() {
   try {
     await tick();
   } finally {
-    const waiting = outbox.entries().some((e) => e.genesis === state.genesis);
+    const waiting = outbox.waiting().some((e) => e.genesis === state.genesis);
     setTimeout(refreshForever, waiting ? FOLLOW_MS : REFRESH_MS);
   }
 }
