@@ -34,6 +34,7 @@ KEYSTORE_FIELDS = ("version", "name", "address", "kdf", "opslimit", "memlimit", 
                    "ciphertext")  # fmt: skip
 DESKTOP = {"width": 1280, "height": 800}
 VECTORS = Path(__file__).parents[1] / "vectors" / "recovery_phrase.json"
+WALLET_FILES = Path(__file__).parents[1] / "vectors" / "bad_wallet_files.json"
 UI_TIMEOUT_MS = 30_000  # a transaction's way to a block, seen through the page's 2 s refresh
 # What follows an argon2id key derivation in the page (0.2-0.5 s alone; more on a loaded
 # 2-core machine than Playwright's 5 s default allows for).
@@ -423,6 +424,34 @@ def test_recovery_phrase_vectors_in_the_page(shared):
         vectors,
     )
     assert made == [[v["phrase"], v["seed"], v["address"]] for v in vectors]
+
+
+def test_the_page_reads_wallet_files_as_the_cli_does(contexts, chain):
+    """tests/vectors/bad_wallet_files.json (shared with tests/unit/test_keystore.py): the page
+    refuses each bad file before deriving a key, and opens each good one."""
+    vectors = json.loads(WALLET_FILES.read_text())
+    page = open_wallet_page(contexts, chain)
+    read = page.evaluate(
+        """async ({ accepted, bad, password }) => {
+            const { keystore } = window.qnet;
+            const file = (c) => c.text + " ".repeat(c.pad ?? 0);
+            const refusals = bad.map((c) => {
+                try { keystore.parseFile(file(c)); return `${c.why}: accepted`; }
+                catch (e) { return e.name; }
+            });
+            const opened = [];
+            for (const c of accepted) {
+                const seed = await keystore.unseal(keystore.parseFile(file(c)), password);
+                opened.push(window.qnet.codec.keyPair(seed).address);
+            }
+            return { refusals, opened, kdf: keystore.kdfCalls.count };
+        }""",
+        vectors,
+    )
+    assert read["refusals"] == ["KeystoreError"] * len(vectors["bad"])
+    assert read["opened"] == [vectors["address"]] * len(vectors["accepted"])
+    assert read["kdf"] == len(vectors["accepted"])  # none for the bad files
+    contexts.close(page)
 
 
 def test_a_cli_wallet_signs_a_transfer_the_node_accepts_and_claims_its_node_reward(

@@ -290,3 +290,32 @@ def test_export_into_a_missing_directory(keystore, tmp_path):
     keystore.add("alice", PASSWORD)
     with pytest.raises(KeystoreError, match="no such directory"):
         keystore.export("alice", PASSWORD, tmp_path / "absent" / "out.json")
+
+
+WALLET_FILES = json.loads(
+    (Path(__file__).parents[1] / "vectors" / "bad_wallet_files.json").read_text()
+)
+
+
+def _vector_file(tmp_path: Path, case: dict) -> Path:
+    path = tmp_path / "wallet.json"
+    path.write_bytes((case["text"] + " " * case.get("pad", 0)).encode())
+    return path
+
+
+@pytest.mark.parametrize("case", WALLET_FILES["bad"], ids=lambda c: c["why"])
+def test_the_shared_bad_wallet_files_are_refused_before_any_key_is_derived(
+    case, tmp_path, monkeypatch
+):
+    """tests/vectors/bad_wallet_files.json, which the browser wallet refuses too."""
+    monkeypatch.setattr(keystore_module, "_derive_key", pytest.fail)
+    with pytest.raises(KeystoreError) as refused:
+        unseal(read_document(_vector_file(tmp_path, case)), WALLET_FILES["password"])
+    assert not isinstance(refused.value, WrongPassword)
+
+
+@pytest.mark.parametrize("case", WALLET_FILES["accepted"], ids=lambda c: c["why"])
+def test_the_shared_good_wallet_files_open(case, tmp_path):
+    doc = read_document(_vector_file(tmp_path, case))
+    key = unseal(doc, WALLET_FILES["password"])
+    assert crypto.encode_address(key.address) == WALLET_FILES["address"]

@@ -508,7 +508,10 @@ $("import-file-form").addEventListener("submit", (event) => {
       return;
     }
     try {
-      const doc = keystore.parseFile(await file.text());
+      if (file.size > keystore.MAX_FILE_BYTES) {
+        throw new keystore.KeystoreError(`not a wallet file: larger than ${keystore.MAX_FILE_BYTES} bytes`);
+      }
+      const doc = keystore.parseFile(new Uint8Array(await file.arrayBuffer()));
       if (wallets.has(doc.name)) {
         throw new keystore.KeystoreError(
           `a wallet named "${doc.name}" is already kept in this browser: forget it first`,
