@@ -35,6 +35,7 @@ KEYSTORE_FIELDS = ("version", "name", "address", "kdf", "opslimit", "memlimit", 
 DESKTOP = {"width": 1280, "height": 800}
 VECTORS = Path(__file__).parents[1] / "vectors" / "recovery_phrase.json"
 WALLET_FILES = Path(__file__).parents[1] / "vectors" / "bad_wallet_files.json"
+PHRASE_INPUTS = Path(__file__).parents[1] / "vectors" / "phrase_inputs.json"
 UI_TIMEOUT_MS = 30_000  # a transaction's way to a block, seen through the page's 2 s refresh
 # What follows an argon2id key derivation in the page (0.2-0.5 s alone; more on a loaded
 # 2-core machine than Playwright's 5 s default allows for).
@@ -451,6 +452,26 @@ def test_the_page_reads_wallet_files_as_the_cli_does(contexts, chain):
     assert read["refusals"] == ["KeystoreError"] * len(vectors["bad"])
     assert read["opened"] == [vectors["address"]] * len(vectors["accepted"])
     assert read["kdf"] == len(vectors["accepted"])  # none for the bad files
+    contexts.close(page)
+
+
+def test_the_page_reads_recovery_phrases_as_the_cli_does(contexts, chain):
+    """tests/vectors/phrase_inputs.json (shared with tests/unit/test_phrase.py)."""
+    inputs = json.loads(PHRASE_INPUTS.read_text())
+    page = open_wallet_page(contexts, chain)
+    read = page.evaluate(
+        """({ accepted, refused }) => {
+            const { codec, phrase } = window.qnet;
+            const seed = (c) => {
+                try { return codec.toHex(phrase.phraseToSeed(c.text)); }
+                catch (e) { return e.name; }
+            };
+            return { accepted: accepted.map(seed), refused: refused.map(seed) };
+        }""",
+        inputs,
+    )
+    assert read["accepted"] == [inputs["seed"]] * len(inputs["accepted"])
+    assert read["refused"] == ["PhraseError"] * len(inputs["refused"])
     contexts.close(page)
 
 
