@@ -23,11 +23,12 @@ from playwright.sync_api import Page, expect
 
 from qnet import crypto, tx
 from qnet.client import ApiError, Client
+from qnet.genesis import Params
 from qnet.localnode import wait_for
 
 CLI = str(Path(sys.executable).parent / "qnet-cli")
 QNC = 10**9
-FEE = 1_000  # the wallet's default fee: genesis.Params.min_fee
+FEE = Params().min_fee  # the wallet's default fee: the min_fee of the node's status
 ALICE_PASSWORD = "alice's long passphrase"
 OPERATOR_PASSWORD = "operator passphrase"
 KEYSTORE_FIELDS = ("version", "name", "address", "kdf", "opslimit", "memlimit", "salt", "nonce",
@@ -859,3 +860,39 @@ def test_kept_transactions_go_in_nonce_order_and_a_refusal_stays_until_dismissed
     entry.get_by_role("button", name="Dismiss").click()
     expect(outbox).to_be_hidden()
     assert outbox_of(page) == []
+
+
+def test_without_the_networks_minimum_fee_the_page_signs_nothing_by_default(chain, operator):
+    """A node that does not say min_fee in its status (an older version): the fee field is
+    left empty, and the page refuses to guess a fee."""
+    page = operator.wallet.page
+    main = view(page, "main", arrived=False)
+    assert chain.api.status()["min_fee"] == str(FEE)
+
+    def without_min_fee(route):
+        served = route.fetch()
+        body = {k: v for k, v in served.json().items() if k != "min_fee"}
+        route.fulfill(response=served, json=body)
+
+    page.route("**/api/v1/status", without_min_fee)
+    try:
+        with page.expect_response("**/api/v1/status"):
+            pass
+
+        def fee_left_empty() -> bool:
+            view(page, "main", arrived=False).get_by_role("button", name="Send").click()
+            send = view(page, "send", arrived=False)
+            empty = send.get_by_label("Fee (QNC)").input_value() == ""
+            send.get_by_role("button", name="Back to the wallet").click()
+            return empty
+
+        wait_for(fee_left_empty, 10, "the send form without a default fee")
+        main.get_by_role("button", name="Send").click()
+        send = view(page, "send")
+        send_in_page(page, chain.faucet_address, "1")
+        expect(send.get_by_role("alert")).to_contain_text("does not say the network's minimum fee")
+        expect(send.get_by_role("alert")).to_contain_text("Nothing was signed.")
+        assert outbox_of(page) == []
+    finally:
+        page.unroute("**/api/v1/status")
+    send.get_by_role("button", name="Back to the wallet").click()

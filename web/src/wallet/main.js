@@ -16,9 +16,6 @@ import * as phrase from "./phrase.js";
 const REFRESH_MS = 2_000;
 // While a transaction of this browser is on its way, it is followed more closely.
 const FOLLOW_MS = 500;
-// The chain's default minimum fee (genesis.Params.min_fee, the CLI's --fee default); the
-// node refuses less with fee_too_low, which the page shows.
-const DEFAULT_FEE = 1_000n;
 const CONFIRM_WORDS = 3;
 const NEEDS_WALLET = new Set(["main", "send", "rewards", "forget"]);
 
@@ -31,6 +28,7 @@ const state = {
   net: null, // codec.network of the node, once it answered
   genesis: "",
   height: null,
+  minFee: null, // the network's minimum fee (units), from the node's status: the default fee
   wallet: null, // {name, doc, key: {seed, publicKey, address}}
   account: null,
   history: { rows: [], cursor: null, extended: false, missing: false, shown: "" },
@@ -175,6 +173,11 @@ async function refreshStatus() {
       state.genesis = s.genesis_hash;
     }
     state.height = s.height;
+    const known = state.minFee;
+    state.minFee = minFeeOf(s);
+    if (known === null && state.minFee !== null && state.view === "send" && !$("send-fee").value) {
+      $("send-fee").value = qnc(state.minFee);
+    }
     say(
       "network",
       `Network: ${s.chain_id} (genesis ${s.genesis_hash.slice(0, 12)}…), block ${s.height}`,
@@ -236,6 +239,18 @@ function reportFollowed(entry, outcome) {
     say(`${view}-status`, "");
   }
 }
+
+/** The network's minimum fee in a status answer (`min_fee`, base units), or null. */
+function minFeeOf(s) {
+  try {
+    return amounts.parseUnits(s.min_fee, "min_fee");
+  } catch {
+    return null; // a node of a version that does not say it
+  }
+}
+
+const NO_MIN_FEE = "The node does not say the network's minimum fee (its version is older " +
+  "than this page's)";
 
 let ticking = false;
 
@@ -730,7 +745,7 @@ function showAvailable() {
 
 function enterSend() {
   $("send-form").reset();
-  $("send-fee").value = qnc(DEFAULT_FEE);
+  $("send-fee").value = state.minFee === null ? "" : qnc(state.minFee);
   state.following = "";
   showAvailable();
 }
@@ -809,6 +824,9 @@ $("send-form").addEventListener("submit", (event) => {
       amount = amounts.parseQnc($("send-amount").value, "amount");
     } catch (exc) {
       return fail("send-amount", exc);
+    }
+    if (!$("send-fee").value.trim() && state.minFee === null) {
+      return fail("send-fee", new Error(`${NO_MIN_FEE}: enter the fee`));
     }
     try {
       fee = amounts.parseQnc($("send-fee").value, "fee", { allowZero: true });
@@ -914,10 +932,15 @@ function pair(term, value) {
 async function claimRewards(nodeId) {
   say("rewards-error", "");
   say("rewards-status", "");
+  const fee = state.minFee;
+  if (fee === null) {
+    say("rewards-error", `${NO_MIN_FEE}, so the claim's fee is unknown: nothing was signed.`);
+    return;
+  }
   const key = state.wallet.key;
   const summary = `Claim of the rewards of node ${nodeId}`;
-  await signAndSend("rewards", DEFAULT_FEE, summary, (nonce) =>
-    codec.makeClaim(key, state.net, nonce, DEFAULT_FEE, nodeId),
+  await signAndSend("rewards", fee, summary, (nonce) =>
+    codec.makeClaim(key, state.net, nonce, fee, nodeId),
   );
 }
 
