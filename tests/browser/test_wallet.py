@@ -42,6 +42,7 @@ UI_TIMEOUT_MS = 30_000  # a transaction's way to a block, seen through the page'
 # 2-core machine than Playwright's 5 s default allows for).
 ARGON2_TIMEOUT_MS = 20_000
 MINUS = "\N{MINUS SIGN}"  # how the page signs what left the wallet
+HISTORY_PAGE = 20  # transactions per history request (web/src/wallet/node.js)
 
 # RFC 8032 section 7.1, tests 1, 2, 3 and 1024: secret key, public key, message, signature.
 RFC8032_MESSAGE_1024 = (
@@ -112,6 +113,7 @@ class Chain:
         self.api = Client(devnet.url)
         self.keystore = Path(devnet.keystore)
         self.faucet = devnet.faucet_name
+        self.faucet_key = devnet.faucet
         self.faucet_address = crypto.encode_address(devnet.faucet.address)
         self.env = devnet.env  # QNET_NODE, QNET_KEYSTORE and the faucet's password
         self.network = devnet.network
@@ -203,14 +205,14 @@ def open_wallet_page(contexts, chain: Chain) -> Page:
     return page
 
 
-def view(page: Page, name: str, arrived: bool = True):
+def view(page: Page, name: str, arrived: bool = True, timeout: float | None = None):
     """The view now shown, after checking it is the one expected and, when the page has
     just ``arrived`` there, that its heading has the focus (for keyboard and screen reader
-    users, who start reading there)."""
+    users, who start reading there). ``timeout`` (ms) after a key derivation."""
     section = page.locator(f"#view-{name}")
-    expect(section).to_be_visible()
+    expect(section).to_be_visible(timeout=timeout)
     if arrived:
-        expect(section.locator("h1")).to_be_focused()
+        expect(section.locator("h1")).to_be_focused(timeout=timeout)
     return section
 
 
@@ -340,7 +342,7 @@ def test_create_with_phrase_confirmation_fund_send_and_both_balances_update(
     confirm.get_by_label(f"Word {positions[0]}", exact=True).fill(words[positions[0] - 1])
     confirm.get_by_role("button", name="Create the wallet").click()
 
-    main = view(page, "main")
+    main = view(page, "main", timeout=ARGON2_TIMEOUT_MS)
     assert kdf_calls(page) == 1  # one key derivation: sealing the new wallet
     address = main.get_by_label("Address").input_value()
     crypto.decode_address(address)
@@ -385,7 +387,7 @@ def import_operator(contexts, chain: Chain, operator: Operator, assert_accessibl
     by_file.get_by_label("Wallet file").set_input_files(operator.keystore_file)
     by_file.get_by_label("The file's password").fill(OPERATOR_PASSWORD)
     by_file.get_by_role("button", name="Import the file").click()
-    main = view(page, "main")
+    main = view(page, "main", timeout=ARGON2_TIMEOUT_MS)
     doc = json.loads(operator.keystore_file.read_text())
     address = main.get_by_label("Address").input_value()
     assert address == doc["address"]
@@ -604,7 +606,7 @@ def test_a_phrase_imports_in_another_browser_to_the_same_address(
         "\n".join(f"{i}. {w.upper()}" for i, w in enumerate(alice.words, 1))
     )
     form.get_by_role("button", name="Import the phrase").click()
-    main = view(page, "main")
+    main = view(page, "main", timeout=ARGON2_TIMEOUT_MS)
     assert main.get_by_label("Address").input_value() == alice.address
     assert kdf_calls(page) == 1
 
@@ -701,12 +703,13 @@ def test_bad_input_shows_a_clear_message_and_changes_nothing_on_chain(
     locked.get_by_label("Password").fill("not " + ALICE_PASSWORD)
     locked.get_by_role("button", name="Unlock").click()
     expect(locked.get_by_role("alert")).to_have_text(
-        'Wrong password for wallet "alice": it stays locked. Check the password and try again.'
+        'Wrong password for wallet "alice": it stays locked. Check the password and try again.',
+        timeout=ARGON2_TIMEOUT_MS,
     )
     expect(page.locator("#view-main")).to_be_hidden()
     locked.get_by_label("Password").fill(ALICE_PASSWORD)
     locked.get_by_role("button", name="Unlock").click()
-    view(page, "main").get_by_role("button", name="Send").click()
+    view(page, "main", timeout=ARGON2_TIMEOUT_MS).get_by_role("button", name="Send").click()
     assert kdf_calls(page) == calls + 2
 
     send = view(page, "send")
@@ -854,7 +857,7 @@ def test_kept_transactions_go_in_nonce_order_and_a_refusal_stays_until_dismissed
     locked = view(page, "locked")
     locked.get_by_label("Password").fill(wallet.password)
     locked.get_by_role("button", name="Unlock").click()
-    outbox = view(page, "main", arrived=False).locator("#outbox")
+    outbox = view(page, "main", arrived=False, timeout=ARGON2_TIMEOUT_MS).locator("#outbox")
     entry = outbox.get_by_role("listitem").filter(has_text="Send 0.5 QNC")
     expect(entry).to_contain_text("refused by the node: fee_too_low", timeout=ARGON2_TIMEOUT_MS)
     entry.get_by_role("button", name="Dismiss").click()
@@ -896,3 +899,31 @@ def test_without_the_networks_minimum_fee_the_page_signs_nothing_by_default(chai
     finally:
         page.unroute("**/api/v1/status")
     send.get_by_role("button", name="Back to the wallet").click()
+
+
+def test_older_transactions_are_listed_on_request_once_each(chain, operator):
+    """More transactions than a history page holds (20): the newest page first, the rest
+    behind "Show older transactions", down to the wallet's first, none twice."""
+    page = operator.wallet.page
+    to = crypto.decode_address(operator.wallet.address)
+    nonce = chain.account(chain.faucet_address)[1]
+    batch = [
+        tx.make_transfer(chain.faucet_key, chain.network, nonce + i, FEE, to, i + 1)
+        for i in range(HISTORY_PAGE + 1)  # distinct amounts: no two rows alike
+    ]
+    assert chain.api.submit_batch(tx.encode_batch(batch))["accepted"] == len(batch)
+    assert chain.api.wait_committed(batch[-1].id.hex(), 30)["status"] == "committed"
+    main = view(page, "main", arrived=False)
+    rows = main.get_by_role("table").locator("tbody tr")
+    expect(main.locator("td.what").first).to_have_text(
+        f"Received from {chain.faucet_address}", timeout=UI_TIMEOUT_MS
+    )
+    expect(rows.nth(0).locator("td").nth(2)).to_have_text("+0.000000021", timeout=UI_TIMEOUT_MS)
+    expect(rows).to_have_count(HISTORY_PAGE)
+    older = main.get_by_role("button", name="Show older transactions")
+    older.click()
+    expect(rows.last.locator("td.what")).to_have_text(f"Received from {chain.faucet_address}")
+    expect(rows.last.locator("td").nth(2)).to_contain_text("+500")
+    shown = rows.all_inner_texts()
+    assert len(shown) > HISTORY_PAGE and len(set(shown)) == len(shown)
+    expect(older).to_be_hidden()  # all of them fit in two pages
