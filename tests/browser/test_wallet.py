@@ -6,8 +6,8 @@ created in the page (phrase shown once, confirmed by chosen words), and "operato
 qnet-cli, funded by the faucet, owner of a light node it activated with qnet-cli, exported with
 ``qnet-cli wallet export --file`` and imported into the page. The tests share them (module
 scope) and run in file order. Each argon2id key derivation in the page costs 0.2-0.5 s, so
-the page derives as few keys as the flows need, five in all (counted in
-``window.qnet.keystore.kdfCalls``)."""
+the page derives as few keys as the flows need, six at the interactive limits in all (counted
+in ``window.qnet.keystore.kdfCalls``)."""
 
 import json
 import os
@@ -33,7 +33,6 @@ ALICE_PASSWORD = "alice's long passphrase"
 OPERATOR_PASSWORD = "operator passphrase"
 KEYSTORE_FIELDS = ("version", "name", "address", "kdf", "opslimit", "memlimit", "salt", "nonce",
                    "ciphertext")  # fmt: skip
-DESKTOP = {"width": 1280, "height": 800}
 VECTORS = Path(__file__).parents[1] / "vectors" / "recovery_phrase.json"
 WALLET_FILES = Path(__file__).parents[1] / "vectors" / "bad_wallet_files.json"
 PHRASE_INPUTS = Path(__file__).parents[1] / "vectors" / "phrase_inputs.json"
@@ -170,35 +169,8 @@ def chain(devnet) -> Chain:
     return Chain(devnet)
 
 
-@pytest.fixture(scope="module")
-def contexts(browser):
-    """``contexts.open()``: a wallet page in a browser context of its own (own storage) that
-    lives for the whole module; an uncaught exception in any of them fails the module."""
-
-    class Contexts:
-        def __init__(self):
-            self.opened, self.errors = [], []
-
-        def open(self) -> Page:
-            context = browser.new_context(accept_downloads=True, viewport=DESKTOP)
-            self.opened.append(context)
-            page = context.new_page()
-            page.on("pageerror", lambda e: self.errors.append(str(e)))
-            return page
-
-        def close(self, page: Page) -> None:
-            self.opened.remove(page.context)
-            page.context.close()
-
-    made = Contexts()
-    yield made
-    for context in made.opened:
-        context.close()
-    assert made.errors == [], f"uncaught errors in the wallet pages: {made.errors}"
-
-
-def open_wallet_page(contexts, chain: Chain) -> Page:
-    page = contexts.open()
+def open_wallet_page(pages, chain: Chain) -> Page:
+    page = pages.open(accept_downloads=True).page
     page.goto(f"{chain.url}/wallet")
     expect(page.locator("#view-locked")).to_be_visible()
     expect(page.locator("#network")).to_contain_text(chain.network.chain_id)
@@ -295,9 +267,9 @@ def alice_of(shared: dict) -> Wallet:
 
 
 def test_create_with_phrase_confirmation_fund_send_and_both_balances_update(
-    contexts, chain, operator, shared, assert_accessible
+    pages, chain, operator, shared, assert_accessible
 ):
-    page = open_wallet_page(contexts, chain)
+    page = open_wallet_page(pages, chain)
     locked = view(page, "locked")
     expect(locked.get_by_text("No wallet is kept in this browser yet")).to_be_visible()
     assert_accessible(page, "wallet: locked, no wallet")
@@ -359,7 +331,7 @@ def test_create_with_phrase_confirmation_fund_send_and_both_balances_update(
     balance_shown(page, 100 * QNC)
 
     # The second wallet: the CLI's operator, imported in another context from its file.
-    operator.wallet = import_operator(contexts, chain, operator, assert_accessible)
+    operator.wallet = import_operator(pages, chain, operator, assert_accessible)
     before = chain.account(operator.wallet.address)[0]
     balance_shown(operator.wallet.page, before)
 
@@ -377,9 +349,9 @@ def test_create_with_phrase_confirmation_fund_send_and_both_balances_update(
     assert_accessible(page, "wallet: main")
 
 
-def import_operator(contexts, chain: Chain, operator: Operator, assert_accessible) -> Wallet:
+def import_operator(pages, chain: Chain, operator: Operator, assert_accessible) -> Wallet:
     """The operator's CLI keystore file, imported in a new context with its password."""
-    page = open_wallet_page(contexts, chain)
+    page = open_wallet_page(pages, chain)
     view(page, "locked").get_by_role("button", name="Import a wallet").click()
     imported = view(page, "import")
     assert_accessible(page, "wallet: import")
@@ -430,11 +402,11 @@ def test_recovery_phrase_vectors_in_the_page(shared):
     assert made == [[v["phrase"], v["seed"], v["address"]] for v in vectors]
 
 
-def test_the_page_reads_wallet_files_as_the_cli_does(contexts, chain):
+def test_the_page_reads_wallet_files_as_the_cli_does(pages, chain):
     """tests/vectors/bad_wallet_files.json (shared with tests/unit/test_keystore.py): the page
     refuses each bad file before deriving a key, and opens each good one."""
     vectors = json.loads(WALLET_FILES.read_text())
-    page = open_wallet_page(contexts, chain)
+    page = open_wallet_page(pages, chain)
     read = page.evaluate(
         """async ({ accepted, bad, password }) => {
             const { keystore } = window.qnet;
@@ -455,13 +427,13 @@ def test_the_page_reads_wallet_files_as_the_cli_does(contexts, chain):
     assert read["refusals"] == ["KeystoreError"] * len(vectors["bad"])
     assert read["opened"] == [vectors["address"]] * len(vectors["accepted"])
     assert read["kdf"] == len(vectors["accepted"])  # none for the bad files
-    contexts.close(page)
+    pages.close(page)
 
 
-def test_the_page_reads_recovery_phrases_as_the_cli_does(contexts, chain):
+def test_the_page_reads_recovery_phrases_as_the_cli_does(pages, chain):
     """tests/vectors/phrase_inputs.json (shared with tests/unit/test_phrase.py)."""
     inputs = json.loads(PHRASE_INPUTS.read_text())
-    page = open_wallet_page(contexts, chain)
+    page = open_wallet_page(pages, chain)
     read = page.evaluate(
         """({ accepted, refused }) => {
             const { codec, phrase } = window.qnet;
@@ -475,7 +447,7 @@ def test_the_page_reads_recovery_phrases_as_the_cli_does(contexts, chain):
     )
     assert read["accepted"] == [inputs["seed"]] * len(inputs["accepted"])
     assert read["refused"] == ["PhraseError"] * len(inputs["refused"])
-    contexts.close(page)
+    pages.close(page)
 
 
 def test_a_cli_wallet_signs_a_transfer_the_node_accepts_and_claims_its_node_reward(
@@ -579,10 +551,10 @@ def test_a_wallet_made_in_the_page_imports_in_the_cli_by_file_and_by_phrase(
 
 
 def test_a_phrase_imports_in_another_browser_to_the_same_address(
-    contexts, chain, shared, assert_accessible
+    pages, chain, shared, assert_accessible
 ):
     alice = alice_of(shared)
-    page = open_wallet_page(contexts, chain)
+    page = open_wallet_page(pages, chain)
     view(page, "locked").get_by_role("button", name="Import a wallet").click()
     form = view(page, "import").locator("#import-phrase-form")
     form.get_by_label("Wallet name").fill("alice-again")
@@ -624,15 +596,15 @@ def test_a_phrase_imports_in_another_browser_to_the_same_address(
     )
     expect(locked.get_by_text("No wallet is kept in this browser yet")).to_be_visible()
     assert page.evaluate("localStorage.getItem('qnet.wallets.v1')") == "{}"
-    contexts.close(page)
+    pages.close(page)
 
 
-def test_the_served_policy_blocks_inline_script_and_eval_but_lets_argon2_compile(contexts, chain):
+def test_the_served_policy_blocks_inline_script_and_eval_but_lets_argon2_compile(pages, chain):
     """The wallet's own HTML with an inline script added, served with the node's headers
     (through the route: a page fulfilled by the test would count as a public address, which
     Chromium does not let load from the bridge's private one): the header refuses the script
     and eval; WebAssembly compiles ('wasm-unsafe-eval', for hash-wasm's argon2id)."""
-    page = contexts.open()
+    page = pages.open().page
     seen = {}
 
     def with_inline_script(route):
@@ -668,18 +640,18 @@ def test_the_served_policy_blocks_inline_script_and_eval_but_lets_argon2_compile
         }, 0))"""
     )
     assert tried == {"eval": "EvalError", "wasm": "ran"}
-    contexts.close(page)  # with its route, which its refreshes would keep using
+    pages.close(page)  # with its route, which its refreshes would keep using
 
 
-def test_the_status_page_is_one_link_away(contexts, chain):
-    page = open_wallet_page(contexts, chain)
+def test_the_status_page_is_one_link_away(pages, chain):
+    page = open_wallet_page(pages, chain)
     height = chain.api.status()["height"]  # before the page reads it: it shows as much or more
     page.get_by_role("link", name="Network status").click()
     page.wait_for_url(f"{chain.url}/status")
     expect(page.locator("#chain")).to_contain_text(chain.network.chain_id)
     expect(page.locator("#height")).to_have_text(re.compile(r"^\d[\d,]*$"))
     assert int(page.locator("#height").inner_text().replace(",", "")) >= height
-    contexts.close(page)
+    pages.close(page)
 
 
 def other_network_address(address: str) -> str:
