@@ -18,7 +18,8 @@ wallets. A file is a UTF-8 JSON object with exactly these members (no others; or
 whitespace do not matter; this module writes them in this order, indented by 2)::
 
     version     1 (a JSON integer)
-    name        the wallet's name: 1-64 characters of A-Z a-z 0-9 _ - ; informational (an
+    name        the wallet's name: 1-64 characters of A-Z a-z 0-9 _ - other than __proto__,
+                constructor and prototype; informational (an
                 imported file is stored under the name it is imported as)
     address     the wallet's address, bech32 with hrp "qnc" of BLAKE2b-160 of the Ed25519
                 public key of the seed; in clear, and checked against the key on unsealing
@@ -63,7 +64,10 @@ KEYSTORE_ENV = "QNET_KEYSTORE"
 DEFAULT_DIR = Path("~/.qnet/wallets")
 VERSION = 1
 KDF = "argon2id"
-NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# The names JavaScript objects hold specially are refused too (the browser wallet's rule is
+# this one: web/src/wallet/keystore.js NAME_RE).
+NAME_RE = re.compile(r"(?!(?:__proto__|constructor|prototype)$)[A-Za-z0-9_-]{1,64}")
+NAME_RULE = "1-64 characters of A-Z a-z 0-9 _ -, other than __proto__, constructor and prototype"
 SUFFIX = ".json"
 SEED_BYTES = 32
 MEMBERS = (
@@ -98,7 +102,7 @@ class WalletInfo:
 
 def check_name(name: str) -> str:
     if not NAME_RE.fullmatch(name):
-        raise KeystoreError(f"wallet name {name!r} must be 1-64 characters of A-Z a-z 0-9 _ -")
+        raise KeystoreError(f"wallet name {name!r} must be {NAME_RULE}")
     return name
 
 
@@ -181,7 +185,7 @@ def unseal(doc: object, password: str, what: str | None = None) -> crypto.KeyPai
         raise KeystoreError(f"{what}: unsupported kdf {doc['kdf']!r:.20} (not {KDF!r})")
     try:
         if not (isinstance(name, str) and NAME_RE.fullmatch(name)):
-            raise ValueError("'name' must be 1-64 characters of A-Z a-z 0-9 _ -")
+            raise ValueError(f"'name' must be {NAME_RULE}")
         address = doc["address"]
         if not isinstance(address, str):
             raise ValueError("'address' must be a string")

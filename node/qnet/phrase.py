@@ -8,18 +8,27 @@ wallet computes the same with @scure/bip39's ``entropyToMnemonic``/``mnemonicToE
 and its English wordlist; tests/vectors/recovery_phrase.json is the table both sides
 are checked against.
 
-Reading is forgiving about layout (any whitespace, any case) and strict about content: the
-error says which word is unknown and where, how many words there were, or that the
-checksum does not match.
+Reading is forgiving about layout and strict about content: NFKD, any case, words
+separated by whitespace or commas, and the numbers of a numbered list ("1." "2)" "3") left
+out, in at most MAX_TEXT_LEN characters; the error says which word is unknown and where, how
+many words there were, or that the checksum does not match. The browser wallet reads a phrase
+by this same rule (web/src/wallet/phrase.js ``splitWords``); tests/vectors/phrase_inputs.json
+holds texts both must read alike.
 """
 
 import functools
+import re
 import unicodedata
 
 from mnemonic import Mnemonic
 
 SEED_BYTES = 32
 WORDS = 24  # (256 + 8) / 11
+MAX_TEXT_LEN = 1000  # characters (code points)
+# Whitespace left after NFKD (which turns the other Unicode spaces into " "), and commas;
+# spelled out rather than \s, whose meaning differs between Python and JavaScript.
+SEPARATORS = re.compile("[\t\n\v\f\r \u0085\u1680\u2028\u2029\ufeff,]+")
+LIST_NUMBER = re.compile("[0-9]+[.)]?")
 
 
 class PhraseError(ValueError):
@@ -37,8 +46,14 @@ def _index() -> frozenset[str]:
 
 
 def words_of(phrase: str) -> list[str]:
-    """The words of a phrase as typed: NFKD, lower case, split on any whitespace."""
-    return unicodedata.normalize("NFKD", phrase).lower().split()
+    """The words of a phrase as typed or pasted: NFKD, lower case, split on whitespace and
+    commas, list numbers left out."""
+    if len(phrase) > MAX_TEXT_LEN:
+        raise PhraseError(
+            f"a recovery phrase is {WORDS} words, in at most {MAX_TEXT_LEN} characters"
+        )
+    words = SEPARATORS.split(unicodedata.normalize("NFKD", phrase).lower())
+    return [w for w in words if w and not LIST_NUMBER.fullmatch(w)]
 
 
 def phrase_of(seed: bytes) -> str:

@@ -11,8 +11,6 @@ needs root, so these tests skip without it, except under CI=true where they fail
 """
 
 import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,7 +66,6 @@ class Devnet:
     node: LocalNode
     keystore: Path
     faucet: crypto.KeyPair
-    password: str = PASSWORD
     faucet_name: str = FAUCET
     env: dict = field(default_factory=dict)
 
@@ -83,30 +80,6 @@ class Devnet:
     @property
     def client(self) -> Client:
         return Client(self.url)
-
-    def get(self, path: str) -> tuple[int, object]:
-        return self.node.get(path)
-
-    def cli(self, *args: str, input: str | None = None, check: bool = True):
-        """``qnet-cli ARGS`` against this node and keystore (password from the environment)."""
-        done = subprocess.run(
-            [str(Path(sys.executable).parent / "qnet-cli"), *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=60,
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(
-                f"qnet-cli {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}"
-            )
-        return done
-
-    def restart(self) -> None:
-        """Stop the node and start it again (same ports, same chain)."""
-        self.node.stop()
-        self.node.start()
 
 
 def _free_bridge() -> Bridge:
@@ -172,31 +145,52 @@ class Opened:
     errors: list = field(default_factory=list)  # uncaught exceptions
 
 
-@pytest.fixture
-def open_page(browser):
-    """``open_page(url, **context_options) -> Opened``: a page in a context of its own (its
-    own storage), at desktop size unless a viewport is given. A page that threw an uncaught
-    exception fails the test that opened it."""
-    contexts, opened = [], []
+class Pages:
+    """Pages, each in a browser context of its own (its own storage), at desktop size unless
+    a viewport is given; ``close_all`` fails on any uncaught exception one of them threw."""
 
-    def open_(url: str | None = None, **options) -> Opened:
+    def __init__(self, browser: Browser):
+        self.browser = browser
+        self.opened: dict[Page, Opened] = {}
+
+    def open(self, url: str | None = None, **options) -> Opened:
         options.setdefault("viewport", DESKTOP)
-        context = browser.new_context(**options)
-        contexts.append(context)
-        page = context.new_page()
+        page = self.browser.new_context(**options).new_page()
         record = Opened(page)
         page.on("console", lambda m: record.console.append((m.type, m.text)))
         page.on("pageerror", lambda e: record.errors.append(str(e)))
-        opened.append(record)
+        self.opened[page] = record
         if url is not None:
             page.goto(url)
         return record
 
-    yield open_
-    for context in contexts:
-        context.close()
-    thrown = [e for record in opened for e in record.errors]
-    assert thrown == [], f"uncaught errors in the page: {thrown}"
+    def close(self, page: Page) -> None:
+        """Close ``page``'s context now (its errors still count at ``close_all``)."""
+        page.context.close()
+
+    def close_all(self) -> None:
+        for page in self.opened:
+            page.context.close()
+        thrown = [e for record in self.opened.values() for e in record.errors]
+        assert thrown == [], f"uncaught errors in the page: {thrown}"
+
+
+@pytest.fixture
+def open_page(browser):
+    """``open_page(url, **context_options) -> Opened``: a page in a context of its own, for
+    this test (see Pages)."""
+    pages = Pages(browser)
+    yield pages.open
+    pages.close_all()
+
+
+@pytest.fixture(scope="module")
+def pages(browser) -> Pages:
+    """Pages (``pages.open(...)``) that live for the whole test module, so that its tests
+    can share what a page holds (an unlocked wallet)."""
+    made = Pages(browser)
+    yield made
+    made.close_all()
 
 
 def axe_report(violations: list[dict]) -> str:

@@ -6,8 +6,8 @@ created in the page (phrase shown once, confirmed by chosen words), and "operato
 qnet-cli, funded by the faucet, owner of a light node it activated with qnet-cli, exported with
 ``qnet-cli wallet export --file`` and imported into the page. The tests share them (module
 scope) and run in file order. Each argon2id key derivation in the page costs 0.2-0.5 s, so
-the page derives as few keys as the flows need, five in all (counted in
-``window.qnet.keystore.kdfCalls``)."""
+the page derives as few keys as the flows need, six at the interactive limits in all (counted
+in ``window.qnet.keystore.kdfCalls``)."""
 
 import json
 import os
@@ -23,19 +23,25 @@ from playwright.sync_api import Page, expect
 
 from qnet import crypto, tx
 from qnet.client import ApiError, Client
+from qnet.genesis import Params
 from qnet.localnode import wait_for
 
 CLI = str(Path(sys.executable).parent / "qnet-cli")
 QNC = 10**9
-FEE = 1_000  # the wallet's default fee: genesis.Params.min_fee
+FEE = Params().min_fee  # the wallet's default fee: the min_fee of the node's status
 ALICE_PASSWORD = "alice's long passphrase"
 OPERATOR_PASSWORD = "operator passphrase"
 KEYSTORE_FIELDS = ("version", "name", "address", "kdf", "opslimit", "memlimit", "salt", "nonce",
                    "ciphertext")  # fmt: skip
-DESKTOP = {"width": 1280, "height": 800}
 VECTORS = Path(__file__).parents[1] / "vectors" / "recovery_phrase.json"
+WALLET_FILES = Path(__file__).parents[1] / "vectors" / "bad_wallet_files.json"
+PHRASE_INPUTS = Path(__file__).parents[1] / "vectors" / "phrase_inputs.json"
 UI_TIMEOUT_MS = 30_000  # a transaction's way to a block, seen through the page's 2 s refresh
+# What follows an argon2id key derivation in the page (0.2-0.5 s alone; more on a loaded
+# 2-core machine than Playwright's 5 s default allows for).
+ARGON2_TIMEOUT_MS = 20_000
 MINUS = "\N{MINUS SIGN}"  # how the page signs what left the wallet
+HISTORY_PAGE = 20  # transactions per history request (web/src/wallet/node.js)
 
 # RFC 8032 section 7.1, tests 1, 2, 3 and 1024: secret key, public key, message, signature.
 RFC8032_MESSAGE_1024 = (
@@ -106,6 +112,7 @@ class Chain:
         self.api = Client(devnet.url)
         self.keystore = Path(devnet.keystore)
         self.faucet = devnet.faucet_name
+        self.faucet_key = devnet.faucet
         self.faucet_address = crypto.encode_address(devnet.faucet.address)
         self.env = devnet.env  # QNET_NODE, QNET_KEYSTORE and the faucet's password
         self.network = devnet.network
@@ -162,49 +169,22 @@ def chain(devnet) -> Chain:
     return Chain(devnet)
 
 
-@pytest.fixture(scope="module")
-def contexts(browser):
-    """``contexts.open()``: a wallet page in a browser context of its own (own storage) that
-    lives for the whole module; an uncaught exception in any of them fails the module."""
-
-    class Contexts:
-        def __init__(self):
-            self.opened, self.errors = [], []
-
-        def open(self) -> Page:
-            context = browser.new_context(accept_downloads=True, viewport=DESKTOP)
-            self.opened.append(context)
-            page = context.new_page()
-            page.on("pageerror", lambda e: self.errors.append(str(e)))
-            return page
-
-        def close(self, page: Page) -> None:
-            self.opened.remove(page.context)
-            page.context.close()
-
-    made = Contexts()
-    yield made
-    for context in made.opened:
-        context.close()
-    assert made.errors == [], f"uncaught errors in the wallet pages: {made.errors}"
-
-
-def open_wallet_page(contexts, chain: Chain) -> Page:
-    page = contexts.open()
+def open_wallet_page(pages, chain: Chain) -> Page:
+    page = pages.open(accept_downloads=True).page
     page.goto(f"{chain.url}/wallet")
     expect(page.locator("#view-locked")).to_be_visible()
     expect(page.locator("#network")).to_contain_text(chain.network.chain_id)
     return page
 
 
-def view(page: Page, name: str, arrived: bool = True):
+def view(page: Page, name: str, arrived: bool = True, timeout: float | None = None):
     """The view now shown, after checking it is the one expected and, when the page has
     just ``arrived`` there, that its heading has the focus (for keyboard and screen reader
-    users, who start reading there)."""
+    users, who start reading there). ``timeout`` (ms) after a key derivation."""
     section = page.locator(f"#view-{name}")
-    expect(section).to_be_visible()
+    expect(section).to_be_visible(timeout=timeout)
     if arrived:
-        expect(section.locator("h1")).to_be_focused()
+        expect(section.locator("h1")).to_be_focused(timeout=timeout)
     return section
 
 
@@ -287,9 +267,9 @@ def alice_of(shared: dict) -> Wallet:
 
 
 def test_create_with_phrase_confirmation_fund_send_and_both_balances_update(
-    contexts, chain, operator, shared, assert_accessible
+    pages, chain, operator, shared, assert_accessible
 ):
-    page = open_wallet_page(contexts, chain)
+    page = open_wallet_page(pages, chain)
     locked = view(page, "locked")
     expect(locked.get_by_text("No wallet is kept in this browser yet")).to_be_visible()
     assert_accessible(page, "wallet: locked, no wallet")
@@ -334,7 +314,7 @@ def test_create_with_phrase_confirmation_fund_send_and_both_balances_update(
     confirm.get_by_label(f"Word {positions[0]}", exact=True).fill(words[positions[0] - 1])
     confirm.get_by_role("button", name="Create the wallet").click()
 
-    main = view(page, "main")
+    main = view(page, "main", timeout=ARGON2_TIMEOUT_MS)
     assert kdf_calls(page) == 1  # one key derivation: sealing the new wallet
     address = main.get_by_label("Address").input_value()
     crypto.decode_address(address)
@@ -351,7 +331,7 @@ def test_create_with_phrase_confirmation_fund_send_and_both_balances_update(
     balance_shown(page, 100 * QNC)
 
     # The second wallet: the CLI's operator, imported in another context from its file.
-    operator.wallet = import_operator(contexts, chain, operator, assert_accessible)
+    operator.wallet = import_operator(pages, chain, operator, assert_accessible)
     before = chain.account(operator.wallet.address)[0]
     balance_shown(operator.wallet.page, before)
 
@@ -369,9 +349,9 @@ def test_create_with_phrase_confirmation_fund_send_and_both_balances_update(
     assert_accessible(page, "wallet: main")
 
 
-def import_operator(contexts, chain: Chain, operator: Operator, assert_accessible) -> Wallet:
+def import_operator(pages, chain: Chain, operator: Operator, assert_accessible) -> Wallet:
     """The operator's CLI keystore file, imported in a new context with its password."""
-    page = open_wallet_page(contexts, chain)
+    page = open_wallet_page(pages, chain)
     view(page, "locked").get_by_role("button", name="Import a wallet").click()
     imported = view(page, "import")
     assert_accessible(page, "wallet: import")
@@ -379,7 +359,7 @@ def import_operator(contexts, chain: Chain, operator: Operator, assert_accessibl
     by_file.get_by_label("Wallet file").set_input_files(operator.keystore_file)
     by_file.get_by_label("The file's password").fill(OPERATOR_PASSWORD)
     by_file.get_by_role("button", name="Import the file").click()
-    main = view(page, "main")
+    main = view(page, "main", timeout=ARGON2_TIMEOUT_MS)
     doc = json.loads(operator.keystore_file.read_text())
     address = main.get_by_label("Address").input_value()
     assert address == doc["address"]
@@ -420,6 +400,54 @@ def test_recovery_phrase_vectors_in_the_page(shared):
         vectors,
     )
     assert made == [[v["phrase"], v["seed"], v["address"]] for v in vectors]
+
+
+def test_the_page_reads_wallet_files_as_the_cli_does(pages, chain):
+    """tests/vectors/bad_wallet_files.json (shared with tests/unit/test_keystore.py): the page
+    refuses each bad file before deriving a key, and opens each good one."""
+    vectors = json.loads(WALLET_FILES.read_text())
+    page = open_wallet_page(pages, chain)
+    read = page.evaluate(
+        """async ({ accepted, bad, password }) => {
+            const { keystore } = window.qnet;
+            const file = (c) => c.text + " ".repeat(c.pad ?? 0);
+            const refusals = bad.map((c) => {
+                try { keystore.parseFile(file(c)); return `${c.why}: accepted`; }
+                catch (e) { return e.name; }
+            });
+            const opened = [];
+            for (const c of accepted) {
+                const seed = await keystore.unseal(keystore.parseFile(file(c)), password);
+                opened.push(window.qnet.codec.keyPair(seed).address);
+            }
+            return { refusals, opened, kdf: keystore.kdfCalls.count };
+        }""",
+        vectors,
+    )
+    assert read["refusals"] == ["KeystoreError"] * len(vectors["bad"])
+    assert read["opened"] == [vectors["address"]] * len(vectors["accepted"])
+    assert read["kdf"] == len(vectors["accepted"])  # none for the bad files
+    pages.close(page)
+
+
+def test_the_page_reads_recovery_phrases_as_the_cli_does(pages, chain):
+    """tests/vectors/phrase_inputs.json (shared with tests/unit/test_phrase.py)."""
+    inputs = json.loads(PHRASE_INPUTS.read_text())
+    page = open_wallet_page(pages, chain)
+    read = page.evaluate(
+        """({ accepted, refused }) => {
+            const { codec, phrase } = window.qnet;
+            const seed = (c) => {
+                try { return codec.toHex(phrase.phraseToSeed(c.text)); }
+                catch (e) { return e.name; }
+            };
+            return { accepted: accepted.map(seed), refused: refused.map(seed) };
+        }""",
+        inputs,
+    )
+    assert read["accepted"] == [inputs["seed"]] * len(inputs["accepted"])
+    assert read["refused"] == ["PhraseError"] * len(inputs["refused"])
+    pages.close(page)
 
 
 def test_a_cli_wallet_signs_a_transfer_the_node_accepts_and_claims_its_node_reward(
@@ -523,10 +551,10 @@ def test_a_wallet_made_in_the_page_imports_in_the_cli_by_file_and_by_phrase(
 
 
 def test_a_phrase_imports_in_another_browser_to_the_same_address(
-    contexts, chain, shared, assert_accessible
+    pages, chain, shared, assert_accessible
 ):
     alice = alice_of(shared)
-    page = open_wallet_page(contexts, chain)
+    page = open_wallet_page(pages, chain)
     view(page, "locked").get_by_role("button", name="Import a wallet").click()
     form = view(page, "import").locator("#import-phrase-form")
     form.get_by_label("Wallet name").fill("alice-again")
@@ -550,7 +578,7 @@ def test_a_phrase_imports_in_another_browser_to_the_same_address(
         "\n".join(f"{i}. {w.upper()}" for i, w in enumerate(alice.words, 1))
     )
     form.get_by_role("button", name="Import the phrase").click()
-    main = view(page, "main")
+    main = view(page, "main", timeout=ARGON2_TIMEOUT_MS)
     assert main.get_by_label("Address").input_value() == alice.address
     assert kdf_calls(page) == 1
 
@@ -568,15 +596,15 @@ def test_a_phrase_imports_in_another_browser_to_the_same_address(
     )
     expect(locked.get_by_text("No wallet is kept in this browser yet")).to_be_visible()
     assert page.evaluate("localStorage.getItem('qnet.wallets.v1')") == "{}"
-    contexts.close(page)
+    pages.close(page)
 
 
-def test_the_served_policy_blocks_inline_script_and_eval_but_lets_argon2_compile(contexts, chain):
+def test_the_served_policy_blocks_inline_script_and_eval_but_lets_argon2_compile(pages, chain):
     """The wallet's own HTML with an inline script added, served with the node's headers
     (through the route: a page fulfilled by the test would count as a public address, which
     Chromium does not let load from the bridge's private one): the header refuses the script
     and eval; WebAssembly compiles ('wasm-unsafe-eval', for hash-wasm's argon2id)."""
-    page = contexts.open()
+    page = pages.open().page
     seen = {}
 
     def with_inline_script(route):
@@ -612,18 +640,18 @@ def test_the_served_policy_blocks_inline_script_and_eval_but_lets_argon2_compile
         }, 0))"""
     )
     assert tried == {"eval": "EvalError", "wasm": "ran"}
-    contexts.close(page)  # with its route, which its refreshes would keep using
+    pages.close(page)  # with its route, which its refreshes would keep using
 
 
-def test_the_status_page_is_one_link_away(contexts, chain):
-    page = open_wallet_page(contexts, chain)
+def test_the_status_page_is_one_link_away(pages, chain):
+    page = open_wallet_page(pages, chain)
+    height = chain.api.status()["height"]  # before the page reads it: it shows as much or more
     page.get_by_role("link", name="Network status").click()
     page.wait_for_url(f"{chain.url}/status")
-    height = chain.api.status()["height"]
     expect(page.locator("#chain")).to_contain_text(chain.network.chain_id)
     expect(page.locator("#height")).to_have_text(re.compile(r"^\d[\d,]*$"))
     assert int(page.locator("#height").inner_text().replace(",", "")) >= height
-    contexts.close(page)
+    pages.close(page)
 
 
 def other_network_address(address: str) -> str:
@@ -647,12 +675,13 @@ def test_bad_input_shows_a_clear_message_and_changes_nothing_on_chain(
     locked.get_by_label("Password").fill("not " + ALICE_PASSWORD)
     locked.get_by_role("button", name="Unlock").click()
     expect(locked.get_by_role("alert")).to_have_text(
-        'Wrong password for wallet "alice": it stays locked. Check the password and try again.'
+        'Wrong password for wallet "alice": it stays locked. Check the password and try again.',
+        timeout=ARGON2_TIMEOUT_MS,
     )
     expect(page.locator("#view-main")).to_be_hidden()
     locked.get_by_label("Password").fill(ALICE_PASSWORD)
     locked.get_by_role("button", name="Unlock").click()
-    view(page, "main").get_by_role("button", name="Send").click()
+    view(page, "main", timeout=ARGON2_TIMEOUT_MS).get_by_role("button", name="Send").click()
     assert kdf_calls(page) == calls + 2
 
     send = view(page, "send")
@@ -711,3 +740,162 @@ def test_bad_input_shows_a_clear_message_and_changes_nothing_on_chain(
     wait_for(lambda: chain.committed(kept[0]["id"]), 30, "the kept transfer on chain")
     expect(locked.locator("#outbox-locked")).to_be_hidden(timeout=UI_TIMEOUT_MS)
     assert chain.account(alice.address) == (before[0] - QNC // 4 - FEE, before[1] + 1)
+
+
+def outbox_of(page: Page) -> list[dict]:
+    return json.loads(page.evaluate("localStorage.getItem('qnet.outbox.v1') ?? '[]'"))
+
+
+def test_a_transfer_whose_answer_was_lost_and_that_committed_is_reported_committed(chain, operator):
+    """The node admits the transfer but its answer never reaches the page (a timeout, a
+    reload); the page sends it again only once it is committed, when the node answers
+    stale_nonce: the page asks about the id and reports the commit, never a refusal."""
+    page = operator.wallet.page
+    view(page, "main", arrived=False).get_by_role("button", name="Send").click()
+    send = view(page, "send")
+    page.evaluate(
+        """() => { window.errorsShown = [];
+        new MutationObserver(() => window.errorsShown.push(
+            document.getElementById("send-error").textContent))
+            .observe(document.getElementById("send-error"), {childList: true, subtree: true,
+                                                            characterData: true}); }"""
+    )
+    admitted = {}
+
+    def lose_answers(route):
+        if route.request.method != "POST":
+            route.continue_()
+        elif not admitted:
+            admitted["id"] = route.fetch().json()["id"]  # the node has it ...
+            route.abort("connectionreset")  # ... the page never hears so
+        elif chain.committed(admitted["id"]):
+            route.continue_()  # the node answers stale_nonce
+        else:
+            route.abort("connectionreset")
+
+    page.route("**/api/v1/transactions", lose_answers)
+    try:
+        send_in_page(page, chain.faucet_address, "0.5")
+        expect(send.get_by_role("status")).to_contain_text(
+            "committed in block", timeout=UI_TIMEOUT_MS
+        )
+    finally:
+        page.unroute("**/api/v1/transactions")
+    height = chain.api.tx_status(admitted["id"])["height"]
+    expect(send.get_by_role("status")).to_contain_text(f"committed in block {height}.")
+    expect(page.locator("#send-error")).to_be_empty()
+    assert not [t for t in page.evaluate("window.errorsShown") if "refused" in t]
+    assert any(t.startswith("Signed but not sent") for t in page.evaluate("window.errorsShown"))
+    assert outbox_of(page) == []
+    send.get_by_role("button", name="Back to the wallet").click()
+
+
+def test_kept_transactions_go_in_nonce_order_and_a_refusal_stays_until_dismissed(chain, operator):
+    """Two transfers signed while the node is out of reach, stored out of nonce order: both
+    commit (nonce n first). A refused one (fee 0: fee_too_low) is kept, shown after a reload
+    and an unlock, until dismissed."""
+    wallet = operator.wallet
+    page = wallet.page
+    main = view(page, "main", arrived=False)
+    main.get_by_role("button", name="Send").click()
+    send = view(page, "send")
+    page.route(
+        "**/api/v1/transactions",
+        lambda route: (
+            route.abort("connectionrefused")
+            if route.request.method == "POST"
+            else route.continue_()
+        ),
+    )
+    for count, amount in enumerate(("0.125", "0.25"), 1):
+        send_in_page(page, chain.faucet_address, amount)
+        expect(page.locator("#outbox-list li")).to_have_count(count)
+        expect(send.get_by_role("alert")).to_contain_text("Signed but not sent")
+    kept = sorted(outbox_of(page), key=lambda e: e["nonce"])
+    assert [e["nonce"] - kept[0]["nonce"] for e in kept] == [0, 1]
+    # the higher nonce first in storage, as a resend of the lower one leaves it
+    page.evaluate("es => localStorage.setItem('qnet.outbox.v1', JSON.stringify(es))", kept[::-1])
+    page.unroute("**/api/v1/transactions")
+    for entry in kept:
+        wait_for(lambda e=entry: chain.committed(e["id"]), 30, "the kept transfers on chain")
+    expect(page.locator("#outbox-list li")).to_have_count(0, timeout=UI_TIMEOUT_MS)
+    assert outbox_of(page) == []  # both committed, none refused
+
+    send_in_page(page, chain.faucet_address, "0.5", fee="0")
+    expect(send.get_by_role("alert")).to_contain_text("the node refused it: fee_too_low")
+    (refused,) = outbox_of(page)
+    assert (refused["state"], refused["code"]) == ("refused", "fee_too_low")
+    page.reload()
+    locked = view(page, "locked")
+    locked.get_by_label("Password").fill(wallet.password)
+    locked.get_by_role("button", name="Unlock").click()
+    outbox = view(page, "main", arrived=False, timeout=ARGON2_TIMEOUT_MS).locator("#outbox")
+    entry = outbox.get_by_role("listitem").filter(has_text="Send 0.5 QNC")
+    expect(entry).to_contain_text("refused by the node: fee_too_low", timeout=ARGON2_TIMEOUT_MS)
+    entry.get_by_role("button", name="Dismiss").click()
+    expect(outbox).to_be_hidden()
+    assert outbox_of(page) == []
+
+
+def test_without_the_networks_minimum_fee_the_page_signs_nothing_by_default(chain, operator):
+    """A node that does not say min_fee in its status (an older version): the fee field is
+    left empty, and the page refuses to guess a fee."""
+    page = operator.wallet.page
+    main = view(page, "main", arrived=False)
+    assert chain.api.status()["min_fee"] == str(FEE)
+
+    def without_min_fee(route):
+        served = route.fetch()
+        body = {k: v for k, v in served.json().items() if k != "min_fee"}
+        route.fulfill(response=served, json=body)
+
+    page.route("**/api/v1/status", without_min_fee)
+    try:
+        with page.expect_response("**/api/v1/status"):
+            pass
+
+        def fee_left_empty() -> bool:
+            view(page, "main", arrived=False).get_by_role("button", name="Send").click()
+            send = view(page, "send", arrived=False)
+            empty = send.get_by_label("Fee (QNC)").input_value() == ""
+            send.get_by_role("button", name="Back to the wallet").click()
+            return empty
+
+        wait_for(fee_left_empty, 10, "the send form without a default fee")
+        main.get_by_role("button", name="Send").click()
+        send = view(page, "send")
+        send_in_page(page, chain.faucet_address, "1")
+        expect(send.get_by_role("alert")).to_contain_text("does not say the network's minimum fee")
+        expect(send.get_by_role("alert")).to_contain_text("Nothing was signed.")
+        assert outbox_of(page) == []
+    finally:
+        page.unroute("**/api/v1/status")
+    send.get_by_role("button", name="Back to the wallet").click()
+
+
+def test_older_transactions_are_listed_on_request_once_each(chain, operator):
+    """More transactions than a history page holds (20): the newest page first, the rest
+    behind "Show older transactions", down to the wallet's first, none twice."""
+    page = operator.wallet.page
+    to = crypto.decode_address(operator.wallet.address)
+    nonce = chain.account(chain.faucet_address)[1]
+    batch = [
+        tx.make_transfer(chain.faucet_key, chain.network, nonce + i, FEE, to, i + 1)
+        for i in range(HISTORY_PAGE + 1)  # distinct amounts: no two rows alike
+    ]
+    assert chain.api.submit_batch(tx.encode_batch(batch))["accepted"] == len(batch)
+    assert chain.api.wait_committed(batch[-1].id.hex(), 30)["status"] == "committed"
+    main = view(page, "main", arrived=False)
+    rows = main.get_by_role("table").locator("tbody tr")
+    expect(main.locator("td.what").first).to_have_text(
+        f"Received from {chain.faucet_address}", timeout=UI_TIMEOUT_MS
+    )
+    expect(rows.nth(0).locator("td").nth(2)).to_have_text("+0.000000021", timeout=UI_TIMEOUT_MS)
+    expect(rows).to_have_count(HISTORY_PAGE)
+    older = main.get_by_role("button", name="Show older transactions")
+    older.click()
+    expect(rows.last.locator("td.what")).to_have_text(f"Received from {chain.faucet_address}")
+    expect(rows.last.locator("td").nth(2)).to_contain_text("+500")
+    shown = rows.all_inner_texts()
+    assert len(shown) > HISTORY_PAGE and len(set(shown)) == len(shown)
+    expect(older).to_be_hidden()  # all of them fit in two pages

@@ -4,6 +4,7 @@ format read strictly as documented."""
 import json
 import re
 import stat
+from pathlib import Path
 
 import nacl.bindings
 import pytest
@@ -68,11 +69,28 @@ def test_refuses_to_overwrite_a_wallet(keystore):
     assert sorted(p.name for p in keystore.directory.iterdir()) == ["alice.json"]
 
 
-@pytest.mark.parametrize("name", ["", "a b", "../escape", "a/b", ".hidden", "é", "x" * 65])
+@pytest.mark.parametrize(
+    "name",
+    ["", "a b", "../escape", "a/b", ".hidden", "é", "x" * 65, "__proto__", "constructor",
+     "prototype", "a\n"],
+)  # fmt: skip
 def test_bad_names_are_refused(keystore, name):
     with pytest.raises(KeystoreError, match="wallet name"):
         keystore.add(name, PASSWORD)
     assert not keystore.directory.exists()
+
+
+def test_names_that_only_contain_a_reserved_word_are_accepted(keystore):
+    for name in ("__proto__x", "constructors", "my-prototype"):
+        keystore.add(name, PASSWORD)
+
+
+def test_the_browser_wallet_checks_names_with_the_same_rule():
+    """web/src/wallet/keystore.js's NAME_RE is this module's, anchored (one rule)."""
+    source = (Path(__file__).parents[2] / "web/src/wallet/keystore.js").read_text()
+    found = re.search(r"^const NAME_RE = /\^(.*)\$/;$", source, re.MULTILINE)
+    assert found, "keystore.js defines NAME_RE as /^...$/"
+    assert found.group(1) == keystore_module.NAME_RE.pattern
 
 
 def test_longest_name_is_accepted(keystore):
@@ -272,3 +290,32 @@ def test_export_into_a_missing_directory(keystore, tmp_path):
     keystore.add("alice", PASSWORD)
     with pytest.raises(KeystoreError, match="no such directory"):
         keystore.export("alice", PASSWORD, tmp_path / "absent" / "out.json")
+
+
+WALLET_FILES = json.loads(
+    (Path(__file__).parents[1] / "vectors" / "bad_wallet_files.json").read_text()
+)
+
+
+def _vector_file(tmp_path: Path, case: dict) -> Path:
+    path = tmp_path / "wallet.json"
+    path.write_bytes((case["text"] + " " * case.get("pad", 0)).encode())
+    return path
+
+
+@pytest.mark.parametrize("case", WALLET_FILES["bad"], ids=lambda c: c["why"])
+def test_the_shared_bad_wallet_files_are_refused_before_any_key_is_derived(
+    case, tmp_path, monkeypatch
+):
+    """tests/vectors/bad_wallet_files.json, which the browser wallet refuses too."""
+    monkeypatch.setattr(keystore_module, "_derive_key", pytest.fail)
+    with pytest.raises(KeystoreError) as refused:
+        unseal(read_document(_vector_file(tmp_path, case)), WALLET_FILES["password"])
+    assert not isinstance(refused.value, WrongPassword)
+
+
+@pytest.mark.parametrize("case", WALLET_FILES["accepted"], ids=lambda c: c["why"])
+def test_the_shared_good_wallet_files_open(case, tmp_path):
+    doc = read_document(_vector_file(tmp_path, case))
+    key = unseal(doc, WALLET_FILES["password"])
+    assert crypto.encode_address(key.address) == WALLET_FILES["address"]

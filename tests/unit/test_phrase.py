@@ -72,3 +72,19 @@ def test_bad_checksum():
 def test_seed_must_be_32_bytes(size):
     with pytest.raises(PhraseError, match="32 bytes"):
         phrase_of(bytes(size))
+
+
+INPUTS = json.loads((Path(__file__).parents[1] / "vectors" / "phrase_inputs.json").read_text())
+
+
+@pytest.mark.parametrize("case", INPUTS["accepted"], ids=lambda c: c["why"])
+def test_the_shared_phrase_layouts_read_as_the_seed(case):
+    """tests/vectors/phrase_inputs.json, which the browser wallet reads alike: numbered
+    lists, commas, any case, the whitespace left after NFKD."""
+    assert seed_of(case["text"]).hex() == INPUTS["seed"]
+
+
+@pytest.mark.parametrize("case", INPUTS["refused"], ids=lambda c: c["why"])
+def test_the_shared_bad_phrases_are_refused(case):
+    with pytest.raises(PhraseError):
+        seed_of(case["text"])

@@ -11,7 +11,6 @@
 
 import { xsalsa20poly1305 } from "@noble/ciphers/salsa.js";
 import { argon2id } from "hash-wasm";
-import { decodeAddress } from "./address.js";
 import { fromHex, keyPair, toHex } from "./codec.js";
 
 export const VERSION = 1;
@@ -28,8 +27,14 @@ const SALT_LEN = 16;
 const NONCE_LEN = 24;
 const KEY_LEN = 32;
 const SEALED_LEN = 16 + 32;
-const NAME_RE = /^[A-Za-z0-9_-]{1,64}$/;
-const MAX_FILE_BYTES = 64 * 1024;
+// keystore.NAME_RE: the names JavaScript objects hold specially are no wallet's name.
+const NAME_RE = /^(?!(?:__proto__|constructor|prototype)$)[A-Za-z0-9_-]{1,64}$/;
+export const MAX_FILE_BYTES = 16 * 1024; // keystore.MAX_FILE_BYTES: a wallet file is ~500 bytes
+const MEMBERS = ["version", "name", "address", "kdf", "opslimit", "memlimit", "salt", "nonce",
+  "ciphertext"];
+const LOWER_HEX = /^[0-9a-f]*$/;
+// A JSON number Python's json reads as an int (1.0 and 1e0 are floats there, so no count).
+const JSON_INTEGER = /^-?(?:0|[1-9][0-9]*)$/;
 const STORAGE_KEY = "qnet.wallets.v1";
 
 export class KeystoreError extends Error {
@@ -48,7 +53,10 @@ export class WrongPassword extends KeystoreError {
 
 export function checkName(name) {
   if (typeof name !== "string" || !NAME_RE.test(name)) {
-    throw new KeystoreError("a wallet name is 1-64 characters of A-Z a-z 0-9 _ -");
+    throw new KeystoreError(
+      "a wallet name is 1-64 characters of A-Z a-z 0-9 _ -, other than __proto__, " +
+        "constructor and prototype",
+    );
   }
   return name;
 }
@@ -97,32 +105,52 @@ export async function seal(name, seed, password) {
 
 function limit(doc, field, low, high) {
   const value = doc[field];
-  if (!Number.isSafeInteger(value) || value < low || value > high) {
-    throw new KeystoreError(`wallet "${doc.name}": kdf limits out of range (${field})`);
+  if (typeof value !== "number" || !Number.isInteger(value)) {
+    throw new KeystoreError(`${field} must be an integer`);
+  }
+  if (value < low || value > high) {
+    throw new KeystoreError(`kdf limits out of range: ${field} ${value} not in ${low}..${high}`);
   }
   return value;
 }
 
-/** Check a document's shape (before any key derivation); returns it, or KeystoreError. */
+function hexMember(doc, field, size) {
+  const value = doc[field];
+  if (typeof value !== "string" || value.length !== 2 * size || !LOWER_HEX.test(value)) {
+    throw new KeystoreError(`${field} must be ${size} bytes as ${2 * size} lowercase hex digits`);
+  }
+}
+
+/**
+ * Check a document's shape (before any key derivation) exactly as keystore.unseal does:
+ * the same members, JSON types, bounds and hex; returns it, or KeystoreError.
+ */
 export function checkDocument(doc) {
   if (doc === null || typeof doc !== "object" || Array.isArray(doc)) {
-    throw new KeystoreError("a wallet file is a JSON object");
+    throw new KeystoreError("the wallet is malformed: not a JSON object");
   }
-  const name = typeof doc.name === "string" ? doc.name : "?";
-  if (doc.version !== VERSION || doc.kdf !== KDF) {
-    throw new KeystoreError(`wallet "${name}": unsupported version or kdf`);
+  const what = typeof doc.name === "string" && NAME_RE.test(doc.name) ? `wallet "${doc.name}"` : "the wallet";
+  const missing = MEMBERS.filter((m) => !Object.hasOwn(doc, m));
+  const unknown = Object.keys(doc).filter((m) => !MEMBERS.includes(m));
+  if (missing.length) throw new KeystoreError(`${what} is malformed: missing ${missing.join(", ")}`);
+  if (unknown.length) {
+    const names = unknown.sort().map((m) => JSON.stringify(m.slice(0, 40)));
+    throw new KeystoreError(`${what} is malformed: unknown member ${names.join(", ")}`);
   }
+  if (doc.version !== VERSION) throw new KeystoreError(`${what}: unsupported version (not ${VERSION})`);
+  if (doc.kdf !== KDF) throw new KeystoreError(`${what}: unsupported kdf (not "${KDF}")`);
   try {
     checkName(doc.name);
-    decodeAddress(doc.address);
-    fromHex(doc.salt, SALT_LEN, "salt");
-    fromHex(doc.nonce, NONCE_LEN, "nonce");
-    fromHex(doc.ciphertext, SEALED_LEN, "ciphertext");
+    if (typeof doc.address !== "string") throw new KeystoreError("address must be a string");
+    limit(doc, "opslimit", OPSLIMIT_MIN, OPSLIMIT_SENSITIVE);
+    const memlimit = limit(doc, "memlimit", MEMLIMIT_MIN, MEMLIMIT_SENSITIVE);
+    if (memlimit % 1024 !== 0) throw new KeystoreError("memlimit must be a multiple of 1024 bytes");
+    hexMember(doc, "salt", SALT_LEN);
+    hexMember(doc, "nonce", NONCE_LEN);
+    hexMember(doc, "ciphertext", SEALED_LEN);
   } catch (exc) {
-    throw new KeystoreError(`wallet "${name}" is malformed: ${exc.message}`);
+    throw new KeystoreError(`${what} is malformed: ${exc.message}`);
   }
-  limit(doc, "opslimit", OPSLIMIT_MIN, OPSLIMIT_SENSITIVE);
-  limit(doc, "memlimit", MEMLIMIT_MIN, MEMLIMIT_SENSITIVE);
   return doc;
 }
 
@@ -144,16 +172,25 @@ export async function unseal(doc, password) {
   return seed;
 }
 
-/** A wallet file's text (as `qnet-cli wallet export --file` writes it) to its document. */
-export function parseFile(text) {
-  if (typeof text !== "string" || text.length > MAX_FILE_BYTES) {
-    throw new KeystoreError(`a wallet file is a JSON document of at most ${MAX_FILE_BYTES} bytes`);
+/**
+ * A wallet file (its bytes, or its text as UTF-8) to its checked document, read as
+ * keystore.read_document and keystore.unseal read it: at most MAX_FILE_BYTES bytes of UTF-8
+ * (no byte-order mark) holding one JSON object, whose counts are JSON integers.
+ */
+export function parseFile(data) {
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+  if (!(bytes instanceof Uint8Array) || bytes.length > MAX_FILE_BYTES) {
+    throw new KeystoreError(`not a wallet file: larger than ${MAX_FILE_BYTES} bytes`);
   }
   let doc;
   try {
-    doc = JSON.parse(text);
+    const text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(bytes);
+    // A number that is no JSON integer is kept as its text: no count, so refused below.
+    doc = JSON.parse(text, (key, value, context) =>
+      typeof value === "number" && context && !JSON_INTEGER.test(context.source) ? context.source : value,
+    );
   } catch (exc) {
-    throw new KeystoreError(`the file is not JSON: ${exc.message}`);
+    throw new KeystoreError(`not a wallet file: ${exc.message}`);
   }
   return checkDocument(doc);
 }
@@ -172,49 +209,56 @@ export class WalletStore {
     this.storage = storage;
   }
 
+  /** The kept documents by name (a Map: no name can reach an object's prototype). */
   _all() {
     const text = this.storage.getItem(STORAGE_KEY);
-    if (text === null) return {};
+    if (text === null) return new Map();
     let all;
     try {
       all = JSON.parse(text);
     } catch {
       throw new KeystoreError("the wallets kept in this browser are unreadable (storage corrupted)");
     }
-    return all !== null && typeof all === "object" ? all : {};
+    return all !== null && typeof all === "object" && !Array.isArray(all)
+      ? new Map(Object.entries(all))
+      : new Map();
+  }
+
+  _save(all) {
+    this.storage.setItem(STORAGE_KEY, JSON.stringify(Object.fromEntries(all)));
   }
 
   names() {
-    return Object.keys(this._all()).sort();
+    return [...this._all().keys()].sort();
   }
 
   get(name) {
-    const doc = this._all()[name];
+    const doc = this._all().get(name);
     if (doc === undefined) throw new KeystoreError(`no wallet named "${name}" in this browser`);
     return checkDocument(doc);
   }
 
   has(name) {
-    return Object.hasOwn(this._all(), name);
+    return this._all().has(name);
   }
 
   add(doc) {
     checkDocument(doc);
     const all = this._all();
-    if (Object.hasOwn(all, doc.name)) {
+    if (all.has(doc.name)) {
       throw new KeystoreError(`a wallet named "${doc.name}" is already kept in this browser`);
     }
-    const sameKey = Object.values(all).find((d) => d.address === doc.address);
+    const sameKey = [...all.values()].find((d) => d.address === doc.address);
     if (sameKey) {
       throw new KeystoreError(`this wallet is already kept in this browser as "${sameKey.name}"`);
     }
-    all[doc.name] = doc;
-    this.storage.setItem(STORAGE_KEY, JSON.stringify(all));
+    all.set(doc.name, doc);
+    this._save(all);
   }
 
   remove(name) {
     const all = this._all();
-    delete all[name];
-    this.storage.setItem(STORAGE_KEY, JSON.stringify(all));
+    all.delete(name);
+    this._save(all);
   }
 }

@@ -16,9 +16,6 @@ import * as phrase from "./phrase.js";
 const REFRESH_MS = 2_000;
 // While a transaction of this browser is on its way, it is followed more closely.
 const FOLLOW_MS = 500;
-// The chain's default minimum fee (genesis.Params.min_fee, the CLI's --fee default); the
-// node refuses less with fee_too_low, which the page shows.
-const DEFAULT_FEE = 1_000n;
 const CONFIRM_WORDS = 3;
 const NEEDS_WALLET = new Set(["main", "send", "rewards", "forget"]);
 
@@ -31,12 +28,13 @@ const state = {
   net: null, // codec.network of the node, once it answered
   genesis: "",
   height: null,
+  minFee: null, // the network's minimum fee (units), from the node's status: the default fee
   wallet: null, // {name, doc, key: {seed, publicKey, address}}
   account: null,
   history: { rows: [], cursor: null, extended: false, missing: false, shown: "" },
   rewards: "",
   draft: null, // a wallet being created: {name, password, seed, words, asked}
-  results: [], // what became of this session's transactions: {id, address, summary, text, outcome}
+  committed: [], // this session's committed transactions: {id, address, summary, height}
   following: "", // the id the send view reports on
   busy: false,
 };
@@ -175,6 +173,11 @@ async function refreshStatus() {
       state.genesis = s.genesis_hash;
     }
     state.height = s.height;
+    const known = state.minFee;
+    state.minFee = minFeeOf(s);
+    if (known === null && state.minFee !== null && state.view === "send" && !$("send-fee").value) {
+      $("send-fee").value = qnc(state.minFee);
+    }
     say(
       "network",
       `Network: ${s.chain_id} (genesis ${s.genesis_hash.slice(0, 12)}…), block ${s.height}`,
@@ -203,19 +206,23 @@ async function step(entry) {
   }
 }
 
-/** Move every transaction of this network's outbox on by one step. */
+/**
+ * Move every transaction of this network's outbox on by one step, each account's in nonce
+ * order (nonce n+1 reaches the node after n, or it would be refused with nonce_gap).
+ */
 async function advanceOutbox() {
-  for (const entry of outbox.entries().filter((e) => e.genesis === state.genesis)) {
+  for (const entry of outbox.waiting().filter((e) => e.genesis === state.genesis)) {
     await step(entry);
   }
 }
 
 function record(entry, outcome) {
-  const text = outcome.committed
-    ? `committed in block ${outcome.height}`
-    : `refused by the node: ${outcome.code}: ${outcome.message}`;
-  state.results.unshift({ id: entry.id, address: entry.address, summary: entry.summary, text, outcome });
-  state.results.length = Math.min(state.results.length, 10);
+  if (outcome.committed) {
+    // Refusals stay in the outbox until dismissed; what committed is in the history.
+    const { id, address, summary } = entry;
+    state.committed.unshift({ id, address, summary, height: outcome.height });
+    state.committed.length = Math.min(state.committed.length, 10);
+  }
   if (state.following === entry.id) reportFollowed(entry, outcome);
 }
 
@@ -223,6 +230,7 @@ function reportFollowed(entry, outcome) {
   state.following = "";
   const view = entry.json.kind === "claim" ? "rewards" : "send";
   if (outcome.committed) {
+    say(`${view}-error`, ""); // "signed but not sent", if its first answer was lost
     say(`${view}-status`, `${entry.summary}: committed in block ${outcome.height}.`);
     if (view === "rewards") reportClaim(entry.json.node_id, outcome.height);
   } else {
@@ -231,6 +239,18 @@ function reportFollowed(entry, outcome) {
     say(`${view}-status`, "");
   }
 }
+
+/** The network's minimum fee in a status answer (`min_fee`, base units), or null. */
+function minFeeOf(s) {
+  try {
+    return amounts.parseUnits(s.min_fee, "min_fee");
+  } catch {
+    return null; // a node of a version that does not say it
+  }
+}
+
+const NO_MIN_FEE = "The node does not say the network's minimum fee (its version is older " +
+  "than this page's)";
 
 let ticking = false;
 
@@ -266,6 +286,9 @@ async function refreshWallet() {
 // ---- outbox display ------------------------------------------------------------------------
 
 function describeEntry(entry) {
+  if (entry.state === "refused") {
+    return `refused by the node: ${entry.code}: ${entry.message}. Nothing changed on chain`;
+  }
   if (entry.state === "sent") return "admitted by the node, waiting for a block";
   return `waiting to be sent${entry.note ? ` (${entry.note})` : ""}`;
 }
@@ -293,32 +316,38 @@ function renderOutbox() {
     const li = element("li", {}, [
       element("span", { text: `${entry.summary}: ${describeEntry(entry)}${other}` }),
     ]);
-    if (entry.state === "unsent" || other) {
+    if (entry.state === "refused") {
+      li.append(" ", removeButton(entry, "Dismiss", "dismiss"));
+    } else if (entry.state === "unsent" || other) {
       const retry = element("button", { text: "Send now", attrs: { type: "button", id: `retry-${entry.id}` } });
       retry.addEventListener("click", () => busy(() => resend(entry.id)));
-      const discard = element("button", { text: "Discard", attrs: { type: "button", id: `discard-${entry.id}` } });
-      discard.addEventListener("click", () => {
-        outbox.remove(entry.id);
-        renderOutbox();
-        $("outbox-title").focus();
-      });
-      li.append(" ", ...(other ? [] : [retry, " "]), discard);
+      li.append(" ", ...(other ? [] : [retry, " "]), removeButton(entry, "Discard", "discard"));
     }
     items.push(li);
   }
   // What committed is in the history below, unless this node keeps none.
-  const shown = state.results.filter(
-    (r) => r.address === mine && (!r.outcome.committed || state.history.missing),
-  );
-  for (const result of shown) {
-    items.push(element("li", { text: `${result.summary}: ${result.text}` }));
+  if (state.history.missing) {
+    for (const c of state.committed.filter((c) => c.address === mine)) {
+      items.push(element("li", { text: `${c.summary}: committed in block ${c.height}` }));
+    }
   }
   $("outbox").hidden = items.length === 0;
   replaceKeepingFocus($("outbox-list"), items);
 }
 
+/** A button that takes `entry` out of the outbox (kept nowhere else). */
+function removeButton(entry, text, idPrefix) {
+  const button = element("button", { text, attrs: { type: "button", id: `${idPrefix}-${entry.id}` } });
+  button.addEventListener("click", () => {
+    outbox.remove(entry.id);
+    renderOutbox();
+    $("outbox-title").focus();
+  });
+  return button;
+}
+
 function renderLockedOutbox() {
-  const waiting = outbox.entries();
+  const waiting = outbox.waiting();
   $("outbox-locked").hidden = waiting.length === 0;
   replaceKeepingFocus(
     $("outbox-locked-list"),
@@ -327,7 +356,7 @@ function renderLockedOutbox() {
 }
 
 async function resend(id) {
-  const entry = outbox.entries().find((e) => e.id === id);
+  const entry = outbox.waiting().find((e) => e.id === id);
   if (!entry) return;
   const outcome = await step(entry);
   if (outcome && !outcome.done && outcome.entry.state === "unsent") {
@@ -494,7 +523,10 @@ $("import-file-form").addEventListener("submit", (event) => {
       return;
     }
     try {
-      const doc = keystore.parseFile(await file.text());
+      if (file.size > keystore.MAX_FILE_BYTES) {
+        throw new keystore.KeystoreError(`not a wallet file: larger than ${keystore.MAX_FILE_BYTES} bytes`);
+      }
+      const doc = keystore.parseFile(new Uint8Array(await file.arrayBuffer()));
       if (wallets.has(doc.name)) {
         throw new keystore.KeystoreError(
           `a wallet named "${doc.name}" is already kept in this browser: forget it first`,
@@ -713,7 +745,7 @@ function showAvailable() {
 
 function enterSend() {
   $("send-form").reset();
-  $("send-fee").value = qnc(DEFAULT_FEE);
+  $("send-fee").value = state.minFee === null ? "" : qnc(state.minFee);
   state.following = "";
   showAvailable();
 }
@@ -792,6 +824,9 @@ $("send-form").addEventListener("submit", (event) => {
       amount = amounts.parseQnc($("send-amount").value, "amount");
     } catch (exc) {
       return fail("send-amount", exc);
+    }
+    if (!$("send-fee").value.trim() && state.minFee === null) {
+      return fail("send-fee", new Error(`${NO_MIN_FEE}: enter the fee`));
     }
     try {
       fee = amounts.parseQnc($("send-fee").value, "fee", { allowZero: true });
@@ -897,10 +932,15 @@ function pair(term, value) {
 async function claimRewards(nodeId) {
   say("rewards-error", "");
   say("rewards-status", "");
+  const fee = state.minFee;
+  if (fee === null) {
+    say("rewards-error", `${NO_MIN_FEE}, so the claim's fee is unknown: nothing was signed.`);
+    return;
+  }
   const key = state.wallet.key;
   const summary = `Claim of the rewards of node ${nodeId}`;
-  await signAndSend("rewards", DEFAULT_FEE, summary, (nonce) =>
-    codec.makeClaim(key, state.net, nonce, DEFAULT_FEE, nodeId),
+  await signAndSend("rewards", fee, summary, (nonce) =>
+    codec.makeClaim(key, state.net, nonce, fee, nodeId),
   );
 }
 
@@ -929,7 +969,7 @@ async function refreshForever() {
   try {
     await tick();
   } finally {
-    const waiting = outbox.entries().some((e) => e.genesis === state.genesis);
+    const waiting = outbox.waiting().some((e) => e.genesis === state.genesis);
     setTimeout(refreshForever, waiting ? FOLLOW_MS : REFRESH_MS);
   }
 }

@@ -8,7 +8,11 @@ import { wordlist } from "@scure/bip39/wordlists/english.js";
 import { SEED_LEN } from "./codec.js";
 
 export const WORDS = 24;
-const MAX_TEXT_LEN = 1000;
+const MAX_TEXT_LEN = 1000; // characters (code points)
+// qnet.phrase's rule: whitespace left after NFKD (which turns the other Unicode spaces into
+// " ") and commas, spelled out (\s is not Python's whitespace); list numbers left out.
+const SEPARATORS = /[\t\n\v\f\r \u0085\u1680\u2028\u2029\ufeff,]+/;
+const LIST_NUMBER = /^[0-9]+[.)]?$/;
 const known = new Set(wordlist);
 
 export class PhraseError extends Error {
@@ -26,17 +30,22 @@ export function seedToWords(seed) {
   return entropyToMnemonic(seed, wordlist).split(" ");
 }
 
-/** The words a user typed or pasted, normalised: lowercase, single spaces, numbering dropped. */
+/**
+ * The words a user typed or pasted, as qnet.phrase.words_of reads them: NFKD, lowercase,
+ * split on whitespace and commas, list numbers dropped ("1. abandon 2. ability" reads as
+ * the words alone).
+ */
 export function splitWords(text) {
-  if (typeof text !== "string" || text.length > MAX_TEXT_LEN) {
-    throw new PhraseError(`a recovery phrase is ${WORDS} words`);
+  // A code point is one or two UTF-16 units: count them only when it could matter.
+  if (typeof text !== "string" || (text.length > MAX_TEXT_LEN &&
+      (text.length > 2 * MAX_TEXT_LEN || [...text].length > MAX_TEXT_LEN))) {
+    throw new PhraseError(`a recovery phrase is ${WORDS} words, in at most ${MAX_TEXT_LEN} characters`);
   }
-  // "1. abandon 2. ability" as copied from a numbered list reads as the words alone.
   return text
     .normalize("NFKD")
     .toLowerCase()
-    .split(/[\s,]+/)
-    .filter((w) => w !== "" && !/^\d+[.)]?$/.test(w));
+    .split(SEPARATORS)
+    .filter((w) => w !== "" && !LIST_NUMBER.test(w));
 }
 
 /** The seed of a 24-word phrase; PhraseError says which word or why. */
