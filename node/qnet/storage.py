@@ -412,14 +412,17 @@ class Storage:
                 "JOIN blocks b ON b.height = a.height WHERE a.address=? AND a.height<=? "
                 "ORDER BY a.height DESC LIMIT ?",
                 (address, before[0], limit + 1),  # the first may hold none before ``before``
-            ).fetchall()
-            for height, places, header in rows:
-                at = len(places)
-                while at and len(found) < limit:  # newest first
-                    at -= PLACE.size
-                    idx, pos = PLACE.unpack_from(places, at)
-                    if (height, idx) < before:
-                        found.append((height, idx, pos, header))
+            )
+            with contextlib.closing(rows):  # read row by row: a busy address's are large
+                for height, places, header in rows:
+                    at = len(places)
+                    while at and len(found) < limit:  # newest first
+                        at -= PLACE.size
+                        idx, pos = PLACE.unpack_from(places, at)
+                        if (height, idx) < before:
+                            found.append((height, idx, pos, header))
+                    if len(found) == limit:
+                        break
             raws = []
             for height, _, pos, _ in found:  # blocks never change: no need of one snapshot
                 with self._reader.blobopen("blocks", "body", height, readonly=True) as body:
