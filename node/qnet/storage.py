@@ -38,6 +38,7 @@ log = logging.getLogger("qnet.storage")
 
 INDEXED = "account_txs_height"  # meta: account_txs and frame_offsets hold every block to it
 OFFSET = struct.Struct(">I")  # a frame's offset in its block's body, in ``frame_offsets``
+PLACE = struct.Struct(">II")  # a transaction's index in its block and OFFSET, in account_txs
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -55,12 +56,15 @@ CREATE TABLE IF NOT EXISTS epochs (epoch INTEGER PRIMARY KEY, record BLOB NOT NU
 -- the blocks; the ledger itself needs only the node and epoch records.
 CREATE TABLE IF NOT EXISTS heartbeats (
     node_key BLOB NOT NULL, epoch INTEGER NOT NULL, PRIMARY KEY (node_key, epoch)) WITHOUT ROWID;
--- The transactions that touch each account (``index_rows``), for the API's account
--- history; ``pos`` is where the transaction's frame starts in its block's body, so a page of
--- history reads its own transactions and not their blocks.
+-- The transactions that touch each account, for the API's account history: a row per
+-- account and block (``BlockIndex``), whose ``places`` (``PLACE`` each, ascending) say where
+-- they are in the block, so that a page of history reads its own transactions, not their
+-- blocks. A row per account and block rather than per transaction: a block of a load test
+-- (thousands of transactions from a few thousand senders, to one address) inserts a few
+-- thousand rows instead of twice as many as it has transactions.
 CREATE TABLE IF NOT EXISTS account_txs (
-    address BLOB NOT NULL, height INTEGER NOT NULL, idx INTEGER NOT NULL, pos INTEGER NOT NULL,
-    PRIMARY KEY (address, height, idx)) WITHOUT ROWID;
+    address BLOB NOT NULL, height INTEGER NOT NULL, places BLOB NOT NULL,
+    PRIMARY KEY (address, height)) WITHOUT ROWID;
 -- Where each transaction's frame starts in its block's body (``OFFSET`` each, in block
 -- order), so that a transaction found by id in tx_index is read alone, not its whole block.
 CREATE TABLE IF NOT EXISTS frame_offsets (height INTEGER PRIMARY KEY, offsets BLOB NOT NULL);
@@ -70,30 +74,33 @@ CREATE TABLE IF NOT EXISTS frame_offsets (height INTEGER PRIMARY KEY, offsets BL
 @dataclass(frozen=True, slots=True)
 class BlockIndex:
     """What a block adds to the indexes: ``tx_index`` rows (id, height, index),
-    ``account_txs`` rows (address, height, index, pos) — one for each sender and one for the
-    recipient of a transfer to another address — and its ``frame_offsets`` row."""
+    ``account_txs`` rows (address, height, places) — the places of the transactions each
+    address sent and of the transfers to it from another — and its ``frame_offsets`` row."""
 
     ids: list[tuple[bytes, int, int]]
-    accounts: list[tuple[bytes, int, int, int]]
+    accounts: list[tuple[bytes, int, bytes]]
     offsets: tuple[int, bytes]
 
     @classmethod
     def of(cls, height: int, txs: Sequence[Transaction]) -> "BlockIndex":
-        ids, accounts, offsets = [], [], []
+        ids, places, offsets = [], {}, []
         pos = 0
         for idx, t in enumerate(txs):
             ids.append((t.id, height, idx))
-            accounts.append((t.sender, height, idx, pos))
+            place = PLACE.pack(idx, pos)
+            places.setdefault(t.sender, []).append(place)
             if t.kind == KIND_TRANSFER and t.to != t.sender:
-                accounts.append((t.to, height, idx, pos))
+                places.setdefault(t.to, []).append(place)
             offsets.append(pos)
             pos += framed_size(t)
+        # In key order: each B-tree page is visited once.
+        accounts = sorted((address, height, b"".join(p)) for address, p in places.items())
         return cls(ids, accounts, (height, struct.pack(f">{len(offsets)}I", *offsets)))
 
     def write(self, cur, replace_ids: bool = False) -> None:
         verb = "INSERT OR REPLACE" if replace_ids else "INSERT"
         cur.executemany(f"{verb} INTO tx_index VALUES (?,?,?)", self.ids)
-        cur.executemany("INSERT INTO account_txs VALUES (?,?,?,?)", self.accounts)
+        cur.executemany("INSERT INTO account_txs VALUES (?,?,?)", self.accounts)
         cur.execute("INSERT OR REPLACE INTO frame_offsets VALUES (?,?)", self.offsets)
 
 
@@ -428,40 +435,50 @@ class Storage:
 
     def committed_tx(self, tx_id: bytes) -> CommittedTx | None:
         """A committed transaction by its id (its frame alone is read from its block)."""
-        found = self._committed(
-            "SELECT t.height, t.idx, substr(o.offsets, t.idx * ? + 1, ?), b.header "
-            "FROM tx_index t JOIN frame_offsets o ON o.height = t.height "
-            "JOIN blocks b ON b.height = t.height WHERE t.id=?",
-            (OFFSET.size, OFFSET.size, tx_id),
-        )
-        return found[0] if found else None
+        with self._read_lock, _damage_reported(self.path):
+            rows = self._reader.execute(
+                "SELECT t.height, t.idx, substr(o.offsets, t.idx * ? + 1, ?), b.header "
+                "FROM tx_index t JOIN frame_offsets o ON o.height = t.height "
+                "JOIN blocks b ON b.height = t.height WHERE t.id=?",
+                (OFFSET.size, OFFSET.size, tx_id),
+            ).fetchall()
+            found = [(h, i, OFFSET.unpack(offset)[0], header) for h, i, offset, header in rows]
+            return next(iter(self._read_frames(found)), None)
 
     def account_txs(self, address: bytes, before: tuple[int, int], limit: int) -> list[CommittedTx]:
         """Up to ``limit`` committed transactions that touch ``address``, newest first, among
         those before ``before`` (a height and an index in its block)."""
-        return self._committed(
-            "SELECT a.height, a.idx, a.pos, b.header FROM account_txs a "
-            "JOIN blocks b ON b.height = a.height "
-            "WHERE a.address=? AND (a.height, a.idx) < (?, ?) "
-            "ORDER BY a.height DESC, a.idx DESC LIMIT ?",
-            (address, *before, limit),
-        )
-
-    def _committed(self, sql: str, args: tuple) -> list[CommittedTx]:
-        """The transactions of the (height, index, pos, header) rows ``sql`` selects (pos an
-        integer or an ``OFFSET``), each read as its one frame of its block's body."""
+        found = []  # height, index, pos, header
         with self._read_lock, _damage_reported(self.path):
-            rows = self._reader.execute(sql, args).fetchall()
-            raws = []
-            for height, _, pos, _ in rows:  # blocks never change: no need of one snapshot
-                if isinstance(pos, bytes):  # an OFFSET from frame_offsets
-                    (pos,) = OFFSET.unpack(pos)
-                with self._reader.blobopen("blocks", "body", height, readonly=True) as body:
-                    body.seek(pos)
-                    raws.append(read_frame(body.read))
+            rows = self._reader.execute(
+                "SELECT a.height, a.places, b.header FROM account_txs a "
+                "JOIN blocks b ON b.height = a.height WHERE a.address=? AND a.height<=? "
+                "ORDER BY a.height DESC LIMIT ?",
+                (address, before[0], limit + 1),  # the first may hold none before ``before``
+            )
+            with contextlib.closing(rows):  # read row by row: a busy address's are large
+                for height, places, header in rows:
+                    at = len(places)
+                    while at and len(found) < limit:  # newest first
+                        at -= PLACE.size
+                        idx, pos = PLACE.unpack_from(places, at)
+                        if (height, idx) < before:
+                            found.append((height, idx, pos, header))
+                    if len(found) == limit:
+                        break
+            return self._read_frames(found)
+
+    def _read_frames(self, found: list[tuple[int, int, int, bytes]]) -> list[CommittedTx]:
+        """The transactions at (height, index, pos, header): each read as its one frame of its
+        block's body. The caller holds the read lock."""
+        raws = []
+        for height, _, pos, _ in found:  # blocks never change: no need of one snapshot
+            with self._reader.blobopen("blocks", "body", height, readonly=True) as body:
+                body.seek(pos)
+                raws.append(read_frame(body.read))
         return [
             CommittedTx(height, idx, Header.decode(header).time_ms, decode(raw))
-            for (height, idx, _, header), raw in zip(rows, raws, strict=True)
+            for (height, idx, _, header), raw in zip(found, raws, strict=True)
         ]
 
     def iter_blocks(self):
