@@ -250,3 +250,63 @@ def screenshots():
     """``screenshots(page, name, full_page=True)``: docs/screenshots/<name>-desktop.png and
     <name>-phone.png of the page as it is now."""
     return take_screenshots
+
+
+# ---- the Content-Security-Policy, seen from the page -----------------------------------------
+
+
+def serve_with_inline_script(page: Page, base_url: str, path: str) -> dict:
+    """Route everything ``page`` loads from ``base_url`` through the test, the page ``path``
+    with an inline script added to its head (``document.title = 'inline script ran'``) and
+    served with the node's own headers; returns ``{"csp": ...}``, the policy it was served
+    with, once the page is loaded. Everything goes through the route: a page fulfilled by the
+    test counts as a public address, which Chromium does not let load from the bridge's
+    private one. The page collects CSP violations in ``window.violations``."""
+    seen = {}
+
+    def with_inline_script(route):
+        served = route.fetch()
+        if route.request.url != f"{base_url}{path}":
+            route.fulfill(response=served)
+            return
+        seen["csp"] = served.headers["content-security-policy"]
+        body = served.text().replace(
+            "<head>", "<head><script>document.title = 'inline script ran';</script>", 1
+        )
+        route.fulfill(response=served, body=body)
+
+    page.route(f"{base_url}/**", with_inline_script)
+    page.add_init_script(
+        """window.violations = [];
+        document.addEventListener("securitypolicyviolation",
+            (e) => window.violations.push(e.violatedDirective));"""
+    )
+    return seen
+
+
+def try_eval_and_wasm(page: Page) -> dict:
+    """Whether ``eval`` and compiling WebAssembly work in a task of the page's own (what the
+    test's evaluate call runs itself is exempt from the CSP): ``{"eval": ..., "wasm": ...}``,
+    each "ran" or the error's name."""
+    return page.evaluate(
+        """() => new Promise((resolve) => setTimeout(async () => {
+            const out = {};
+            try { eval("1"); out.eval = "ran"; } catch (e) { out.eval = e.name; }
+            const empty = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0]);
+            try { await WebAssembly.compile(empty); out.wasm = "ran"; }
+            catch (e) { out.wasm = e.name; }
+            resolve(out);
+        }, 0))"""
+    )
+
+
+@pytest.fixture
+def inline_script():
+    """``inline_script(page, base_url, path)``: ``serve_with_inline_script``."""
+    return serve_with_inline_script
+
+
+@pytest.fixture
+def eval_and_wasm():
+    """``eval_and_wasm(page)``: ``try_eval_and_wasm``."""
+    return try_eval_and_wasm

@@ -16,7 +16,6 @@ TPS_RGB = (11, 92, 173)  # main.js COLORS.tps
 LATENCY_RGB = [(29, 107, 53), (164, 22, 26)]  # main.js COLORS.median, COLORS.max
 PHONE = {"width": 390, "height": 844}
 # The smallest valid WebAssembly module: the magic number and version 1.
-EMPTY_WASM = "new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0])"
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +137,9 @@ def test_the_page_shows_the_live_chain_its_plots_and_peers(
     wait_for(lambda: on_full.inner_text("#sync-lag") == "in sync", 10, "the full node in sync")
 
 
-def test_the_csp_blocks_inline_script_eval_and_wasm_on_the_status_page(devnet, open_page):
+def test_the_csp_blocks_inline_script_eval_and_wasm_on_the_status_page(
+    devnet, open_page, eval_and_wasm
+):
     opened = open_page(f"{devnet.url}/status")
     page = opened.page
     loaded(page)
@@ -165,45 +166,15 @@ def test_the_csp_blocks_inline_script_eval_and_wasm_on_the_status_page(devnet, o
     assert set(page.evaluate("window.violations")) == {"script-src-elem", "script-src-attr"}
     errors = [text for kind, text in opened.console if kind == "error"]
     assert any("Content Security Policy" in text for text in errors)
-    # In a task of the page's own (code run by the test's evaluate call itself is exempt).
-    blocked = page.evaluate(
-        f"""() => new Promise((resolve) => setTimeout(async () => {{
-            const out = {{}};
-            try {{ eval("1"); out.eval = "ran"; }} catch (e) {{ out.eval = e.name; }}
-            try {{ await WebAssembly.compile({EMPTY_WASM}); out.wasm = "ran"; }}
-            catch (e) {{ out.wasm = e.name; }}
-            resolve(out);
-        }}, 0))"""
-    )
-    assert blocked == {"eval": "EvalError", "wasm": "CompileError"}
+    assert eval_and_wasm(page) == {"eval": "EvalError", "wasm": "CompileError"}
 
 
-def test_the_served_header_blocks_an_inline_script_in_the_page(devnet, open_page):
+def test_the_served_header_blocks_an_inline_script_in_the_page(devnet, open_page, inline_script):
     """The page's own HTML with an inline script added, served with the node's headers: the
-    browser refuses the script because of the header, not because the build left it out.
-    Everything the page loads goes through the route (a page fulfilled by the test counts as
-    a public address, which Chromium does not let load from the bridge's private one)."""
+    browser refuses the script because of the header, not because the build left it out."""
     opened = open_page()
     page = opened.page
-    seen = {}
-
-    def with_inline_script(route):
-        served = route.fetch()
-        if route.request.url != f"{devnet.url}/status":
-            route.fulfill(response=served)
-            return
-        seen["csp"] = served.headers["content-security-policy"]
-        body = served.text().replace(
-            "<head>", "<head><script>document.title = 'inline script ran';</script>", 1
-        )
-        route.fulfill(response=served, body=body)
-
-    page.route(f"{devnet.url}/**", with_inline_script)
-    page.add_init_script(
-        """window.violations = [];
-        document.addEventListener("securitypolicyviolation",
-            (e) => window.violations.push(e.violatedDirective));"""
-    )
+    seen = inline_script(page, devnet.url, "/status")
     page.goto(f"{devnet.url}/status")
     loaded(page)  # the page's own module runs
     assert "script-src 'self';" in seen["csp"]

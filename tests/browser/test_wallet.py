@@ -599,47 +599,21 @@ def test_a_phrase_imports_in_another_browser_to_the_same_address(
     pages.close(page)
 
 
-def test_the_served_policy_blocks_inline_script_and_eval_but_lets_argon2_compile(pages, chain):
-    """The wallet's own HTML with an inline script added, served with the node's headers
-    (through the route: a page fulfilled by the test would count as a public address, which
-    Chromium does not let load from the bridge's private one): the header refuses the script
-    and eval; WebAssembly compiles ('wasm-unsafe-eval', for hash-wasm's argon2id)."""
+def test_the_served_policy_blocks_inline_script_and_eval_but_lets_argon2_compile(
+    pages, chain, inline_script, eval_and_wasm
+):
+    """The wallet's own HTML with an inline script added, served with the node's headers: the
+    header refuses the script and eval; WebAssembly compiles ('wasm-unsafe-eval', for
+    hash-wasm's argon2id)."""
     page = pages.open().page
-    seen = {}
-
-    def with_inline_script(route):
-        served = route.fetch()
-        if route.request.url != f"{chain.url}/wallet":
-            route.fulfill(response=served)
-            return
-        seen["csp"] = served.headers["content-security-policy"]
-        body = served.text().replace("<head>", "<head><script>document.title = 'ran';</script>", 1)
-        route.fulfill(response=served, body=body)
-
-    page.route(f"{chain.url}/**", with_inline_script)
-    page.add_init_script(
-        """window.violations = [];
-        document.addEventListener("securitypolicyviolation",
-            (e) => window.violations.push(e.violatedDirective));"""
-    )
+    seen = inline_script(page, chain.url, "/wallet")
     page.goto(f"{chain.url}/wallet")
     view(page, "locked")  # the page's own module ran
     assert "script-src 'self' 'wasm-unsafe-eval';" in seen["csp"]
     assert "style-src 'self';" in seen["csp"] and "unsafe-inline" not in seen["csp"]
     assert page.title() == "QNet wallet"
     assert page.evaluate("window.violations") == ["script-src-elem"]
-    # In a task of the page's own (what the test's evaluate runs itself is exempt).
-    tried = page.evaluate(
-        """() => new Promise((resolve) => setTimeout(async () => {
-            const out = {};
-            try { eval("1"); out.eval = "ran"; } catch (e) { out.eval = e.name; }
-            const empty = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0]);
-            try { await WebAssembly.compile(empty); out.wasm = "ran"; }
-            catch (e) { out.wasm = e.name; }
-            resolve(out);
-        }, 0))"""
-    )
-    assert tried == {"eval": "EvalError", "wasm": "ran"}
+    assert eval_and_wasm(page) == {"eval": "EvalError", "wasm": "ran"}
     pages.close(page)  # with its route, which its refreshes would keep using
 
 
