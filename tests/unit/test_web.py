@@ -217,6 +217,15 @@ def test_pages_answer_get_only(node):
     assert head_status == 405
 
 
+async def page_answers(client) -> list[tuple[str, int, dict]]:
+    """(path, status, JSON body) of each page and of a static file."""
+    answers = []
+    for path in ("/wallet", "/status", "/static/x.js"):
+        resp = await client.get(path)
+        answers.append((path, resp.status, await resp.json()))
+    return answers
+
+
 @pytest.mark.parametrize("damage", ["missing", "unreadable", "altered", "unlisted page"])
 def test_a_node_without_its_built_pages_answers_503_and_says_why(
     tmp_path, webroot, monkeypatch, damage
@@ -237,15 +246,8 @@ def test_a_node_without_its_built_pages_answers_503_and_says_why(
     monkeypatch.setattr(web_pages, "load", lambda root: loads.append(root) or load(root))
     node = make_node(tmp_path / "node")
 
-    async def exchange(client):
-        answers = []
-        for path in ("/wallet", "/status", "/static/x.js"):
-            resp = await client.get(path)
-            answers.append((path, resp.status, await resp.json()))
-        return answers
-
     try:
-        answers = serve(node, exchange)
+        answers = serve(node, page_answers)
     finally:
         node.close()
     expected = {
@@ -265,13 +267,6 @@ def test_a_node_without_its_built_pages_answers_503_and_says_why(
 def test_a_light_node_serves_no_pages(tmp_path, webroot):
     light = make_node(tmp_path, "light")
 
-    async def exchange(client):
-        answers = []
-        for path in ("/wallet", "/status", "/static/x.js"):
-            resp = await client.get(path)
-            answers.append((path, resp.status, await resp.json()))
-        return answers
-
-    for path, status, body in serve(light, exchange):
+    for path, status, body in serve(light, page_answers):
         assert status == 404, path
         assert "a light node does not keep" in body["error"]["message"]
